@@ -1,0 +1,127 @@
+"""The pair adapter for the Stable Diffusion 3 family (SD3 Medium, SD3.5 Large/Medium) in diffusers.
+
+An adapter knows how a model family encodes prompts, prepares latents, maps latents to image tokens and
+decodes; the engine never names a family. This one borrows every step from the large
+``StableDiffusion3Pipeline`` itself (``encode_prompt``, ``prepare_latents``, ``retrieve_timesteps``, the VAE
+and image processor), so that ``switch="large"`` is that pipeline, step for step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import torch
+
+from stitchkit.errors import ConfigError
+
+#: Transformer config fields the two models of a pair must agree on to share latents, text and a loop.
+MATCHING_FIELDS = ("in_channels", "out_channels", "patch_size", "joint_attention_dim", "pooled_projection_dim")
+
+
+@attrs.frozen(kw_only=True)
+class Conditioning:
+    """Text conditioning for the loop, CFG halves already concatenated as [uncond, cond] when guided."""
+
+    prompt_embeds: torch.Tensor
+    pooled_projections: torch.Tensor
+    guidance_scale: float
+
+    @property
+    def guided(self) -> bool:
+        return self.guidance_scale > 1.0
+
+
+def check_pair(large_transformer, small_transformer) -> None:
+    """Refuse a pair whose transformers cannot share latents and text embeddings, naming the field."""
+    for field in MATCHING_FIELDS:
+        a, b = large_transformer.config.get(field), small_transformer.config.get(field)
+        if a != b:
+            raise ConfigError(f"small.config.{field}", f"is {b}, the large model's is {a}", "the two must match")
+
+
+class SD3Adapter:
+    """Everything family-specific about running a ``StableDiffusion3Pipeline`` with a second transformer."""
+
+    family = "sd3"
+
+    def __init__(self, pipeline) -> None:
+        self.pipeline = pipeline
+
+    @property
+    def large_transformer(self):
+        return self.pipeline.transformer
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.pipeline.transformer.config.patch_size)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipeline._execution_device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.pipeline.transformer.dtype
+
+    def default_size(self) -> int:
+        return int(self.pipeline.default_sample_size * self.pipeline.vae_scale_factor)
+
+    def new_scheduler(self):
+        """A fresh scheduler from the pipeline's config: the caller's scheduler is never stepped."""
+        scheduler = self.pipeline.scheduler
+        if not hasattr(scheduler, "sigmas"):
+            raise ConfigError("scheduler", f"{type(scheduler).__name__} is not a flow-matching scheduler",
+                              "stitchkit supports FlowMatchEulerDiscreteScheduler-like schedulers")
+        return type(scheduler).from_config(scheduler.config)
+
+    def check_inputs(self, **kwargs: Any) -> None:
+        self.pipeline.check_inputs(**kwargs)
+
+    def encode(self, *, guidance_scale: float, num_images_per_prompt: int, max_sequence_length: int,
+               **prompts: Any) -> Conditioning:
+        guided = guidance_scale > 1.0
+        embeds, neg_embeds, pooled, neg_pooled = self.pipeline.encode_prompt(
+            do_classifier_free_guidance=guided,
+            device=self.device,
+            num_images_per_prompt=num_images_per_prompt,
+            max_sequence_length=max_sequence_length,
+            **prompts,
+        )
+        if guided:
+            embeds = torch.cat([neg_embeds, embeds], dim=0)
+            pooled = torch.cat([neg_pooled, pooled], dim=0)
+        return Conditioning(prompt_embeds=embeds, pooled_projections=pooled, guidance_scale=guidance_scale)
+
+    def prepare_latents(self, *, batch_size: int, height: int, width: int, dtype, generator, latents):
+        channels = self.pipeline.transformer.config.in_channels
+        return self.pipeline.prepare_latents(batch_size, channels, height, width, dtype, self.device, generator,
+                                             latents)
+
+    def timesteps(self, scheduler, *, num_inference_steps: int, latents: torch.Tensor, sigmas=None,
+                  mu: float | None = None):
+        """The pipeline's own timestep preparation, including the resolution-dependent shift when used."""
+        from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import (
+            calculate_shift,
+            retrieve_timesteps,
+        )
+
+        kwargs = {}
+        if scheduler.config.get("use_dynamic_shifting", None) and mu is None:
+            h, w = latents.shape[-2:]
+            seq_len = (h // self.patch_size) * (w // self.patch_size)
+            mu = calculate_shift(seq_len, scheduler.config.get("base_image_seq_len", 256),
+                                 scheduler.config.get("max_image_seq_len", 4096),
+                                 scheduler.config.get("base_shift", 0.5), scheduler.config.get("max_shift", 1.16))
+        if mu is not None:
+            kwargs["mu"] = mu
+        timesteps, _ = retrieve_timesteps(scheduler, num_inference_steps, self.device, sigmas=sigmas, **kwargs)
+        return timesteps
+
+    def decode(self, latents: torch.Tensor, output_type: str):
+        if output_type == "latent":
+            return latents
+        vae = self.pipeline.vae
+        latents = latents / vae.config.scaling_factor + vae.config.shift_factor
+        image = vae.decode(latents, return_dict=False)[0]
+        return self.pipeline.image_processor.postprocess(image, output_type=output_type)

@@ -1,0 +1,240 @@
+"""Experiment configuration: YAML is read here, and only here, into frozen attrs classes.
+
+Every value is checked on the way in, policies included (they are built once through the registry so their
+own validators speak), and every refusal is one :class:`ConfigError` line carrying the field's path, e.g.
+``methods[2].switch.thresholds: must be strictly decreasing, got (0.3, 0.5)``. Unknown keys are errors:
+a typo must not silently fall back to a default.
+
+    name: quickstart
+    pair: tiny-random            # or {large: <hub id or folder>, small: <...>, dtype: bfloat16, device: cuda}
+    sampler: {steps: 20, guidance_scale: 4.0, height: 64, width: 64, max_sequence_length: 8}
+    prompts: ["a red circle", ...]   # or prompts_file: prompts.txt (one per line, relative to the YAML)
+    seeds: [0, 1]
+    methods:
+      - large                        # a switch policy or preset name
+      - {name: hs30-static, switch: hybridstitch-30, mask: static}
+      - {switch: {kind: hybridstitch, thresholds: [0.5, 0.3], mask_ratios: [0.3]}}
+    output: runs/quickstart          # relative to the YAML file
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import attrs
+import yaml
+
+from stitchkit.errors import ConfigError
+
+BUILTIN_PAIRS = ("tiny-random",)
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+@attrs.frozen(kw_only=True)
+class PairConfig:
+    """A built-in pair by name, or two diffusers folders / hub ids."""
+
+    name: str | None = None
+    large: str | None = None
+    small: str | None = None
+    dtype: str = "float32"
+    device: str = "cpu"
+
+    @property
+    def label(self) -> str:
+        return self.name or f"{self.large}+{self.small}"
+
+
+@attrs.frozen(kw_only=True)
+class SamplerConfig:
+    steps: int = 20
+    guidance_scale: float = 4.0
+    height: int | None = None
+    width: int | None = None
+    max_sequence_length: int = 256
+    negative_prompt: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class MethodConfig:
+    """One method: a switch policy plus (optionally) mask and context; ``None`` takes the preset's/default."""
+
+    name: str
+    switch: Any
+    mask: Any = None
+    context: Any = None
+
+
+@attrs.frozen(kw_only=True)
+class ExperimentConfig:
+    name: str
+    pair: PairConfig
+    sampler: SamplerConfig
+    prompts: tuple[str, ...]
+    seeds: tuple[int, ...]
+    methods: tuple[MethodConfig, ...]
+    output: Path
+    allow_unprofitable: bool = False
+    source: Path | None = None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, registry=None) -> "ExperimentConfig":
+        """Read and validate an experiment file; policies are checked against ``registry`` (default: all)."""
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(str(path), "no such file", "give the path of an experiment YAML") from None
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise ConfigError(str(path), f"not valid YAML{where}", "check the indentation and quoting") from None
+        return cls.from_dict(data, base=path.parent, registry=registry, source=path)
+
+    @classmethod
+    def from_dict(cls, data: Any, *, base: Path = Path("."), registry=None, source: Path | None = None):
+        data = _mapping(data, "", "the experiment file must be a mapping of fields")
+        _only(data, "", ("name", "pair", "sampler", "prompts", "prompts_file", "seeds", "methods", "output",
+                         "allow_unprofitable"))
+        name = _typed(data.get("name", source.stem if source else "experiment"), "name", str)
+        prompts = _prompts(data, base)
+        seeds = tuple(_typed(s, f"seeds[{i}]", int) for i, s in enumerate(_list(data.get("seeds", [0]), "seeds")))
+        if not seeds:
+            raise ConfigError("seeds", "is empty", "give at least one integer seed")
+        methods = _methods(data.get("methods"), registry)
+        output = Path(_typed(data.get("output", f"runs/{name}"), "output", str))
+        return cls(
+            name=name, pair=_pair(data.get("pair", "tiny-random")), sampler=_sampler(data.get("sampler", {})),
+            prompts=prompts, seeds=seeds, methods=methods, output=output if output.is_absolute() else base / output,
+            allow_unprofitable=_typed(data.get("allow_unprofitable", False), "allow_unprofitable", bool),
+            source=source,
+        )
+
+
+# -- field helpers: each raises a one-line ConfigError with the field's path -----------------------------
+def _mapping(value: Any, path: str, allowed: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(path or "experiment", f"expected a mapping, got {type(value).__name__}", allowed)
+    return value
+
+
+def _list(value: Any, path: str) -> list:
+    if not isinstance(value, list):
+        raise ConfigError(path, f"expected a list, got {type(value).__name__}", "write it as a YAML list")
+    return value
+
+
+def _only(data: Mapping[str, Any], path: str, allowed: tuple[str, ...]) -> None:
+    for key in data:
+        if key not in allowed:
+            where = f"{path}.{key}" if path else str(key)
+            raise ConfigError(where, "unknown key", "allowed: " + ", ".join(allowed))
+
+
+def _typed(value: Any, path: str, kind: type) -> Any:
+    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not ok:
+        raise ConfigError(path, f"expected {kind.__name__}, got {value!r}")
+    return value
+
+
+def _positive(value: Any, path: str, kind: type) -> Any:
+    value = _typed(value, path, kind)
+    if value <= 0:
+        raise ConfigError(path, f"must be positive, got {value}")
+    return value
+
+
+def _prompts(data: Mapping[str, Any], base: Path) -> tuple[str, ...]:
+    if "prompts" in data and "prompts_file" in data:
+        raise ConfigError("prompts_file", "given together with prompts", "use one of the two")
+    if "prompts_file" in data:
+        file = base / _typed(data["prompts_file"], "prompts_file", str)
+        if not file.is_file():
+            raise ConfigError("prompts_file", f"no such file: {file}", "a text file with one prompt per line")
+        prompts = [line.strip() for line in file.read_text().splitlines() if line.strip()]
+    else:
+        prompts = [_typed(p, f"prompts[{i}]", str) for i, p in enumerate(_list(data.get("prompts"), "prompts"))]
+    if not prompts:
+        raise ConfigError("prompts", "is empty", "give at least one prompt")
+    return tuple(prompts)
+
+
+def _pair(value: Any) -> PairConfig:
+    if isinstance(value, str):
+        if value not in BUILTIN_PAIRS:
+            raise ConfigError("pair", f"unknown built-in pair {value!r}",
+                              "known: " + ", ".join(BUILTIN_PAIRS) + "; or {large: ..., small: ...}")
+        return PairConfig(name=value)
+    data = _mapping(value, "pair", "a built-in pair name or {large: ..., small: ...}")
+    _only(data, "pair", ("large", "small", "dtype", "device"))
+    for field in ("large", "small"):
+        if field not in data:
+            raise ConfigError(f"pair.{field}", "missing", "a hub id or a diffusers folder")
+    dtype = _typed(data.get("dtype", "float32"), "pair.dtype", str)
+    if dtype not in DTYPES:
+        raise ConfigError("pair.dtype", f"unknown dtype {dtype!r}", "allowed: " + ", ".join(DTYPES))
+    return PairConfig(large=_typed(data["large"], "pair.large", str), small=_typed(data["small"], "pair.small", str),
+                      dtype=dtype, device=_typed(data.get("device", "cpu"), "pair.device", str))
+
+
+def _sampler(value: Any) -> SamplerConfig:
+    data = _mapping(value, "sampler", "e.g. {steps: 20, guidance_scale: 4.0}")
+    fields = [f.name for f in attrs.fields(SamplerConfig)]
+    _only(data, "sampler", tuple(fields))
+    kwargs: dict[str, Any] = {}
+    if "steps" in data:
+        kwargs["steps"] = _positive(data["steps"], "sampler.steps", int)
+    if "guidance_scale" in data:
+        kwargs["guidance_scale"] = _typed(data["guidance_scale"], "sampler.guidance_scale", float)
+    for field in ("height", "width", "max_sequence_length"):
+        if field in data and data[field] is not None:
+            kwargs[field] = _positive(data[field], f"sampler.{field}", int)
+    if data.get("negative_prompt") is not None:
+        kwargs["negative_prompt"] = _typed(data["negative_prompt"], "sampler.negative_prompt", str)
+    return SamplerConfig(**kwargs)
+
+
+def _method_name(spec: Any) -> str | None:
+    if isinstance(spec, str):
+        return spec
+    if isinstance(spec, Mapping) and isinstance(spec.get("kind"), str):
+        return spec["kind"]
+    return None
+
+
+def _methods(value: Any, registry) -> tuple[MethodConfig, ...]:
+    if value is None:
+        raise ConfigError("methods", "missing", "list at least one method, e.g. [large, small, hybridstitch-30]")
+    if registry is None:
+        from stitchkit.registry import get_registry
+
+        registry = get_registry()
+    methods, seen = [], set()
+    for i, item in enumerate(_list(value, "methods")):
+        path = f"methods[{i}]"
+        if isinstance(item, str):
+            item = {"switch": item}
+        data = _mapping(item, path, "a policy name or {name, switch, mask, context}")
+        _only(data, path, ("name", "switch", "mask", "context"))
+        if "switch" not in data:
+            raise ConfigError(f"{path}.switch", "missing", "known: " + ", ".join(registry.names("switch")))
+        name = data.get("name", _method_name(data["switch"]))
+        if name is None:
+            raise ConfigError(f"{path}.name", "missing", "name a method whose switch is a parameter mapping")
+        name = _typed(name, f"{path}.name", str)
+        if name in seen:
+            raise ConfigError(f"{path}.name", f"duplicate method name {name!r}", "give each method its own name")
+        seen.add(name)
+        _, implied = registry.create("switch", data["switch"], path=f"{path}.switch")
+        for kind in ("mask", "context"):
+            if data.get(kind) is not None:
+                registry.create(kind, data[kind], path=f"{path}.{kind}")
+        methods.append(MethodConfig(name=name, switch=data["switch"], mask=data.get("mask"),
+                                    context=data.get("context")))
+    if not methods:
+        raise ConfigError("methods", "is empty", "list at least one method")
+    return tuple(methods)

@@ -1,0 +1,182 @@
+"""The denoising loop: the paper's Algorithm 1, with every decision delegated to policies.
+
+Per step (Algorithm 1's line numbers in brackets):
+
+1. the switch policy decides which models run, having seen the last step's change D_t        [lines 4-17, 20-22]
+2. in a hybrid step the mask policy picks the tokens the large model recomputes                [line 23]
+3. the large model runs (all tokens, or the masked ones with the context provider's K/V)       [lines 6, 10]
+4. the small model runs on all tokens; the large model's tokens are stitched into its output    [lines 11-12]
+5. classifier-free guidance, then ``scheduler.step`` exactly once                              [line 18]
+6. the change D_t (Eq. 9-10) and its per-token map are measured for the next decision          [line 19]
+7. a trace record, and the caller's callback.
+
+A batch has one stage at a time (the switch policy sees every sample's D_t and, for the built-ins, moves
+on only when all are below the threshold); masks are per sample, and both CFG halves of a sample share it.
+There is no method-specific branch here: a new method is a new policy.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import attrs
+import torch
+
+from stitchkit.change import MEASURES, StepTensors
+from stitchkit.errors import NonFiniteError
+from stitchkit.models.tokens import stitch
+from stitchkit.protocols import ContextProvider, Decision, LoopState, MaskPolicy, ModelInputs, SwitchPolicy
+from stitchkit.trace import StepRecord
+
+StepCallback = Callable[[dict[str, Any]], None]
+
+
+@attrs.frozen(kw_only=True)
+class Policies:
+    """The three plugins one generation runs with."""
+
+    switch: SwitchPolicy
+    mask: MaskPolicy
+    context: ContextProvider
+
+
+@attrs.frozen(kw_only=True)
+class Models:
+    """The large transformer (plain and wrapped for masked forwards) and the small one."""
+
+    large: torch.nn.Module
+    masked_large: Any  # stitchkit.models.sd3_masked.MaskedTransformer
+    small: torch.nn.Module
+    patch_size: int
+
+
+class _Timer:
+    """Wall time of one model call in ms, synchronizing the device first so GPU work is counted."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        self.ms = 0.0
+
+    def __enter__(self) -> "_Timer":
+        self.sync()
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sync()
+        self.ms += (time.perf_counter() - self.start) * 1000.0
+
+
+def _plain_forward(model: torch.nn.Module, inputs: ModelInputs) -> torch.Tensor:
+    return model(
+        hidden_states=inputs.hidden_states,
+        timestep=inputs.timestep,
+        encoder_hidden_states=inputs.encoder_hidden_states,
+        pooled_projections=inputs.pooled_projections,
+        return_dict=False,
+    )[0]
+
+
+def _check_finite(x: torch.Tensor, step: int, model: str) -> torch.Tensor:
+    if not torch.isfinite(x).all():
+        raise NonFiniteError(step, model)
+    return x
+
+
+@torch.no_grad()
+def denoise(
+    *,
+    models: Models,
+    policies: Policies,
+    scheduler,
+    timesteps: torch.Tensor,
+    latents: torch.Tensor,
+    prompt_embeds: torch.Tensor,
+    pooled_projections: torch.Tensor,
+    guidance_scale: float,
+    callback: StepCallback | None = None,
+    progress: bool = False,
+) -> tuple[torch.Tensor, list[StepRecord]]:
+    """Run the loop from ``latents`` over ``timesteps``; return the final latents and one record per step.
+
+    ``prompt_embeds``/``pooled_projections`` hold [uncond, cond] halves when ``guidance_scale > 1``.
+    The scheduler must be freshly set to ``timesteps`` (its step index at the start).
+    """
+    from tqdm.auto import tqdm
+
+    switch, mask, context = policies.switch, policies.mask, policies.context
+    guided = guidance_scale > 1.0
+    batch = latents.shape[0]
+    p = models.patch_size
+    grid = (latents.shape[-2] // p, latents.shape[-1] // p)
+    num_tokens = grid[0] * grid[1]
+    measure = MEASURES[switch.change_measure]
+    # A policy that never masks needs no K/V recording: its large steps are the stock forward.
+    may_mask = getattr(switch, "may_mask", True)
+
+    switch.reset(len(timesteps))
+    mask.reset()
+    context.reset()
+    trace: list[StepRecord] = []
+    change = change_map = previous = None
+    if may_mask:
+        models.masked_large.begin()
+    try:
+        for i, t in enumerate(tqdm(timesteps, disable=not progress, desc="denoise", leave=False)):
+            sigma = float(scheduler.sigmas[i])  # a fresh scheduler: step i uses sigmas[i]
+            state = LoopState(step=i, num_steps=len(timesteps), timestep=float(t), sigma=sigma,
+                              num_tokens=num_tokens, grid=grid, batch_size=batch, change=change,
+                              change_map=change_map)
+            decision: Decision = switch.decide(state)
+            model_input = torch.cat([latents] * 2) if guided else latents
+            inputs = ModelInputs(hidden_states=model_input, timestep=t.expand(model_input.shape[0]),
+                                 encoder_hidden_states=prompt_embeds, pooled_projections=pooled_projections)
+            large_timer, small_timer = _Timer(latents.device), _Timer(latents.device)
+            large_tokens = small_tokens = 0
+            if decision.hybrid:
+                indices = mask.select(attrs.evolve(state, stage=decision.stage), decision.mask_ratio)
+                model_indices = torch.cat([indices] * 2) if guided else indices  # both CFG halves share it
+                with large_timer:
+                    large_part = _check_finite(context.masked(models.masked_large, inputs, model_indices), i, "large")
+                with small_timer:
+                    prediction = _check_finite(_plain_forward(models.small, inputs), i, "small")
+                prediction = stitch(prediction, large_part, model_indices, p)
+                large_tokens, small_tokens = indices.shape[1], num_tokens
+            elif decision.large:
+                with large_timer:
+                    out = context.full(models.masked_large, inputs) if may_mask else _plain_forward(models.large, inputs)
+                prediction = _check_finite(out, i, "large")
+                large_tokens = num_tokens
+            else:
+                with small_timer:
+                    prediction = _check_finite(_plain_forward(models.small, inputs), i, "small")
+                small_tokens = num_tokens
+
+            if guided:
+                uncond, cond = prediction.chunk(2)
+                prediction = uncond + guidance_scale * (cond - uncond)
+            next_latents = scheduler.step(prediction, t, latents, return_dict=False)[0]
+
+            current = StepTensors(latents=latents, next_latents=next_latents, output=prediction,
+                                  x0=latents - sigma * prediction)
+            change, change_map = measure(previous, current, p)
+            previous = current
+            record = StepRecord(
+                step=i, timestep=float(t), sigma=sigma, stage=decision.stage, large_tokens=large_tokens,
+                small_tokens=small_tokens, num_tokens=num_tokens, mask_ratio=large_tokens / num_tokens,
+                change=None if change is None else float(change.max()),
+                large_ms=large_timer.ms, small_ms=small_timer.ms,
+            )
+            trace.append(record)
+            if callback is not None:
+                callback({"step": i, "timestep": t, "sigma": sigma, "latents": next_latents, "x0": current.x0,
+                          "prediction": prediction, "decision": decision, "record": record,
+                          "change_map": change_map,
+                          "indices": indices if decision.hybrid else None})
+            latents = next_latents
+    finally:
+        context.release()
+        if may_mask:
+            models.masked_large.end()
+    return latents, trace

@@ -1,0 +1,215 @@
+"""Run an experiment: every method × prompt × seed, with outputs written atomically and reruns resuming.
+
+Layout of the output folder::
+
+    images/<method>/p<prompt>-s<seed>.png   the generated image
+    records/<method>/p<prompt>-s<seed>.json one unit's measurements and its per-step trace
+    trace.jsonl                             every step of every unit, one JSON object a line
+    results.md, results.csv                 one row per method
+
+A unit (method, prompt, seed) is done when its record exists; records are written last and atomically
+(temp file + ``os.replace``), so an interrupted run loses at most the unit in flight and a rerun skips what
+is done. The table is always rebuilt from the records, never from memory.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import attrs
+import numpy as np
+
+from stitchkit.config import ExperimentConfig, MethodConfig
+from stitchkit.trace import large_step_equivalents
+
+BASELINE = "large"
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def unit_stem(prompt_index: int, seed: int) -> str:
+    return f"p{prompt_index:04d}-s{seed}"
+
+
+def load_pair(config: ExperimentConfig):
+    """The StitchPipeline the experiment's ``pair`` names."""
+    import torch
+
+    from stitchkit.pipeline import StitchPipeline
+
+    pair = config.pair
+    if pair.name == "tiny-random":
+        from stitchkit.pairs.tiny_random import build_tiny_random_pair
+
+        large, small = build_tiny_random_pair()
+        return StitchPipeline.from_pipelines(large=large, small=small)
+    return StitchPipeline.from_pretrained(pair.large, pair.small, torch_dtype=getattr(torch, pair.dtype),
+                                          device=pair.device)
+
+
+def _generate(pipe, config: ExperimentConfig, method: MethodConfig, prompt: str, seed: int, *, save: bool = True):
+    import torch
+
+    s = config.sampler
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    start = time.perf_counter()
+    out = pipe(prompt, height=s.height, width=s.width, num_inference_steps=s.steps,
+               guidance_scale=s.guidance_scale, negative_prompt=s.negative_prompt,
+               max_sequence_length=s.max_sequence_length, generator=generator, output_type="pil",
+               switch=method.switch, mask=method.mask, context=method.context)
+    total_ms = (time.perf_counter() - start) * 1000.0
+    return out, total_ms
+
+
+def _record(method: str, prompt_index: int, prompt: str, seed: int, out, total_ms: float) -> dict[str, Any]:
+    trace = out.trace
+    return {
+        "method": method, "prompt_index": prompt_index, "prompt": prompt, "seed": seed,
+        "latency_ms": total_ms,
+        "denoise_ms": sum(r.large_ms + r.small_ms for r in trace),
+        "large_step_equivalents": large_step_equivalents(trace),
+        "trace": [r.to_dict() for r in trace],
+    }
+
+
+def run_experiment(config: ExperimentConfig, *, progress: bool = True, pipe=None) -> Path:
+    """Run every unit not yet done, then (re)write trace.jsonl and the results table. Returns the folder."""
+    from tqdm.auto import tqdm
+
+    out_dir = config.output
+    units = [(m, pi, p, s) for m in _ordered(config.methods) for pi, p in enumerate(config.prompts)
+             for s in config.seeds]
+    todo = [u for u in units if not _record_path(out_dir, u[0].name, u[1], u[3]).exists()]
+    if todo:
+        pipe = pipe or load_pair(config)
+        # One untimed generation first: the first call pays for allocations and lazy initialisation.
+        _generate(pipe, config, config.methods[0], config.prompts[0], config.seeds[0])
+        for method, pi, prompt, seed in tqdm(todo, desc=config.name, disable=not progress):
+            out, total_ms = _generate(pipe, config, method, prompt, seed)
+            stem = unit_stem(pi, seed)
+            buffer = io.BytesIO()
+            out.images[0].save(buffer, format="PNG")
+            atomic_write(out_dir / "images" / method.name / f"{stem}.png", buffer.getvalue())
+            record = _record(method.name, pi, prompt, seed, out, total_ms)
+            atomic_write(_record_path(out_dir, method.name, pi, seed), json.dumps(record).encode())
+    write_results(config)
+    return out_dir
+
+
+def _ordered(methods: Iterable[MethodConfig]) -> list[MethodConfig]:
+    """The large-only baseline first (if present), so the speedups are always against finished units."""
+    methods = list(methods)
+    return sorted(methods, key=lambda m: m.name != BASELINE)
+
+
+def _record_path(out_dir: Path, method: str, prompt_index: int, seed: int) -> Path:
+    return out_dir / "records" / method / f"{unit_stem(prompt_index, seed)}.json"
+
+
+def _image(out_dir: Path, method: str, prompt_index: int, seed: int) -> np.ndarray:
+    from PIL import Image
+
+    path = out_dir / "images" / method / f"{unit_stem(prompt_index, seed)}.png"
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
+
+
+@attrs.frozen(kw_only=True)
+class ResultRow:
+    method: str
+    images: int
+    latency_ms: float
+    denoise_ms: float
+    speedup: float | None
+    large_step_equivalents: float
+    mean_abs_diff: float | None
+
+
+def collect_results(config: ExperimentConfig) -> list[ResultRow]:
+    """One row per method, from the records on disk: mean latency, speedup over the large-only run of the
+    same prompts and seeds, large-model step equivalents (Σ large_tokens / N), mean |image − large image|."""
+    out_dir = config.output
+    records: dict[str, list[dict]] = {}
+    for method in config.methods:
+        for pi, _ in enumerate(config.prompts):
+            for seed in config.seeds:
+                path = _record_path(out_dir, method.name, pi, seed)
+                if path.exists():
+                    records.setdefault(method.name, []).append(json.loads(path.read_text()))
+    base = {(r["prompt_index"], r["seed"]): r for r in records.get(BASELINE, [])}
+    rows = []
+    for method in config.methods:
+        recs = records.get(method.name, [])
+        if not recs:
+            continue
+        paired = [r for r in recs if (r["prompt_index"], r["seed"]) in base]
+        speedup = diff = None
+        if paired:
+            speedup = (sum(base[(r["prompt_index"], r["seed"])]["latency_ms"] for r in paired)
+                       / sum(r["latency_ms"] for r in paired))
+            diff = statistics.fmean(
+                float(np.abs(_image(out_dir, method.name, r["prompt_index"], r["seed"])
+                             - _image(out_dir, BASELINE, r["prompt_index"], r["seed"])).mean())
+                for r in paired)
+        rows.append(ResultRow(
+            method=method.name, images=len(recs), latency_ms=statistics.fmean(r["latency_ms"] for r in recs),
+            denoise_ms=statistics.fmean(r["denoise_ms"] for r in recs), speedup=speedup,
+            large_step_equivalents=statistics.fmean(r["large_step_equivalents"] for r in recs),
+            mean_abs_diff=diff,
+        ))
+    return rows
+
+
+def _fmt(value: Any, digits: int) -> str:
+    return "–" if value is None else (f"{value:.{digits}f}" if isinstance(value, float) else str(value))
+
+
+def write_results(config: ExperimentConfig) -> list[ResultRow]:
+    out_dir = config.output
+    rows = collect_results(config)
+    header = ["method", "images", "latency_ms", "denoise_ms", "speedup", "large_step_equivalents", "mean_abs_diff"]
+    digits = {"latency_ms": 1, "denoise_ms": 1, "speedup": 2, "large_step_equivalents": 2, "mean_abs_diff": 4}
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    for row in rows:
+        values = attrs.asdict(row)
+        lines.append("| " + " | ".join(_fmt(values[h], digits.get(h, 0)) for h in header) + " |")
+        writer.writerow(["" if values[h] is None else values[h] for h in header])
+    atomic_write(out_dir / "results.md", ("\n".join(lines) + "\n").encode())
+    atomic_write(out_dir / "results.csv", buffer.getvalue().encode())
+    trace_lines = []
+    for method in config.methods:
+        for pi, _ in enumerate(config.prompts):
+            for seed in config.seeds:
+                path = _record_path(out_dir, method.name, pi, seed)
+                if path.exists():
+                    record = json.loads(path.read_text())
+                    for step in record["trace"]:
+                        trace_lines.append(json.dumps({"method": method.name, "prompt_index": pi, "seed": seed,
+                                                       **step}))
+    atomic_write(out_dir / "trace.jsonl", ("\n".join(trace_lines) + "\n").encode())
+    return rows
+
+
+def results_markdown(config: ExperimentConfig) -> str:
+    return (config.output / "results.md").read_text()

@@ -1,0 +1,193 @@
+"""``StitchPipeline``: a diffusers-style pipeline that stitches a large and a small transformer.
+
+    >>> from stitchkit import StitchPipeline
+    >>> pipe = StitchPipeline.from_pretrained("stabilityai/stable-diffusion-3.5-large",
+    ...                                       "stabilityai/stable-diffusion-3-medium-diffusers",
+    ...                                       torch_dtype=torch.bfloat16, device="cuda")  # doctest: +SKIP
+    >>> out = pipe("a bird on a branch", switch="hybridstitch-30")                     # doctest: +SKIP
+    >>> out.images[0], out.trace[-1].stage                                               # doctest: +SKIP
+
+Text encoders, VAE and scheduler come from the large pipeline; the small model contributes only its
+transformer. The caller's pipelines are never changed: the scheduler is copied, attention processors are
+installed for one generation and restored after it (also on error).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import attrs
+import torch
+
+from stitchkit.adapters.sd3 import SD3Adapter, check_pair
+from stitchkit.engine import Models, Policies, StepCallback, denoise
+from stitchkit.errors import ConfigError
+from stitchkit.registry import Registry, get_registry
+from stitchkit.trace import StepRecord
+
+#: What ``mask=`` and ``context=`` default to when neither the call nor a preset names them.
+DEFAULT_MASK = "top-k"
+DEFAULT_CONTEXT = "kv-cache"
+_LOADING_OPTIONS = ("local_files_only", "revision", "cache_dir", "token", "variant", "use_safetensors")
+
+
+@attrs.frozen(kw_only=True)
+class StitchOutput:
+    """``images`` as diffusers returns them for the ``output_type``; ``trace``: one record per step."""
+
+    images: Any
+    trace: tuple[StepRecord, ...]
+
+
+def _load_masked_transformer():
+    from stitchkit.models.sd3_masked import MaskedTransformer
+
+    return MaskedTransformer
+
+
+class StitchPipeline:
+    """Runs one denoising loop over a pair of transformers, policies deciding who computes what."""
+
+    def __init__(self, adapter: SD3Adapter, small_transformer: torch.nn.Module,
+                 registry: Registry | None = None) -> None:
+        check_pair(adapter.large_transformer, small_transformer)
+        self.adapter = adapter
+        self.small = small_transformer
+        self.registry = registry or get_registry()
+        self.masked_large = _load_masked_transformer()(adapter.large_transformer)
+
+    # -- construction -----------------------------------------------------------------------------------
+    @classmethod
+    def from_pipelines(cls, *, large, small, registry: Registry | None = None) -> "StitchPipeline":
+        """``large``: a ``StableDiffusion3Pipeline``; ``small``: a ``StableDiffusion3Pipeline`` or its transformer."""
+        from diffusers import StableDiffusion3Pipeline
+
+        if not isinstance(large, StableDiffusion3Pipeline):
+            raise ConfigError("large", f"is a {type(large).__name__}", "pass a StableDiffusion3Pipeline")
+        small_transformer = getattr(small, "transformer", small)
+        if not isinstance(small_transformer, torch.nn.Module) or not hasattr(small_transformer, "config"):
+            raise ConfigError("small", f"is a {type(small).__name__}",
+                              "pass a StableDiffusion3Pipeline or an SD3Transformer2DModel")
+        return cls(SD3Adapter(large), small_transformer, registry=registry)
+
+    @classmethod
+    def from_pretrained(cls, large: str, small: str, *, torch_dtype: torch.dtype | None = None,
+                        device: str | torch.device | None = None, registry: Registry | None = None,
+                        **kwargs: Any) -> "StitchPipeline":
+        """Hub ids or local folders in diffusers format; only the small pipeline's transformer is loaded.
+
+        Extra keyword arguments go to the large pipeline's ``from_pretrained`` (``text_encoder_3=None`` to run
+        without T5, say); the loading options among them (``local_files_only``, ``revision``, ``cache_dir``,
+        ``token``, ``variant``, ``use_safetensors``) go to the small transformer's too.
+        """
+        from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
+
+        large_pipe = StableDiffusion3Pipeline.from_pretrained(large, torch_dtype=torch_dtype, **kwargs)
+        loading = {k: v for k, v in kwargs.items() if k in _LOADING_OPTIONS}
+        small_tf = SD3Transformer2DModel.from_pretrained(small, subfolder="transformer", torch_dtype=torch_dtype,
+                                                         **loading)
+        if device is not None:
+            large_pipe.to(device)
+            small_tf.to(device)
+        return cls.from_pipelines(large=large_pipe, small=small_tf, registry=registry)
+
+    # -- policies ---------------------------------------------------------------------------------------
+    def resolve_policies(self, switch: Any = "large", mask: Any = None, context: Any = None) -> Policies:
+        """Policy objects from names, ``{"kind": ..., **params}`` dicts or objects; a preset's implied
+        mask/context apply where the call names none."""
+        switch_policy, implied = self.registry.create("switch", switch)
+        mask_policy, _ = self.registry.create("mask", mask if mask is not None else implied.get("mask", DEFAULT_MASK))
+        context_policy, _ = self.registry.create(
+            "context", context if context is not None else implied.get("context", DEFAULT_CONTEXT))
+        return Policies(switch=switch_policy, mask=mask_policy, context=context_policy)
+
+    # -- generation -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        prompt_2: str | list[str] | None = None,
+        prompt_3: str | list[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 28,
+        sigmas: list[float] | None = None,
+        guidance_scale: float = 7.0,
+        negative_prompt: str | list[str] | None = None,
+        negative_prompt_2: str | list[str] | None = None,
+        negative_prompt_3: str | list[str] | None = None,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        pooled_prompt_embeds: torch.Tensor | None = None,
+        negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        output_type: str = "pil",
+        clip_skip: int | None = None,
+        max_sequence_length: int = 256,
+        mu: float | None = None,
+        *,
+        switch: Any = "large",
+        mask: Any = None,
+        context: Any = None,
+        callback: StepCallback | None = None,
+        progress: bool = False,
+    ) -> StitchOutput:
+        """Generate as ``StableDiffusion3Pipeline.__call__`` does, with ``switch``/``mask``/``context``
+        choosing the method (a name, a ``{"kind": name, **params}`` dict, or a policy object)."""
+        policies = self.resolve_policies(switch, mask, context)
+        adapter = self.adapter
+        default = adapter.default_size()
+        height, width = height or default, width or default
+        adapter.check_inputs(
+            prompt=prompt, prompt_2=prompt_2, prompt_3=prompt_3, height=height, width=width,
+            negative_prompt=negative_prompt, negative_prompt_2=negative_prompt_2,
+            negative_prompt_3=negative_prompt_3, prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
+            negative_pooled_prompt_embeds=negative_pooled_prompt_embeds, max_sequence_length=max_sequence_length,
+        )
+        if isinstance(prompt, str):
+            batch = 1
+        elif prompt is not None:
+            batch = len(prompt)
+        else:
+            batch = prompt_embeds.shape[0]
+        cond = adapter.encode(
+            guidance_scale=guidance_scale, num_images_per_prompt=num_images_per_prompt,
+            max_sequence_length=max_sequence_length, prompt=prompt, prompt_2=prompt_2, prompt_3=prompt_3,
+            negative_prompt=negative_prompt, negative_prompt_2=negative_prompt_2,
+            negative_prompt_3=negative_prompt_3, prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
+            negative_pooled_prompt_embeds=negative_pooled_prompt_embeds, clip_skip=clip_skip,
+        )
+        latents = adapter.prepare_latents(batch_size=batch * num_images_per_prompt, height=height, width=width,
+                                          dtype=cond.prompt_embeds.dtype, generator=generator, latents=latents)
+        scheduler = adapter.new_scheduler()
+        timesteps = adapter.timesteps(scheduler, num_inference_steps=num_inference_steps, latents=latents,
+                                      sigmas=sigmas, mu=mu)
+        models = Models(large=adapter.large_transformer, masked_large=self.masked_large, small=self.small,
+                        patch_size=adapter.patch_size)
+        latents, trace = denoise(
+            models=models, policies=policies, scheduler=scheduler, timesteps=timesteps, latents=latents,
+            prompt_embeds=cond.prompt_embeds, pooled_projections=cond.pooled_projections,
+            guidance_scale=cond.guidance_scale, callback=callback, progress=progress,
+        )
+        return StitchOutput(images=adapter.decode(latents, output_type), trace=tuple(trace))
+
+    # -- conveniences -----------------------------------------------------------------------------------
+    def to(self, device: str | torch.device) -> "StitchPipeline":
+        self.adapter.pipeline.to(device)
+        self.small.to(device)
+        return self
+
+    def describe(self) -> Mapping[str, Any]:
+        """The pair's identity, for result tables and profile keys."""
+        large, small = self.adapter.large_transformer.config, self.small.config
+        return {
+            "family": self.adapter.family,
+            "large": {"num_layers": large.num_layers, "heads": large.num_attention_heads,
+                      "head_dim": large.attention_head_dim},
+            "small": {"num_layers": small.num_layers, "heads": small.num_attention_heads,
+                      "head_dim": small.attention_head_dim},
+        }

@@ -1,0 +1,190 @@
+"""The plugin registry: every switch policy, mask policy and context provider stitchkit knows by name.
+
+Built once per :func:`get_registry` call (no global plugin manager at import time; tests build their own).
+The built-in policies are ordinary hookimpl modules listed in :data:`DEFAULT_PLUGINS` and go through the very
+path an outside package's plugin does: ``pm.register(module)``, then the hooks are called with a
+``register`` callback that collects what each plugin hands over. Outside packages are found through the
+``stitchkit`` entry-point group; ``STITCHKIT_PLUGINS`` restricts which of them load (a comma-separated list
+of entry-point names; empty string: none), and ``STITCHKIT_TRACE_HOOKS=1`` prints every hook call.
+
+A name registered twice is an error that names both sources: silently letting one plugin shadow another
+makes results depend on install order.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import sys
+from typing import Any, Callable, Iterable, Mapping
+
+import attrs
+import pluggy
+
+from stitchkit import hookspecs
+from stitchkit.errors import ConfigError
+
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "stitchkit.policies.baselines",
+    "stitchkit.policies.tstitch",
+    "stitchkit.policies.srdiffusion",
+    "stitchkit.policies.hybridstitch",
+    "stitchkit.policies.topk",
+    "stitchkit.policies.static",
+    "stitchkit.policies.full_mask",
+    "stitchkit.policies.kv_cache",
+    "stitchkit.policies.full_large",
+)
+
+#: The three kinds of policy, keyed by the section name used in YAML and in ``StitchPipeline(switch=...)``.
+KINDS: dict[str, str] = {
+    "switch": "register_switch_policies",
+    "mask": "register_mask_policies",
+    "context": "register_context_providers",
+}
+
+#: Keys of a preset that name the other policies it implies (``staticmask-30`` implies ``mask: static``).
+PRESET_POLICY_KEYS = ("mask", "context")
+
+
+@attrs.frozen(kw_only=True)
+class Entry:
+    """One registered policy: its factory, where it came from, and (for switch policies) a preset's params."""
+
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    origin: str
+    params: Mapping[str, Any] = attrs.field(factory=dict)
+    preset_of: str | None = None
+
+    def parameters(self) -> list[tuple[str, Any]]:
+        """(name, default) of every keyword the factory takes, with a preset's values as the defaults."""
+        out = []
+        for p in inspect.signature(self.factory).parameters.values():
+            if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                continue
+            default = self.params.get(p.name, None if p.default is p.empty else p.default)
+            out.append((p.name, default))
+        return out
+
+
+class Registry:
+    """Name -> factory for each policy kind, filled by the plugin hooks."""
+
+    def __init__(self, plugin_manager: pluggy.PluginManager) -> None:
+        self.plugin_manager = plugin_manager
+        self.entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
+        plugins = plugin_manager.get_plugins()
+        for kind, hook_name in KINDS.items():
+            for impl in getattr(plugin_manager.hook, hook_name).get_hookimpls():
+                # One plugin at a time, through pluggy (keyword call, tracing), so a name knows its origin.
+                only = plugin_manager.subset_hook_caller(hook_name, [p for p in plugins if p is not impl.plugin])
+                only(register=self._collector(kind, _origin(plugin_manager, impl.plugin)))
+
+    def _collector(self, kind: str, origin: str) -> Callable[..., None]:
+        def register(name: str, factory: Callable[..., Any], presets: Mapping[str, Mapping] | None = None):
+            self._add(Entry(kind=kind, name=name, factory=factory, origin=origin))
+            for preset, params in (presets or {}).items():
+                self._add(
+                    Entry(kind=kind, name=preset, factory=factory, origin=origin, params=dict(params), preset_of=name)
+                )
+
+        return register
+
+    def _add(self, entry: Entry) -> None:
+        known = self.entries[entry.kind]
+        if entry.name in known:
+            raise ConfigError(
+                f"{entry.kind} policy {entry.name!r}",
+                f"registered twice, by {known[entry.name].origin} and by {entry.origin}",
+                "uninstall one plugin or restrict outside plugins with STITCHKIT_PLUGINS",
+            )
+        known[entry.name] = entry
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.entries[kind])
+
+    def entry(self, kind: str, name: str, path: str | None = None) -> Entry:
+        path = path or f"{kind}.kind"
+        try:
+            return self.entries[kind][name]
+        except KeyError:
+            raise ConfigError(path, f"unknown {kind} policy {name!r}", "known: " + ", ".join(self.names(kind)))
+
+    def create(self, kind: str, spec: Any, path: str | None = None) -> tuple[Any, dict[str, Any]]:
+        """Build a policy from a name, a ``{"kind": name, **params}`` dict, or pass an object through.
+
+        Returns the policy and the other policies a preset implies (``{"mask": "static"}``), which the caller
+        uses where the user did not name those explicitly.
+        """
+        path = path or kind
+        if not isinstance(spec, (str, Mapping)):
+            return spec, {}
+        if isinstance(spec, str):
+            name, params = spec, {}
+        else:
+            params = dict(spec)
+            name = params.pop("kind", None)
+            if not isinstance(name, str):
+                raise ConfigError(f"{path}.kind", "missing or not a string", "known: " + ", ".join(self.names(kind)))
+        entry = self.entry(kind, name, f"{path}.kind" if isinstance(spec, Mapping) else path)
+        merged = {**entry.params, **params}
+        implied = {k: merged.pop(k) for k in PRESET_POLICY_KEYS if k in merged}
+        allowed = {name for name, _ in entry.parameters()}
+        for key in merged:
+            if key not in allowed:
+                raise ConfigError(
+                    f"{path}.{key}", f"unknown parameter of {name!r}", "allowed: " + (", ".join(sorted(allowed)) or "none")
+                )
+        try:
+            policy = entry.factory(**merged)
+        except ConfigError as err:
+            raise err.at(path) from None
+        except (TypeError, ValueError) as err:
+            raise ConfigError(path, f"{name!r} refused its parameters: {err}") from None
+        return policy, implied
+
+
+def _origin(pm: pluggy.PluginManager, plugin: object) -> str:
+    for dist_plugin, dist in pm.list_plugin_distinfo():
+        if dist_plugin is plugin:
+            return f"{dist.project_name} (entry point {pm.get_name(plugin)})"
+    name = pm.get_name(plugin) or repr(plugin)
+    return "stitchkit (built-in)" if name in DEFAULT_PLUGINS else name
+
+
+def _allowed_outside_plugins() -> set[str] | None:
+    value = os.environ.get("STITCHKIT_PLUGINS")
+    if value is None:
+        return None
+    return {name.strip() for name in value.split(",") if name.strip()}
+
+
+def make_plugin_manager(
+    *, builtins: Iterable[str] = DEFAULT_PLUGINS, entry_points: bool = True, extra: Iterable[object] = ()
+) -> pluggy.PluginManager:
+    """The plugin manager: hook specs, built-ins, outside entry points, then ``extra`` plugin objects."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    for name in builtins:
+        pm.register(importlib.import_module(name), name=name)
+    if entry_points:
+        allowed = _allowed_outside_plugins()
+        if allowed is None:
+            pm.load_setuptools_entrypoints(hookspecs.ENTRY_POINT_GROUP)
+        else:
+            for name in sorted(allowed):
+                pm.load_setuptools_entrypoints(hookspecs.ENTRY_POINT_GROUP, name=name)
+    for plugin in extra:
+        pm.register(plugin)
+    if os.environ.get("STITCHKIT_TRACE_HOOKS"):
+        pm.trace.root.setwriter(sys.stderr.write)
+        pm.enable_tracing()
+    return pm
+
+
+def get_registry(*, extra: Iterable[object] = (), entry_points: bool = True) -> Registry:
+    """A fresh registry of every policy: built-ins, outside entry points, and ``extra`` plugin objects."""
+    return Registry(make_plugin_manager(extra=extra, entry_points=entry_points))

@@ -1,0 +1,21 @@
+"""Shared fixtures: the tiny-random pair, built once per session (seeded, offline)."""
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def tiny_pair():
+    """(large StableDiffusion3Pipeline, small SD3Transformer2DModel), float32 on CPU."""
+    from stitchkit.pairs.tiny_random import build_tiny_random_pair
+
+    torch.set_num_threads(1)
+    return build_tiny_random_pair(seed=0)
+
+
+@pytest.fixture(scope="session")
+def stitch_pipe(tiny_pair):
+    from stitchkit import StitchPipeline
+
+    large, small = tiny_pair
+    return StitchPipeline.from_pipelines(large=large, small=small)
