@@ -1,0 +1,135 @@
+"""``stitchkit profile``: measure a pair's ``L_l``, ``L_s`` and masked ``L_l(M)``, print them, cache them.
+
+    stitchkit profile --pair tiny-random --height 64 --width 64
+
+A profile is cached per pair, size, dtype, device, batch and text length (:class:`ProfileKey`); a second
+run prints the cached one unless ``--refresh``. Options are parsed here so that every refusal is one
+:class:`ConfigError` line. torch and the pair are imported only when something has to be measured.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from stitchkit.commands.plan import parse_floats, parse_int
+from stitchkit.errors import ConfigError
+from stitchkit.latency import Costs, validate_costs
+from stitchkit.profile import (
+    DEFAULT_RATIOS,
+    DTYPES,
+    ProfileKey,
+    format_costs,
+    load_profile,
+    profile_path,
+    profile_transformers,
+    save_profile,
+)
+
+__all__ = ["command", "measure_pair", "profile"]
+
+
+def _positive(option: str, text: str, *, minimum: int = 1) -> int:
+    value = parse_int(option, text)
+    if value < minimum:
+        raise ConfigError(option, f"{value} is below {minimum}", f"must be at least {minimum}")
+    return value
+
+
+def _device(text: str) -> str:
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise ConfigError("--device", f"{text!r} is not a device", "e.g. cpu, cuda, cuda:1, mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device", f"{text!r} is not available here", "CUDA is not available; use cpu")
+    return str(device)
+
+
+def measure_pair(key: ProfileKey, *, vae_scale_factor: int, ratios, warmup: int, repeats: int,
+                 num_threads: int | None = None) -> Costs:
+    """Load the pair's transformers (``stitchkit.pairs.load_pair_transformers``); profile them at ``key``."""
+    try:
+        from stitchkit.pairs import load_pair_transformers
+    except ImportError:
+        raise ConfigError("--pair", f"cannot load {key.pair!r}: this install has no pair loader",
+                          "stitchkit.pairs.load_pair_transformers is missing") from None
+    large, small, _pair_id = load_pair_transformers(key.pair)
+    return profile_transformers(
+        large, small,
+        latent_height=key.height // vae_scale_factor, latent_width=key.width // vae_scale_factor,
+        text_tokens=key.text_tokens, batch=key.batch, dtype=key.dtype, device=key.device, ratios=ratios,
+        warmup=warmup, repeats=repeats, num_threads=num_threads,
+    )
+
+
+@click.command("profile")
+@click.option("--pair", required=True, help="The pair to profile (e.g. tiny-random).")
+@click.option("--height", required=True, metavar="PX", help="Image height in pixels.")
+@click.option("--width", required=True, metavar="PX", help="Image width in pixels.")
+@click.option("--dtype", default="float32", show_default=True, help=f"One of {', '.join(DTYPES)}.")
+@click.option("--device", default="cpu", show_default=True, help="A torch device (cpu, cuda, cuda:1, mps).")
+@click.option("--ratios", default=",".join(f"{r:g}" for r in DEFAULT_RATIOS), show_default=True,
+              metavar="M1,...", help="Mask ratios to time the masked forward at.")
+@click.option("--batch", default="2", show_default=True,
+              help="Transformer batch (2: one image with guidance).")
+@click.option("--text-tokens", default="333", show_default=True, help="Text tokens (SD3: 77 CLIP + 256 T5).")
+@click.option("--warmup", default="2", show_default=True, help="Untimed calls before timing.")
+@click.option("--repeats", default="5", show_default=True, help="Timed calls; the median is kept.")
+@click.option("--threads", default="", metavar="N",
+              help="CPU threads while measuring (default: torch's); 1 gives repeatable CPU timings.")
+@click.option("--vae-scale-factor", default="8", show_default=True, help="Pixels per latent pixel.")
+@click.option("--refresh", is_flag=True, help="Measure again even if a cached profile exists.")
+@click.option("--json", "as_json", is_flag=True, help="End with one JSON object of the costs.")
+def profile(pair: str, height: str, width: str, dtype: str, device: str, ratios: str, batch: str,
+            text_tokens: str, warmup: str, repeats: str, threads: str, vae_scale_factor: str, refresh: bool,
+            as_json: bool) -> None:
+    """Measure L_l, L_s and the masked L_l(M) of a pair (medians after warm-up); cache and print them."""
+    scale = _positive("--vae-scale-factor", vae_scale_factor)
+    size = {}
+    for option, text in (("--height", height), ("--width", width)):
+        value = _positive(option, text)
+        if value % scale:
+            raise ConfigError(option, f"{value} is not a multiple of the VAE scale factor {scale}",
+                              f"use a multiple of {scale} (of {2 * scale} for SD3's patch size 2)")
+        size[option] = value
+    if dtype not in DTYPES:
+        raise ConfigError("--dtype", f"{dtype!r} is not a profiling dtype", f"one of {', '.join(DTYPES)}")
+    grid = parse_floats("--ratios", ratios)
+    if not grid:
+        raise ConfigError("--ratios", "is empty", "give at least one mask ratio")
+    for r in grid:
+        if not 0.0 < r < 1.0:
+            raise ConfigError("--ratios", f"{r:g} is outside (0, 1)",
+                              "mask ratios lie strictly between 0 and 1")
+    if len(set(grid)) != len(grid):
+        raise ConfigError("--ratios", "a ratio is given twice", "give each ratio once")
+    key = ProfileKey(pair=pair, height=size["--height"], width=size["--width"], dtype=dtype,
+                     device=_device(device), batch=_positive("--batch", batch),
+                     text_tokens=_positive("--text-tokens", text_tokens, minimum=0))
+    n_warmup = _positive("--warmup", warmup, minimum=0)
+    n_repeats = _positive("--repeats", repeats)
+    n_threads = _positive("--threads", threads) if threads.strip() else None
+
+    costs = None if refresh else load_profile(key)
+    if costs is not None and {r for r, _ in costs.masked_ms} >= set(grid):
+        click.echo(f"cached profile: {profile_path(key)}")
+    else:
+        costs = measure_pair(key, vae_scale_factor=scale, ratios=grid, warmup=n_warmup, repeats=n_repeats,
+                             num_threads=n_threads)
+        validate_costs(costs)
+        extra = {"warmup": n_warmup, "repeats": n_repeats, "threads": n_threads}
+        path = save_profile(key, costs, extra=extra)
+        click.echo(f"profiled {pair} at {key.height}x{key.width} {dtype} on {key.device} "
+                   f"(batch {key.batch}, {key.text_tokens} text tokens; median of {n_repeats} after "
+                   f"{n_warmup} warm-up); saved to {path}")
+    for line in format_costs(costs):
+        click.echo(line)
+    if as_json:
+        click.echo(json.dumps({"key": key.to_dict(), **costs.to_dict()}))
+
+
+command = profile

@@ -1,0 +1,367 @@
+"""Measured (or estimated) step costs for the latency model: ``L_l``, ``L_s`` and the masked ``L_l(M)``.
+
+:func:`profile_transformers` times the two transformers of a pair on random inputs of the right shapes
+(warm-up, then the median of several repeats), the large one also masked over a grid of ratios through
+:class:`stitchkit.models.sd3_masked.MaskedTransformer`. Profiles are cached as JSON, one file per
+:class:`ProfileKey`, under ``$STITCHKIT_CACHE/profiles`` (default ``~/.cache/stitchkit/profiles``).
+
+Without a profile, :func:`estimate_costs_from_configs` estimates the same numbers from the two configs'
+FLOPs, in units of one large step: an estimate, and marked as one (``Costs.source = "flops-estimate"``).
+
+torch is imported only inside the functions that run models, so the cache and the FLOP model stay cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from stitchkit.errors import ConfigError
+from stitchkit.latency import Costs
+
+__all__ = [
+    "DEFAULT_RATIOS",
+    "DTYPES",
+    "ProfileKey",
+    "estimate_costs_from_configs",
+    "format_costs",
+    "load_profile",
+    "profile_dir",
+    "profile_path",
+    "profile_transformers",
+    "save_profile",
+    "transformer_flops",
+]
+
+#: The grid of mask ratios profiled unless told otherwise.
+DEFAULT_RATIOS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.7)
+#: The dtypes a profile can be taken in, by the names the CLI and the cache use.
+DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
+#: Bumped when the cache file's layout changes; older files are then ignored.
+CACHE_VERSION = 1
+
+
+# ------------------------------------------------------------------------------------------------- cache
+
+
+@attrs.frozen(kw_only=True)
+class ProfileKey:
+    """What a profile depends on: the pair, the image size in pixels, dtype and device; also the batch the
+    transformers see (2 with classifier-free guidance) and the number of text tokens (333 in SD3's pipeline:
+    77 CLIP + 256 T5 positions), since both change the cost."""
+
+    pair: str
+    height: int
+    width: int
+    dtype: str
+    device: str
+    batch: int = 2
+    text_tokens: int = 333
+
+    def filename(self) -> str:
+        """A file name safe on every platform (the key itself is stored inside the file and checked)."""
+        raw = (f"{self.pair}-{self.height}x{self.width}-{self.dtype}-{self.device}"
+               f"-b{self.batch}-t{self.text_tokens}")
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", raw) + ".json"
+
+    def to_dict(self) -> dict:
+        return attrs.asdict(self)
+
+
+def profile_dir() -> Path:
+    """``$STITCHKIT_CACHE/profiles``, else ``$XDG_CACHE_HOME/stitchkit/profiles``, else
+    ``~/.cache/stitchkit/profiles``."""
+    root = os.environ.get("STITCHKIT_CACHE")
+    if root:
+        return Path(root).expanduser() / "profiles"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "stitchkit" / "profiles"
+
+
+def profile_path(key: ProfileKey, directory: str | os.PathLike | None = None) -> Path:
+    """Where the profile of ``key`` lives."""
+    return Path(directory if directory is not None else profile_dir()) / key.filename()
+
+
+def load_profile(key: ProfileKey, *, directory: str | os.PathLike | None = None) -> Costs | None:
+    """The cached costs of ``key``, or ``None`` when there are none (or the file is unreadable, of another
+    cache version, or holds another key)."""
+    path = profile_path(key, directory)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("version") != CACHE_VERSION or data.get("key") != key.to_dict():
+            return None
+        return Costs.from_dict(data["costs"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def save_profile(key: ProfileKey, costs: Costs, *, directory: str | os.PathLike | None = None,
+                 extra: Mapping[str, Any] | None = None) -> Path:
+    """Write ``costs`` for ``key`` atomically (a temporary file in the same folder, then ``os.replace``), so a
+    reader never sees half a file; ``extra`` (e.g. warm-up and repeats) is stored beside it.
+    Returns the path."""
+    path = profile_path(key, directory)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"version": CACHE_VERSION, "key": key.to_dict(), "costs": costs.to_dict(), **dict(extra or {})}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- FLOPs
+
+
+def _config(model_or_config: Any) -> Mapping[str, Any]:
+    """A transformer's config as a mapping (a model's ``.config``, or the mapping itself)."""
+    config = getattr(model_or_config, "config", model_or_config)
+    if not isinstance(config, Mapping):
+        kind = type(model_or_config).__name__
+        raise TypeError(f"expected an SD3Transformer2DModel or its config, got {kind}")
+    return config
+
+
+def transformer_flops(config: Any, num_image_tokens: int, num_text_tokens: int, *,
+                      mask_ratio: float = 1.0) -> float:
+    """Floating-point operations of one ``SD3Transformer2DModel`` forward for one sample (2 per multiply-add).
+
+    Per joint block, for ``q = M·N + T`` query tokens (the image tokens that are recomputed, and all text
+    tokens) attending to ``N + T`` keys (the rest from the K/V cache): Q/K/V projections ``6·D²`` and the
+    output projection ``2·D²`` per query token, attention ``4·q·(N + T)·D``, the feed-forward (``4·D`` wide)
+    ``16·D²`` per query token. The last block (``context_pre_only``) computes only the text K/V (``4·D²``):
+    its text output is discarded, so :class:`~stitchkit.models.sd3_masked.MaskedTransformer` computes no
+    text queries there (stock diffusers does, a rounding error). SD3.5's dual-attention blocks add
+    image-only self-attention (``8·D²`` per image query token, ``4·M·N·N·D``). Outside the blocks: the
+    patch embedding on all ``N`` tokens (it runs before a subset is taken), the context embedder on the
+    text tokens, the output projection on the ``M·N`` tokens. Per-sample terms (AdaLN modulation, time and pooled
+    embeddings) and norms are left out: they are a rounding error.
+    """
+    c = _config(config)
+    d = int(c["num_attention_heads"]) * int(c["attention_head_dim"])
+    layers = int(c["num_layers"])
+    p = int(c.get("patch_size", 2))
+    c_in = int(c.get("in_channels", 16))
+    c_out = int(c.get("out_channels") or c_in)
+    joint = int(c.get("joint_attention_dim", 4096))
+    dual = {int(i) for i in (c.get("dual_attention_layers") or ())}
+    n, t = float(num_image_tokens), float(num_text_tokens)
+    m = mask_ratio * n
+    keys = n + t
+
+    total = 2.0 * p * p * c_in * d * n  # patch embedding (all N tokens)
+    total += 2.0 * joint * d * t  # context embedder
+    total += 2.0 * d * p * p * c_out * m  # proj_out on the computed tokens
+    for layer in range(layers):
+        last = layer == layers - 1
+        total += (6 + 2 + 16) * d * d * m  # image: QKV, out projection, feed-forward
+        total += (4 if last else 6 + 2 + 16) * d * d * t  # text (the last block: K/V only)
+        total += 4.0 * (m + (0 if last else t)) * keys * d  # joint attention: QK^T and AV
+        if layer in dual:
+            total += 8.0 * d * d * m + 4.0 * m * n * d  # attn2: image-only self-attention
+    return total
+
+
+def estimate_costs_from_configs(large_config: Any, small_config: Any, num_image_tokens: int,
+                                num_text_tokens: int, *, ratios: Sequence[float] = DEFAULT_RATIOS,
+                                large_ms: float = 1.0) -> Costs:
+    """Costs estimated from the two transformers' FLOPs (:func:`transformer_flops`) when no profile exists.
+
+    ``L_l = large_ms`` (by default 1: the results are in large steps), ``L_s = large_ms · F_s / F_l`` and
+    ``L_l(M) = large_ms · F_l(M) / F_l``. An estimate, marked ``source="flops-estimate"``: it ignores memory
+    traffic and per-layer overhead, which make small models and small masks relatively dearer than their
+    FLOPs (NOTES-sd3.md measured 0.21 of a full step at M = 0.1 where this model says 0.16).
+    """
+    full = transformer_flops(large_config, num_image_tokens, num_text_tokens)
+    small = transformer_flops(small_config, num_image_tokens, num_text_tokens)
+    masked = [(float(r), large_ms * transformer_flops(large_config, num_image_tokens, num_text_tokens,
+                                                       mask_ratio=float(r)) / full) for r in ratios]
+    return Costs(large_ms=large_ms, small_ms=large_ms * small / full, masked_ms=masked,
+                 source="flops-estimate")
+
+
+# --------------------------------------------------------------------------------------------- measuring
+
+
+def _resolve_dtype(dtype: Any):
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ConfigError("dtype", f"{dtype!r} is not a profiling dtype", f"one of {', '.join(DTYPES)}")
+    return getattr(torch, dtype)
+
+
+def _synchronizer(device) -> Callable[[], None]:
+    import torch
+
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    if device.type == "mps":
+        return torch.mps.synchronize
+    return lambda: None
+
+
+def _median_ms(fn: Callable[[], Any], *, warmup: int, repeats: int, sync: Callable[[], None]) -> float:
+    """Median wall time of ``fn`` in ms over ``repeats`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(times)
+
+
+def random_inputs(transformer, *, latent_height: int, latent_width: int, text_tokens: int, batch: int,
+                  dtype, device, seed: int = 0):
+    """Random :class:`~stitchkit.protocols.ModelInputs` of the shapes ``transformer`` expects."""
+    import torch
+
+    from stitchkit.protocols import ModelInputs
+
+    c = _config(transformer)
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(batch, int(c["in_channels"]), latent_height, latent_width, generator=g)
+    text = torch.randn(batch, text_tokens, int(c["joint_attention_dim"]), generator=g)
+    pooled = torch.randn(batch, int(c["pooled_projection_dim"]), generator=g)
+    return ModelInputs(
+        hidden_states=hidden.to(device=device, dtype=dtype),
+        timestep=torch.full((batch,), 500.0, device=device, dtype=dtype),
+        encoder_hidden_states=text.to(device=device, dtype=dtype),
+        pooled_projections=pooled.to(device=device, dtype=dtype),
+    )
+
+
+def _move(model, device, dtype):
+    """``model`` on ``device`` in ``dtype``, in eval mode; ``.to`` only when needed (diffusers warns)."""
+    param = next(model.parameters())
+    if param.dtype != dtype:
+        model = model.to(dtype=dtype)
+    if param.device != device:
+        model = model.to(device=device)
+    return model.eval()
+
+
+def _plain_forward(transformer, inputs) -> Any:
+    return transformer(hidden_states=inputs.hidden_states, timestep=inputs.timestep,
+                       encoder_hidden_states=inputs.encoder_hidden_states,
+                       pooled_projections=inputs.pooled_projections, return_dict=False)[0]
+
+
+def profile_transformers(large, small, *, latent_height: int, latent_width: int, text_tokens: int,
+                         batch: int = 2, dtype: Any = "float32", device: Any = "cpu",
+                         ratios: Sequence[float] = DEFAULT_RATIOS, warmup: int = 2, repeats: int = 5,
+                         seed: int = 0, num_threads: int | None = None) -> Costs:
+    """Measure ``L_l``, ``L_s`` and the masked ``L_l(M)`` of two ``SD3Transformer2DModel``s, in ms per step.
+
+    Inputs are random, of the shapes a pipeline hands the transformers: latents ``(batch, C, H, W)``
+    (``latent_height`` × ``latent_width``, i.e. pixels / the VAE's scale factor), text
+    ``(batch, text_tokens, joint_attention_dim)`` and pooled ``(batch, pooled_projection_dim)``; ``batch`` is
+    2 for one image with guidance. ``L_l``/``L_s`` time the plain forward. ``L_l(M)`` times
+    ``MaskedTransformer.forward_masked`` on ``round(M·N)`` random tokens per sample (at least one), after
+    one recording forward has filled the K/V context, as in a hybrid step. Each number is the median of
+    ``repeats`` calls after ``warmup`` untimed ones, under ``torch.inference_mode``. The models are moved to
+    ``device`` and ``dtype`` in place (``nn.Module.to``) and put in eval mode. ``num_threads`` sets torch's
+    CPU threads while measuring (restored after): on a loaded machine several busy-waiting OpenMP threads
+    can make CPU timings tens of times slower and erratic, and one thread makes them repeatable.
+    """
+    import torch
+
+    if warmup < 0:
+        raise ConfigError("warmup", f"{warmup} is below 0", "must be 0 or more")
+    if repeats < 1:
+        raise ConfigError("repeats", f"{repeats} is below 1", "must be at least 1")
+    if num_threads is not None and num_threads < 1:
+        raise ConfigError("num_threads", f"{num_threads} is below 1",
+                          "must be at least 1, or None for torch's default")
+    for i, r in enumerate(ratios):
+        if not 0.0 < float(r) < 1.0:
+            raise ConfigError(f"ratios[{i}]", f"{r!r} is outside (0, 1)",
+                              "profile mask ratios strictly between 0 and 1")
+    torch_dtype = _resolve_dtype(dtype)
+    dev = torch.device(device)
+    sync = _synchronizer(dev)
+    large, small = _move(large, dev, torch_dtype), _move(small, dev, torch_dtype)
+    p = int(_config(large)["patch_size"])
+    if latent_height % p or latent_width % p:
+        raise ConfigError("latent size",
+                          f"{latent_height}x{latent_width} is not divisible by the patch size {p}",
+                          f"use a size that is a multiple of {p} latent pixels")
+    n_tokens = (latent_height // p) * (latent_width // p)
+    shapes = dict(latent_height=latent_height, latent_width=latent_width, text_tokens=text_tokens,
+                  batch=batch, dtype=torch_dtype, device=dev, seed=seed)
+    inputs_large = random_inputs(large, **shapes)
+    inputs_small = random_inputs(small, **shapes)
+    timing = dict(warmup=warmup, repeats=repeats, sync=sync)
+    g = torch.Generator().manual_seed(seed + 1)
+    threads = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    try:
+        return _measure(large, small, inputs_large, inputs_small, ratios=ratios, n_tokens=n_tokens,
+                        batch=batch, device=dev, generator=g, timing=timing)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _measure(large, small, inputs_large, inputs_small, *, ratios, n_tokens, batch, device, generator,
+             timing) -> Costs:
+    import torch
+
+    from stitchkit.models.sd3_masked import MaskedTransformer
+
+    masked: list[tuple[float, float]] = []
+    with torch.inference_mode():
+        large_ms = _median_ms(lambda: _plain_forward(large, inputs_large), **timing)
+        small_ms = _median_ms(lambda: _plain_forward(small, inputs_small), **timing)
+        with MaskedTransformer(large) as runner:
+            runner.forward(inputs_large, record=True)
+            for r in ratios:
+                m = max(1, round(float(r) * n_tokens))
+                indices = torch.stack([torch.randperm(n_tokens, generator=generator)[:m].sort().values
+                                       for _ in range(batch)]).to(device)
+                ms = _median_ms(lambda idx=indices: runner.forward_masked(inputs_large, idx), **timing)
+                masked.append((float(r), ms))
+    return Costs(large_ms=large_ms, small_ms=small_ms, masked_ms=masked, source="profile")
+
+
+# ---------------------------------------------------------------------------------------------- printing
+
+
+def format_costs(costs: Costs) -> list[str]:
+    """A table of the costs: ms and share of a large step, the paper's ``L_l · M`` beside ``L_l(M)``."""
+    ll = costs.large_ms
+    note = "  (an estimate from FLOPs, in large steps)" if costs.source == "flops-estimate" else ""
+    lines = [f"{'':14}{'ms':>10}{'/ Ll':>8}{'paper':>8}{note}",
+             f"{'large':14}{ll:10.3f}{1.0:8.3f}{1.0:8.3f}",
+             f"{'small':14}{costs.small_ms:10.3f}{costs.small_ms / ll:8.3f}"]
+    for r, ms in costs.masked_ms:
+        lines.append(f"{f'masked M={r:g}':14}{ms:10.3f}{ms / ll:8.3f}{r:8.3f}")
+    lines.append(f"Eq. 7 bound: M_1 < 1 - Ls/Ll = {1.0 - costs.small_ms / ll:.3f}")
+    return lines
