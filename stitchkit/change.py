@@ -1,0 +1,152 @@
+"""The change ``D_t`` between denoising steps (Eq. 9-10) and the per-token change map, as swappable measures.
+
+The paper is ambiguous about what ``D_t`` compares, and the choice decides when a policy switches:
+
+* ``"x0"``: Eq. 9 with Eq. 10. ``X_t = Latent_t - sigma * noise_t`` is, for flow matching, exactly the
+  model's prediction of the clean image, ``x0 = x - sigma * v``; ``D_t`` is the relative L1 distance of two
+  consecutive x0 predictions. This is the only reading under which the paper's thresholds (0.25-0.6) are
+  crossed in the middle of a 50-step run.
+* ``"latent"``: Algorithm 1, line 19: ``diff = prev_latent - latent``, the relative L1 distance of the
+  latents before and after the scheduler step. It needs no earlier step, but for an Euler step it is about
+  ``|sigma_next - sigma| * |v| / |x|``, i.e. tiny from the start.
+* ``"output"``: what SRDiffusion's own code compares, the relative L1 distance of consecutive (guided)
+  model outputs.
+
+A measure is a function ``(prev, cur, patch_size) -> (change, change_map)`` over two :class:`StepTensors`
+(``prev`` is ``None`` at the first step). ``change`` is ``D_t`` per sample, shape ``(B,)`` float32;
+``change_map`` is ``mean |ΔX|`` over the channels and each token's ``p×p`` patch, shape ``(B, N)``, in the
+row-major token order of SD3's patch embedding. A measure that needs the previous step returns
+``(None, None)`` when there is none.
+
+Example::
+
+    >>> import torch
+    >>> x = torch.ones(1, 2, 4, 4)
+    >>> prev = StepTensors.from_step(x, x, torch.zeros_like(x), sigma=1.0)
+    >>> cur = StepTensors.from_step(x, x, torch.ones_like(x) * 0.5, sigma=1.0)
+    >>> change, change_map = measure("x0")(prev, cur, 2)
+    >>> change.tolist(), change_map.shape
+    ([1.0], torch.Size([1, 4]))
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import attrs
+import torch
+import torch.nn.functional as F
+
+from stitchkit.errors import ConfigError
+
+__all__ = [
+    "MEASURES",
+    "Measure",
+    "StepTensors",
+    "change_map",
+    "check_measure",
+    "measure",
+    "measure_names",
+    "relative_l1",
+]
+
+
+@attrs.frozen
+class StepTensors:
+    """What one denoising step leaves behind, all shaped ``(B, C, H, W)`` (CFG already applied).
+
+    ``latents`` went into the models, ``next_latents`` came out of the scheduler step, ``output`` is the
+    guided (and, in a hybrid step, stitched) model prediction, and ``x0 = latents - sigma * output``.
+    """
+
+    latents: torch.Tensor
+    next_latents: torch.Tensor
+    output: torch.Tensor
+    x0: torch.Tensor
+
+    @classmethod
+    def from_step(
+        cls, latents: torch.Tensor, next_latents: torch.Tensor, output: torch.Tensor, sigma: float
+    ) -> "StepTensors":
+        """Build one from a flow-matching step, computing ``x0 = latents - sigma * output`` (Eq. 10)."""
+        return cls(latents, next_latents, output, latents - sigma * output)
+
+
+#: ``(prev, cur, patch_size) -> (change (B,), change_map (B, N))``, or ``(None, None)`` without ``prev``.
+Measure = Callable[
+    ["StepTensors | None", StepTensors, int], "tuple[torch.Tensor | None, torch.Tensor | None]"
+]
+
+
+def relative_l1(delta: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """``mean|delta| / mean|reference|`` per sample, float32, shape ``(B,)``.
+
+    A zero reference gives ``0`` for a zero delta and a very large number otherwise (the denominator is
+    clamped to the smallest normal float32), never NaN.
+    """
+    num = delta.detach().float().abs().flatten(1).mean(dim=1)
+    den = reference.detach().float().abs().flatten(1).mean(dim=1)
+    return num / den.clamp_min(torch.finfo(torch.float32).tiny)
+
+
+def change_map(delta: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Per-token ``mean |delta|`` over channels and each ``p×p`` patch: ``(B, C, H, W) -> (B, H/p * W/p)``.
+
+    Tokens are in row-major order over the ``(H/p, W/p)`` grid, as SD3's patch embedding lays them out.
+    """
+    if delta.ndim != 4:
+        raise ValueError(f"change_map expects (B, C, H, W), got shape {tuple(delta.shape)}")
+    height, width = delta.shape[-2:]
+    if patch_size < 1 or height % patch_size or width % patch_size:
+        raise ValueError(f"latent size {height}x{width} is not divisible by patch size {patch_size}")
+    per_pixel = delta.detach().float().abs().mean(dim=1, keepdim=True)
+    return F.avg_pool2d(per_pixel, kernel_size=patch_size, stride=patch_size).flatten(1)
+
+
+def _x0(prev: StepTensors | None, cur: StepTensors, patch_size: int):
+    """Eq. 9 with Eq. 10: relative L1 of consecutive x0 predictions, ``mean|X_t - X_{t+1}| / mean|X_t|``.
+
+    Timesteps count down, so ``X_{t+1}`` is the previous step's x0 and ``X_t`` (the denominator) this one's.
+    """
+    if prev is None:
+        return None, None
+    delta = cur.x0 - prev.x0
+    return relative_l1(delta, cur.x0), change_map(delta, patch_size)
+
+
+def _latent(prev: StepTensors | None, cur: StepTensors, patch_size: int):
+    """Algorithm 1, line 19: relative L1 of the latents around this step, ``|next - latents| / |next|``."""
+    delta = cur.next_latents - cur.latents
+    return relative_l1(delta, cur.next_latents), change_map(delta, patch_size)
+
+
+def _output(prev: StepTensors | None, cur: StepTensors, patch_size: int):
+    """SRDiffusion's code: relative L1 of consecutive model outputs, ``|out_t - out_{t-1}| / |out_{t-1}|``."""
+    if prev is None:
+        return None, None
+    delta = cur.output - prev.output
+    return relative_l1(delta, prev.output), change_map(delta, patch_size)
+
+
+#: Every change measure by name. Policies name theirs in ``change_measure``.
+MEASURES: dict[str, Measure] = {"x0": _x0, "latent": _latent, "output": _output}
+
+
+def measure_names() -> tuple[str, ...]:
+    """The known change measures' names, sorted."""
+    return tuple(sorted(MEASURES))
+
+
+def measure(name: str, path: str = "change") -> Measure:
+    """The measure called ``name``; unknown: a :class:`ConfigError` at ``path`` naming the known ones."""
+    try:
+        return MEASURES[name]
+    except (KeyError, TypeError):
+        raise ConfigError(
+            path, f"unknown change measure {name!r}", "known: " + ", ".join(measure_names())
+        ) from None
+
+
+def check_measure(instance: object, attribute: "attrs.Attribute", value: object) -> None:
+    """attrs validator: ``value`` names a known measure, else a :class:`ConfigError` at the field's name."""
+    measure(value, attribute.name)  # type: ignore[arg-type]

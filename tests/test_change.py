@@ -1,0 +1,127 @@
+"""The change measures (Eq. 9-10, Algorithm 1 line 19, SRDiffusion's output distance) and the change map."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stitchkit.change import MEASURES, StepTensors, change_map, measure, measure_names, relative_l1
+from stitchkit.errors import ConfigError
+
+
+def steps(latents, next_latents, output, sigma):
+    return StepTensors.from_step(
+        torch.tensor(latents), torch.tensor(next_latents), torch.tensor(output), sigma
+    )
+
+
+# Two samples, one channel, 2x2 latents, patch size 1: every pixel is a token.
+PREV = steps(
+    latents=[[[[1.0, 2.0], [3.0, 4.0]]], [[[2.0, 2.0], [2.0, 2.0]]]],
+    next_latents=[[[[1.0, 2.0], [3.0, 4.0]]], [[[2.0, 2.0], [2.0, 2.0]]]],
+    output=[[[[1.0, 1.0], [1.0, 1.0]]], [[[2.0, -2.0], [2.0, -2.0]]]],
+    sigma=1.0,
+)  # x0 = latents - output: sample 0 [[0, 1], [2, 3]], sample 1 [[0, 4], [0, 4]]
+CUR = steps(
+    latents=[[[[1.0, 2.0], [3.0, 4.0]]], [[[2.0, 2.0], [2.0, 2.0]]]],
+    next_latents=[[[[0.5, 2.0], [3.0, 3.0]]], [[[1.0, 1.0], [1.0, 1.0]]]],
+    output=[[[[0.0, 2.0], [2.0, 2.0]]], [[[1.0, -1.0], [1.0, -1.0]]]],
+    sigma=0.5,
+)  # x0 = latents - 0.5 * output: sample 0 [[1, 1], [2, 3]], sample 1 [[1.5, 2.5], [1.5, 2.5]]
+
+
+def test_step_tensors_from_step_computes_x0_of_eq_10():
+    assert CUR.x0.tolist() == [[[[1.0, 1.0], [2.0, 3.0]]], [[[1.5, 2.5], [1.5, 2.5]]]]
+    positional = StepTensors(CUR.latents, CUR.next_latents, CUR.output, CUR.x0)
+    assert positional.x0 is CUR.x0
+
+
+def test_x0_measure_against_hand_computed_values():
+    change, cmap = measure("x0")(PREV, CUR, 1)
+    # sample 0: |dx0| = [[1, 0], [0, 0]] -> mean 0.25; mean|x0_cur| = 7/4 -> 0.25 / 1.75 = 1/7
+    # sample 1: |dx0| = [[1.5, 1.5], [1.5, 1.5]] -> 1.5; mean|x0_cur| = 2 -> 0.75
+    assert change.dtype == torch.float32 and change.shape == (2,)
+    assert change.tolist() == pytest.approx([1 / 7, 0.75])
+    assert cmap.tolist() == [[1.0, 0.0, 0.0, 0.0], [1.5, 1.5, 1.5, 1.5]]
+
+
+def test_latent_measure_needs_no_previous_step():
+    change, cmap = measure("latent")(None, CUR, 1)
+    # sample 0: |next - latents| = [[0.5, 0, 0, 1]] -> 0.375; mean|next| = 8.5/4 = 2.125
+    # sample 1: |Δ| = 1 everywhere; mean|next| = 1
+    assert change.tolist() == pytest.approx([0.375 / 2.125, 1.0])
+    assert cmap.tolist() == [[0.5, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0]]
+    assert torch.equal(measure("latent")(PREV, CUR, 1)[0], change)
+
+
+def test_output_measure_divides_by_the_previous_output():
+    change, cmap = measure("output")(PREV, CUR, 1)
+    # sample 0: |Δout| = [1, 1, 1, 1] -> 1; mean|out_prev| = 1 -> 1.0
+    # sample 1: |Δout| = 1 everywhere; mean|out_prev| = 2 -> 0.5
+    assert change.tolist() == pytest.approx([1.0, 0.5])
+    assert cmap.tolist() == [[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]]
+
+
+@pytest.mark.parametrize("name", ["x0", "output"])
+def test_measures_of_consecutive_steps_wait_for_a_previous_step(name):
+    assert measure(name)(None, CUR, 1) == (None, None)
+
+
+def test_change_map_matches_an_explicit_loop_over_patches():
+    gen = torch.Generator().manual_seed(0)
+    delta = torch.randn(2, 3, 4, 6, generator=gen)
+    p = 2
+    got = change_map(delta, p)
+    assert got.shape == (2, (4 // p) * (6 // p))
+    for b in range(2):
+        for row in range(4 // p):
+            for col in range(6 // p):
+                patch = delta[b, :, row * p : (row + 1) * p, col * p : (col + 1) * p]
+                token = row * (6 // p) + col  # row-major over the token grid
+                assert got[b, token].item() == pytest.approx(patch.abs().mean().item(), rel=1e-6)
+
+
+def test_change_map_token_order_is_sd3_patch_embedding_order():
+    embeddings = pytest.importorskip("diffusers.models.embeddings")
+    c, h, w, p = 3, 4, 6, 2
+    embed = embeddings.PatchEmbed(
+        height=h, width=w, patch_size=p, in_channels=c, embed_dim=1, pos_embed_type=None
+    )
+    with torch.no_grad():
+        embed.proj.weight.fill_(1.0 / (c * p * p))
+        embed.proj.bias.zero_()
+        delta = torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(1))
+        tokens = embed(delta.abs())  # (B, N, 1)
+    torch.testing.assert_close(change_map(delta, p), tokens[..., 0])
+
+
+def test_measures_are_per_sample_float32_whatever_the_input_dtype():
+    half = StepTensors(*(t.to(torch.bfloat16) for t in (CUR.latents, CUR.next_latents, CUR.output, CUR.x0)))
+    prev = StepTensors(
+        *(t.to(torch.bfloat16) for t in (PREV.latents, PREV.next_latents, PREV.output, PREV.x0))
+    )
+    for name in measure_names():
+        change, cmap = MEASURES[name](prev, half, 2)
+        assert change.dtype == cmap.dtype == torch.float32
+        assert change.shape == (2,) and cmap.shape == (2, 1)
+
+
+def test_a_zero_reference_gives_a_finite_change():
+    zero = torch.zeros(1, 1, 2, 2)
+    assert relative_l1(zero, zero).tolist() == [0.0]
+    big = relative_l1(torch.ones(1, 1, 2, 2), zero)
+    assert torch.isfinite(big).all() and big.item() > 1e30
+
+
+def test_change_map_refuses_latents_not_divisible_by_the_patch():
+    with pytest.raises(ValueError, match="not divisible by patch size 2"):
+        change_map(torch.zeros(1, 1, 3, 4), 2)
+
+
+def test_measure_names_and_unknown_measure():
+    assert measure_names() == ("latent", "output", "x0")
+    with pytest.raises(ConfigError) as err:
+        measure("noise")
+    assert str(err.value) == "change: unknown change measure 'noise'; known: latent, output, x0"
+    with pytest.raises(ConfigError, match=r"^switch\.change: unknown change measure \[1\]"):
+        measure([1], "switch.change")
