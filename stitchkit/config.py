@@ -27,7 +27,8 @@ import yaml
 
 from stitchkit.errors import ConfigError
 
-BUILTIN_PAIRS = ("tiny-random",)
+from stitchkit.pairs import BUILTIN_PAIRS
+
 DTYPES = ("float32", "float16", "bfloat16")
 
 

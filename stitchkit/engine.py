@@ -136,6 +136,7 @@ def denoise(
             large_tokens = small_tokens = 0
             if decision.hybrid:
                 indices = mask.select(attrs.evolve(state, stage=decision.stage), decision.mask_ratio)
+                indices = indices.to(latents.device)  # a policy without a change map builds them on the CPU
                 model_indices = torch.cat([indices] * 2) if guided else indices  # both CFG halves share it
                 with large_timer:
                     large_part = _check_finite(context.masked(models.masked_large, inputs, model_indices), i, "large")

@@ -54,14 +54,12 @@ def load_pair(config: ExperimentConfig):
     """The StitchPipeline the experiment's ``pair`` names."""
     import torch
 
+    from stitchkit.pairs import load_pair_pipeline
     from stitchkit.pipeline import StitchPipeline
 
     pair = config.pair
-    if pair.name == "tiny-random":
-        from stitchkit.pairs.tiny_random import build_tiny_random_pair
-
-        large, small = build_tiny_random_pair()
-        return StitchPipeline.from_pipelines(large=large, small=small)
+    if pair.name is not None:
+        return load_pair_pipeline(pair.name)
     return StitchPipeline.from_pretrained(pair.large, pair.small, torch_dtype=getattr(torch, pair.dtype),
                                           device=pair.device)
 
@@ -75,17 +73,24 @@ def _generate(pipe, config: ExperimentConfig, method: MethodConfig, prompt: str,
     out = pipe(prompt, height=s.height, width=s.width, num_inference_steps=s.steps,
                guidance_scale=s.guidance_scale, negative_prompt=s.negative_prompt,
                max_sequence_length=s.max_sequence_length, generator=generator, output_type="pil",
-               switch=method.switch, mask=method.mask, context=method.context)
+               switch=method.switch, mask=method.mask, context=method.context,
+               allow_unprofitable=config.allow_unprofitable)
     total_ms = (time.perf_counter() - start) * 1000.0
     return out, total_ms
 
 
-def _record(method: str, prompt_index: int, prompt: str, seed: int, out, total_ms: float) -> dict[str, Any]:
+def _record(method: str, prompt_index: int, prompt: str, seed: int, out, total_ms: float, costs) -> dict[str, Any]:
+    from stitchkit.latency import predict_from_steps
+
     trace = out.trace
+    # The latency model (Eq. 3-6) priced with the profiled costs, over this run's actual steps and masks.
+    prediction = predict_from_steps([(r.mask_ratio, r.small_tokens > 0) for r in trace], costs)
     return {
         "method": method, "prompt_index": prompt_index, "prompt": prompt, "seed": seed,
         "latency_ms": total_ms,
         "denoise_ms": sum(r.large_ms + r.small_ms for r in trace),
+        "predicted_denoise_ms": prediction.refined_predicted_ms or prediction.predicted_ms,
+        "paper_predicted_denoise_ms": prediction.predicted_ms,
         "large_step_equivalents": large_step_equivalents(trace),
         "trace": [r.to_dict() for r in trace],
     }
@@ -101,6 +106,9 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = True, pipe=None
     todo = [u for u in units if not _record_path(out_dir, u[0].name, u[1], u[3]).exists()]
     if todo:
         pipe = pipe or load_pair(config)
+        size = _size(pipe, config)
+        check_methods(pipe, config, size)
+        costs = ensure_profile(pipe, config, size)
         # One untimed generation first: the first call pays for allocations and lazy initialisation.
         _generate(pipe, config, config.methods[0], config.prompts[0], config.seeds[0])
         for method, pi, prompt, seed in tqdm(todo, desc=config.name, disable=not progress):
@@ -109,10 +117,61 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = True, pipe=None
             buffer = io.BytesIO()
             out.images[0].save(buffer, format="PNG")
             atomic_write(out_dir / "images" / method.name / f"{stem}.png", buffer.getvalue())
-            record = _record(method.name, pi, prompt, seed, out, total_ms)
+            record = _record(method.name, pi, prompt, seed, out, total_ms, costs)
             atomic_write(_record_path(out_dir, method.name, pi, seed), json.dumps(record).encode())
     write_results(config)
     return out_dir
+
+
+@attrs.frozen(kw_only=True)
+class _Size:
+    height: int
+    width: int
+    text_tokens: int
+    guided: bool
+
+
+def _size(pipe, config: ExperimentConfig) -> _Size:
+    """The image size and text length every unit of this experiment runs at (one prompt encoded to see)."""
+    import torch
+
+    s = config.sampler
+    default = pipe.adapter.default_size()
+    with torch.no_grad():
+        cond = pipe.adapter.encode(guidance_scale=s.guidance_scale, num_images_per_prompt=1,
+                                   max_sequence_length=s.max_sequence_length, prompt=config.prompts[0],
+                                   prompt_2=None, prompt_3=None)
+    return _Size(height=s.height or default, width=s.width or default, text_tokens=cond.prompt_embeds.shape[1],
+                 guided=cond.guided)
+
+
+def check_methods(pipe, config: ExperimentConfig, size: _Size) -> None:
+    """Refuse, before anything runs, every method whose masks break Eq. 7-8 for this pair and size."""
+    for i, method in enumerate(config.methods):
+        pipe.check_plan(method.switch, height=size.height, width=size.width, text_tokens=size.text_tokens,
+                        guided=size.guided, allow_unprofitable=config.allow_unprofitable,
+                        path=f"methods[{i}].switch")
+
+
+def ensure_profile(pipe, config: ExperimentConfig, size: _Size):
+    """The pair's measured costs at this size: the cached profile, or one measured now and cached."""
+    import torch
+
+    from stitchkit.profile import ProfileKey, load_profile, profile_transformers, save_profile
+
+    vae = pipe.adapter.pipeline.vae_scale_factor
+    dtype = str(pipe.adapter.dtype).removeprefix("torch.")
+    device = pipe.adapter.device.type
+    key = ProfileKey(pair=pipe.pair_id, height=size.height, width=size.width, dtype=dtype, device=device,
+                     batch=2 if size.guided else 1, text_tokens=size.text_tokens)
+    costs = load_profile(key)
+    if costs is None:
+        costs = profile_transformers(pipe.adapter.large_transformer, pipe.small, latent_height=size.height // vae,
+                                     latent_width=size.width // vae, text_tokens=size.text_tokens,
+                                     batch=key.batch, dtype=getattr(torch, dtype), device=device,
+                                     num_threads=torch.get_num_threads())
+        save_profile(key, costs)
+    return costs
 
 
 def _ordered(methods: Iterable[MethodConfig]) -> list[MethodConfig]:
@@ -141,6 +200,8 @@ class ResultRow:
     speedup: float | None
     large_step_equivalents: float
     mean_abs_diff: float | None
+    predicted_denoise_ms: float
+    prediction_error_pct: float
 
 
 def collect_results(config: ExperimentConfig) -> list[ResultRow]:
@@ -161,6 +222,8 @@ def collect_results(config: ExperimentConfig) -> list[ResultRow]:
         if not recs:
             continue
         paired = [r for r in recs if (r["prompt_index"], r["seed"]) in base]
+        measured = statistics.fmean(r["denoise_ms"] for r in recs)
+        predicted = statistics.fmean(r["predicted_denoise_ms"] for r in recs)
         speedup = diff = None
         if paired:
             speedup = (sum(base[(r["prompt_index"], r["seed"])]["latency_ms"] for r in paired)
@@ -171,9 +234,10 @@ def collect_results(config: ExperimentConfig) -> list[ResultRow]:
                 for r in paired)
         rows.append(ResultRow(
             method=method.name, images=len(recs), latency_ms=statistics.fmean(r["latency_ms"] for r in recs),
-            denoise_ms=statistics.fmean(r["denoise_ms"] for r in recs), speedup=speedup,
+            denoise_ms=measured, speedup=speedup,
             large_step_equivalents=statistics.fmean(r["large_step_equivalents"] for r in recs),
-            mean_abs_diff=diff,
+            mean_abs_diff=diff, predicted_denoise_ms=predicted,
+            prediction_error_pct=100.0 * (predicted - measured) / measured,
         ))
     return rows
 
@@ -185,8 +249,9 @@ def _fmt(value: Any, digits: int) -> str:
 def write_results(config: ExperimentConfig) -> list[ResultRow]:
     out_dir = config.output
     rows = collect_results(config)
-    header = ["method", "images", "latency_ms", "denoise_ms", "speedup", "large_step_equivalents", "mean_abs_diff"]
-    digits = {"latency_ms": 1, "denoise_ms": 1, "speedup": 2, "large_step_equivalents": 2, "mean_abs_diff": 4}
+    header = [f.name for f in attrs.fields(ResultRow)]
+    digits = {"latency_ms": 1, "denoise_ms": 1, "speedup": 2, "large_step_equivalents": 2, "mean_abs_diff": 4,
+              "predicted_denoise_ms": 1, "prediction_error_pct": 1}
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     buffer = io.StringIO()
     writer = csv.writer(buffer)

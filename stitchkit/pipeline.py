@@ -49,16 +49,21 @@ class StitchPipeline:
     """Runs one denoising loop over a pair of transformers, policies deciding who computes what."""
 
     def __init__(self, adapter: SD3Adapter, small_transformer: torch.nn.Module,
-                 registry: Registry | None = None) -> None:
+                 registry: Registry | None = None, pair_id: str | None = None) -> None:
         check_pair(adapter.large_transformer, small_transformer)
         self.adapter = adapter
         self.small = small_transformer
         self.registry = registry or get_registry()
         self.masked_large = _load_masked_transformer()(adapter.large_transformer)
+        #: Names the pair in profiles and result tables.
+        self.pair_id = pair_id or "+".join(
+            str(m.config.get("_name_or_path") or f"{m.config.num_layers}x{m.config.num_attention_heads}")
+            for m in (adapter.large_transformer, small_transformer))
 
     # -- construction -----------------------------------------------------------------------------------
     @classmethod
-    def from_pipelines(cls, *, large, small, registry: Registry | None = None) -> "StitchPipeline":
+    def from_pipelines(cls, *, large, small, registry: Registry | None = None,
+                       pair_id: str | None = None) -> "StitchPipeline":
         """``large``: a ``StableDiffusion3Pipeline``; ``small``: a ``StableDiffusion3Pipeline`` or its transformer."""
         from diffusers import StableDiffusion3Pipeline
 
@@ -68,7 +73,7 @@ class StitchPipeline:
         if not isinstance(small_transformer, torch.nn.Module) or not hasattr(small_transformer, "config"):
             raise ConfigError("small", f"is a {type(small).__name__}",
                               "pass a StableDiffusion3Pipeline or an SD3Transformer2DModel")
-        return cls(SD3Adapter(large), small_transformer, registry=registry)
+        return cls(SD3Adapter(large), small_transformer, registry=registry, pair_id=pair_id)
 
     @classmethod
     def from_pretrained(cls, large: str, small: str, *, torch_dtype: torch.dtype | None = None,
@@ -89,7 +94,7 @@ class StitchPipeline:
         if device is not None:
             large_pipe.to(device)
             small_tf.to(device)
-        return cls.from_pipelines(large=large_pipe, small=small_tf, registry=registry)
+        return cls.from_pipelines(large=large_pipe, small=small_tf, registry=registry, pair_id=f"{large}+{small}")
 
     # -- policies ---------------------------------------------------------------------------------------
     def resolve_policies(self, switch: Any = "large", mask: Any = None, context: Any = None) -> Policies:
@@ -133,9 +138,14 @@ class StitchPipeline:
         context: Any = None,
         callback: StepCallback | None = None,
         progress: bool = False,
+        allow_unprofitable: bool = False,
     ) -> StitchOutput:
         """Generate as ``StableDiffusion3Pipeline.__call__`` does, with ``switch``/``mask``/``context``
-        choosing the method (a name, a ``{"kind": name, **params}`` dict, or a policy object)."""
+        choosing the method (a name, a ``{"kind": name, **params}`` dict, or a policy object).
+
+        A HybridStitch-like policy (one with ``mask_ratios``) is checked against Eq. 7-8 first and refused
+        with a :class:`ConfigError` when its masks cannot pay off; ``allow_unprofitable=True`` (ablations)
+        makes that a warning."""
         policies = self.resolve_policies(switch, mask, context)
         adapter = self.adapter
         default = adapter.default_size()
@@ -161,6 +171,8 @@ class StitchPipeline:
             negative_prompt_embeds=negative_prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
             negative_pooled_prompt_embeds=negative_pooled_prompt_embeds, clip_skip=clip_skip,
         )
+        self.check_plan(policies.switch, height=height, width=width, text_tokens=cond.prompt_embeds.shape[1],
+                        guided=cond.guided, allow_unprofitable=allow_unprofitable)
         latents = adapter.prepare_latents(batch_size=batch * num_images_per_prompt, height=height, width=width,
                                           dtype=cond.prompt_embeds.dtype, generator=generator, latents=latents)
         scheduler = adapter.new_scheduler()
@@ -174,6 +186,30 @@ class StitchPipeline:
             guidance_scale=cond.guidance_scale, callback=callback, progress=progress,
         )
         return StitchOutput(images=adapter.decode(latents, output_type), trace=tuple(trace))
+
+    def costs(self, *, height: int, width: int, text_tokens: int, guided: bool):
+        """The pair's per-step costs at this size: its cached profile, else a FLOPs estimate (``.source``)."""
+        from stitchkit.validation import pair_costs
+
+        vae_factor = self.adapter.pipeline.vae_scale_factor
+        p = self.adapter.patch_size
+        return pair_costs(
+            pair_id=self.pair_id, large_config=self.adapter.large_transformer.config,
+            small_config=self.small.config, height=height, width=width,
+            num_tokens=(height // vae_factor // p) * (width // vae_factor // p), text_tokens=text_tokens,
+            batch=2 if guided else 1, dtype=str(self.adapter.dtype).removeprefix("torch."),
+            device=self.adapter.device.type)
+
+    def check_plan(self, switch: Any, *, height: int, width: int, text_tokens: int, guided: bool,
+                   allow_unprofitable: bool = False, path: str = "switch") -> tuple[str, ...]:
+        """Refuse (or with ``allow_unprofitable`` warn about) mask ratios that break Eq. 7-8 for this pair."""
+        from stitchkit.validation import check_switch_policy
+
+        policy = switch if not isinstance(switch, (str, Mapping)) else self.registry.create("switch", switch)[0]
+        if not getattr(policy, "mask_ratios", None):
+            return ()
+        costs = self.costs(height=height, width=width, text_tokens=text_tokens, guided=guided)
+        return check_switch_policy(policy, costs, allow_unprofitable=allow_unprofitable, path=path)
 
     # -- conveniences -----------------------------------------------------------------------------------
     def to(self, device: str | torch.device) -> "StitchPipeline":

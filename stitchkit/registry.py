@@ -151,8 +151,13 @@ def _origin(pm: pluggy.PluginManager, plugin: object) -> str:
     for dist_plugin, dist in pm.list_plugin_distinfo():
         if dist_plugin is plugin:
             return f"{dist.project_name} (entry point {pm.get_name(plugin)})"
-    name = pm.get_name(plugin) or repr(plugin)
-    return "stitchkit (built-in)" if name in DEFAULT_PLUGINS else name
+    name = pm.get_name(plugin) or ""
+    if name in DEFAULT_PLUGINS:
+        return "stitchkit (built-in)"
+    if name.isdigit() or not name:  # registered without a name: pluggy names it by id()
+        kind = plugin if isinstance(plugin, type) else type(plugin)
+        return getattr(plugin, "__name__", None) or f"{kind.__module__}.{kind.__qualname__}"
+    return name
 
 
 def _allowed_outside_plugins() -> set[str] | None:

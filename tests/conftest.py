@@ -4,6 +4,12 @@ import pytest
 import torch
 
 
+@pytest.fixture(autouse=True)
+def profile_cache(tmp_path_factory, monkeypatch):
+    """Profiles measured by tests go to a per-session folder, never to the user's cache."""
+    monkeypatch.setenv("STITCHKIT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
 @pytest.fixture(scope="session")
 def tiny_pair():
     """(large StableDiffusion3Pipeline, small SD3Transformer2DModel), float32 on CPU."""

@@ -1,0 +1,53 @@
+"""Check a method against the latency model before anything runs (paper §3.2, Eq. 6-8).
+
+A hybrid stage pays off only if a masked large step plus a small step costs less than a large step
+(Eq. 6), which bounds the first mask ratio (Eq. 7: M_1 < 1 − L_s/L_l), and masks must shrink (Eq. 8). The
+cost ratio comes from the pair's cached profile (``stitchkit profile``) or, when there is none, from the
+two transformer configs' FLOPs at the requested size, and the error says which.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from stitchkit.errors import ConfigError
+from stitchkit.latency import Costs, Plan, check_profitable
+from stitchkit.profile import ProfileKey, estimate_costs_from_configs, load_profile
+
+
+def pair_costs(*, pair_id: str, large_config: Any, small_config: Any, height: int, width: int, num_tokens: int,
+               text_tokens: int, batch: int, dtype: str, device: str) -> Costs:
+    """The pair's profiled costs at this size, else an estimate from the configs' FLOPs."""
+    key = ProfileKey(pair=pair_id, height=height, width=width, dtype=dtype, device=device, batch=batch,
+                     text_tokens=text_tokens)
+    return load_profile(key) or estimate_costs_from_configs(large_config, small_config, num_tokens, text_tokens)
+
+
+def check_switch_policy(policy: Any, costs: Costs, *, allow_unprofitable: bool = False,
+                        path: str = "switch") -> tuple[str, ...]:
+    """Refuse a policy whose ``mask_ratios`` break Eq. 7-8 (a warning instead with ``allow_unprofitable``);
+    warn when a profile's measured masked cost breaks Eq. 6. Returns the problems' one-line messages.
+
+    Policies without ``mask_ratios`` have no hybrid stage to check. Eq. 7-8 involve the ratios and the
+    costs only, not the switch steps, so the plan handed to the latency model has one step per stage.
+    """
+    ratios = tuple(getattr(policy, "mask_ratios", None) or ())
+    if not ratios:
+        return ()
+    n = len(ratios)
+    plan = Plan(steps=n + 1, switch_steps=tuple(range(1, n + 2)), mask_ratios=ratios)
+    try:
+        # Refuse on the paper's model (masked cost = L_l · M), whatever the cache holds, so a run's
+        # verdict does not depend on whether a profile happens to exist.
+        problems = check_profitable(plan, attrs.evolve(costs, masked_ms=()), allow_unprofitable=allow_unprofitable)
+    except ConfigError as err:
+        source = "a profile" if costs.source == "profile" else "an estimate from the transformer configs' FLOPs"
+        allowed = f"{err.allowed} (Ls/Ll from {source}); set allow_unprofitable for ablations"
+        raise ConfigError(f"{path}.{err.path}", err.problem, allowed) from None
+    if costs.masked_ms:
+        # The measured masked cost can still make a hybrid step dearer than a large one (Eq. 6 with
+        # L_l(M)): per-layer overheads on small models. Say so, but do not refuse.
+        problems += check_profitable(plan, costs, allow_unprofitable=True)
+    return problems
