@@ -21,6 +21,9 @@ from stitchkit.protocols import ModelInputs
 class FullLargeContext:
     """The large model on all tokens in every step; a hybrid step keeps the masked tokens' predictions."""
 
+    #: The trace and the latency model count a hybrid step's large work as all N tokens.
+    computes_all_tokens = True
+
     def reset(self) -> None:
         pass  # stateless
 

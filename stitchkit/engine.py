@@ -143,7 +143,9 @@ def denoise(
                 with small_timer:
                     prediction = _check_finite(_plain_forward(models.small, inputs), i, "small")
                 prediction = stitch(prediction, large_part, model_indices, p)
-                large_tokens, small_tokens = indices.shape[1], num_tokens
+                # FullLarge's large model computes every token even though only the masked ones are used.
+                large_tokens = num_tokens if getattr(context, "computes_all_tokens", False) else indices.shape[1]
+                small_tokens = num_tokens
             elif decision.large:
                 with large_timer:
                     out = context.full(models.masked_large, inputs) if may_mask else _plain_forward(models.large, inputs)

@@ -85,7 +85,13 @@ class ModelInputs:
 @runtime_checkable
 class SwitchPolicy(Protocol):
     """Decides which models run at each step. ``change_measure`` names the ``D_t`` it reads
-    (a key of :data:`stitchkit.change.MEASURES`)."""
+    (a key of :data:`stitchkit.change.MEASURES`).
+
+    Optional class attributes the engine and tools read: ``may_mask = False`` for a policy that never
+    takes a hybrid step (its large steps then need no K/V recording); ``stages``, one of ``"large"``,
+    ``"small"``, ``"hybrid"`` per stage (for ``stitchkit.testing`` and ``stitchkit plan``); ``mask_ratios``,
+    checked against Eq. 7-8 before a run.
+    """
 
     change_measure: str
 
@@ -113,6 +119,9 @@ class ContextProvider(Protocol):
 
     ``large`` is a :class:`stitchkit.models.sd3_masked.MaskedTransformer` (or any object with the same
     methods): ``forward(inputs, record=...)`` and ``forward_masked(inputs, indices)``.
+
+    A provider whose masked step runs the large model on every token (the FullLarge ablation) sets the
+    class attribute ``computes_all_tokens = True``, so the trace and the latency model count that work.
     """
 
     def reset(self) -> None:

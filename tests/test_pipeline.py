@@ -126,3 +126,11 @@ def test_from_pretrained_loads_saved_folders_offline(tiny_pair, tmp_path):
     out = pipe(**ARGS, generator=_gen(6), switch="large")
     assert (out.images - expected).abs().max() <= 1e-5
     assert pipe.small.config.num_layers == small.config.num_layers
+
+
+def test_full_large_context_counts_every_token_it_computes(stitch_pipe):
+    """FullLarge runs the large model on all N tokens: the trace must say so (it is the ablation's cost)."""
+    switch = {"kind": "hybridstitch", "thresholds": [1e9, 1e-12], "mask_ratios": [0.3]}
+    out = stitch_pipe(**ARGS, generator=_gen(3), switch=switch, context="full-large")
+    hybrid = [r for r in out.trace if r.stage == 1]
+    assert hybrid and all(r.large_tokens == N_TOKENS and r.small_tokens == N_TOKENS for r in hybrid)

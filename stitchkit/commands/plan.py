@@ -133,11 +133,31 @@ def show_plan(plan: Plan, costs: Costs, *, as_json: bool = False,
     return prediction
 
 
+def _show_experiment(path: str, as_json: bool) -> None:
+    from stitchkit.config import ExperimentConfig
+    from stitchkit.plan_experiment import plan_experiment
+
+    costs, plans = plan_experiment(ExperimentConfig.from_yaml(path))
+    unit = "ms" if costs.source != "flops-estimate" else "large steps (FLOPs estimate: no profile cached)"
+    click.echo(f"costs ({costs.source}): Ll = {costs.large_ms:.4g}, Ls = {costs.small_ms:.4g} {unit}")
+    click.echo(f"{'method':<22} {'basis':<26} {'switch steps':<14} {'predicted':>10} {'speedup':>8} {'refined':>8}")
+    for p in plans:
+        pred = p.prediction
+        refined = "-" if pred.refined_speedup is None else f"{pred.refined_speedup:.2f}x"
+        steps = ",".join(map(str, p.switch_steps)) or "-"
+        click.echo(f"{p.method:<22} {p.basis:<26} {steps:<14} {pred.predicted_ms:>10.4g} "
+                   f"{pred.speedup:>7.2f}x {refined:>8}")
+    if as_json:
+        click.echo(json.dumps([{"method": p.method, "basis": p.basis, "switch_steps": list(p.switch_steps),
+                                **p.prediction.to_dict()} for p in plans]))
+
+
 @click.command("plan")
-@click.option("--large-ms", required=True, metavar="MS", help="L_l: one step of the large model, in ms.")
-@click.option("--small-ms", required=True, metavar="MS", help="L_s: one step of the small model, in ms.")
-@click.option("--steps", required=True, metavar="T", help="T: the number of denoising steps.")
-@click.option("--switch-steps", required=True, metavar="T1,...,Tn+1",
+@click.argument("experiment", required=False)
+@click.option("--large-ms", metavar="MS", help="L_l: one step of the large model, in ms.")
+@click.option("--small-ms", metavar="MS", help="L_s: one step of the small model, in ms.")
+@click.option("--steps", metavar="T", help="T: the number of denoising steps.")
+@click.option("--switch-steps", metavar="T1,...,Tn+1",
               help="The steps where the stage changes: 0 < T1 < ... < Tn+1 <= T.")
 @click.option("--mask-ratios", default="", metavar="M1,...,Mn",
               help="The large model's share of the image tokens in each hybrid stage, falling (Eq. 8).")
@@ -146,9 +166,20 @@ def show_plan(plan: Plan, costs: Costs, *, as_json: bool = False,
 @click.option("--allow-unprofitable", is_flag=True,
               help="Warn instead of refusing a plan that breaks Eq. 6-8.")
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON object of the numbers.")
-def plan(large_ms: str, small_ms: str, steps: str, switch_steps: str, mask_ratios: str, masked_ms: str,
-         allow_unprofitable: bool, as_json: bool) -> None:
-    """Predict the latency of a HybridStitch plan with the paper's model (§3.2, Eq. 3-8)."""
+def plan(experiment: str | None, large_ms: str | None, small_ms: str | None, steps: str | None,
+         switch_steps: str | None, mask_ratios: str, masked_ms: str, allow_unprofitable: bool,
+         as_json: bool) -> None:
+    """Predict the latency of a HybridStitch plan with the paper's model (§3.2, Eq. 3-8).
+
+    With EXPERIMENT (a YAML file): every method of it, costed from the pair's profile; adaptive methods
+    per plausible first switch step, or from the traces of a previous run."""
+    if experiment is not None:
+        _show_experiment(experiment, as_json)
+        return
+    for option, value in (("--large-ms", large_ms), ("--small-ms", small_ms), ("--steps", steps),
+                          ("--switch-steps", switch_steps)):
+        if value is None:
+            raise ConfigError(option, "missing", "give it, or an EXPERIMENT.yaml to plan every method of")
     the_plan = Plan(steps=parse_int("--steps", steps),
                     switch_steps=parse_ints("--switch-steps", switch_steps),
                     mask_ratios=parse_floats("--mask-ratios", mask_ratios))

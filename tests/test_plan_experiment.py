@@ -1,0 +1,58 @@
+"""`stitchkit plan EXPERIMENT.yaml`: every method priced by the latency model, hand-checked."""
+
+import textwrap
+
+import pytest
+
+from stitchkit.latency import Costs
+from stitchkit.plan_experiment import plan_from_records, plan_method
+from stitchkit.registry import get_registry
+
+COSTS = Costs(large_ms=10.0, small_ms=2.0)
+
+
+def _policy(spec):
+    return get_registry(entry_points=False).create("switch", spec)[0]
+
+
+def test_fixed_schedules_are_priced_exactly():
+    (large,) = plan_method(_policy("large"), "large", 10, 64, COSTS)
+    assert large.basis == "fixed schedule" and large.prediction.predicted_ms == 100.0
+    (ts,) = plan_method(_policy("t-stitch"), "t-stitch", 10, 64, COSTS)
+    # small while (i+1)/10 <= 0.4: steps 0-3 small (4 x 2 ms), 6 large steps (60 ms)
+    assert ts.switch_steps == (4,) and ts.prediction.predicted_ms == pytest.approx(68.0)
+
+
+def test_adaptive_policies_are_priced_per_plausible_first_switch():
+    plans = plan_method(_policy("hybridstitch-30"), "hs", 10, 64, COSTS)
+    first = plans[0]  # first switch at step 1; the hybrid and small stages share the other 9 steps (4 + 5)
+    assert first.switch_steps == (1, 5)
+    # 1 large (10) + 4 hybrid (0.3*10 + 2 each) + 5 small (2 each)
+    assert first.prediction.predicted_ms == pytest.approx(10 + 4 * 5 + 5 * 2)
+    speedups = [p.prediction.speedup for p in plans]
+    assert speedups == sorted(speedups, reverse=True)  # later switches save less
+    full = plan_method(_policy("hybridstitch-30"), "fl", 10, 64, COSTS, full_large=True)[0]
+    assert full.prediction.predicted_ms == pytest.approx(10 + 4 * 12 + 5 * 2)
+
+
+def test_recorded_traces_are_priced_as_they_ran():
+    trace = [{"mask_ratio": 1.0, "small_tokens": 0}, {"mask_ratio": 0.25, "small_tokens": 64},
+             {"mask_ratio": 0.0, "small_tokens": 64}]
+    plan = plan_from_records("hs", [{"trace": trace}, {"trace": trace}], COSTS)
+    assert plan.basis == "2 run traces" and plan.prediction.predicted_ms == pytest.approx(10 + 2.5 + 2 + 2)
+
+
+def test_cli_prints_every_method(tmp_path, capsys):
+    from stitchkit.cli import main
+
+    exp = tmp_path / "e.yaml"
+    exp.write_text(textwrap.dedent("""
+        sampler: {steps: 10, height: 64, width: 64, max_sequence_length: 8}
+        prompts: [x]
+        methods: [large, t-stitch, hybridstitch-30, fulllarge-30]
+        output: out
+    """))
+    assert main(["plan", str(exp)]) == 0
+    out = capsys.readouterr().out
+    assert "FLOPs estimate" in out and "t-stitch" in out and "first switch at step 1" in out
+    assert out.count("fulllarge-30") == 6
