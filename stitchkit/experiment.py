@@ -28,6 +28,7 @@ import attrs
 import numpy as np
 
 from stitchkit.config import ExperimentConfig, MethodConfig
+from stitchkit.pictures import write_pictures
 from stitchkit.trace import large_step_equivalents
 
 BASELINE = "large"
@@ -69,14 +70,22 @@ def _generate(pipe, config: ExperimentConfig, method: MethodConfig, prompt: str,
 
     s = config.sampler
     generator = torch.Generator(device="cpu").manual_seed(seed)
+    masks: dict[str, Any] = {"grid": None, "steps": []}
+
+    def keep_mask(step: dict) -> None:  # the tokens the large model recomputed, for the mask picture
+        if step["indices"] is not None:
+            p = pipe.adapter.patch_size
+            masks["grid"] = [step["latents"].shape[-2] // p, step["latents"].shape[-1] // p]
+            masks["steps"].append([step["step"], step["indices"][0].tolist()])
+
     start = time.perf_counter()
     out = pipe(prompt, height=s.height, width=s.width, num_inference_steps=s.steps,
                guidance_scale=s.guidance_scale, negative_prompt=s.negative_prompt,
                max_sequence_length=s.max_sequence_length, generator=generator, output_type="pil",
                switch=method.switch, mask=method.mask, context=method.context,
-               allow_unprofitable=config.allow_unprofitable)
+               allow_unprofitable=config.allow_unprofitable, callback=keep_mask)
     total_ms = (time.perf_counter() - start) * 1000.0
-    return out, total_ms
+    return out, total_ms, masks
 
 
 def _record(method: str, prompt_index: int, prompt: str, seed: int, out, total_ms: float, costs) -> dict[str, Any]:
@@ -112,14 +121,16 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = True, pipe=None
         # One untimed generation first: the first call pays for allocations and lazy initialisation.
         _generate(pipe, config, config.methods[0], config.prompts[0], config.seeds[0])
         for method, pi, prompt, seed in tqdm(todo, desc=config.name, disable=not progress):
-            out, total_ms = _generate(pipe, config, method, prompt, seed)
+            out, total_ms, masks = _generate(pipe, config, method, prompt, seed)
             stem = unit_stem(pi, seed)
             buffer = io.BytesIO()
             out.images[0].save(buffer, format="PNG")
             atomic_write(out_dir / "images" / method.name / f"{stem}.png", buffer.getvalue())
             record = _record(method.name, pi, prompt, seed, out, total_ms, costs)
+            record["masks"] = masks
             atomic_write(_record_path(out_dir, method.name, pi, seed), json.dumps(record).encode())
     write_results(config)
+    write_pictures(config)
     return out_dir
 
 
@@ -159,7 +170,7 @@ def ensure_profile(pipe, config: ExperimentConfig, size: _Size):
 
     from stitchkit.profile import ProfileKey, load_profile, profile_transformers, save_profile
 
-    vae = pipe.adapter.pipeline.vae_scale_factor
+    vae = pipe.adapter.vae_scale_factor
     dtype = str(pipe.adapter.dtype).removeprefix("torch.")
     device = pipe.adapter.device.type
     key = ProfileKey(pair=pipe.pair_id, height=size.height, width=size.width, dtype=dtype, device=device,

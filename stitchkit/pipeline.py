@@ -85,8 +85,15 @@ class StitchPipeline:
         without T5, say); the loading options among them (``local_files_only``, ``revision``, ``cache_dir``,
         ``token``, ``variant``, ``use_safetensors``) go to the small transformer's too.
         """
+        from pathlib import Path
+
         from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
 
+        if (Path(large) / "transformer_large").is_dir():  # a shapes-pair folder holds both transformers
+            if Path(small).resolve() != Path(large).resolve():
+                raise ConfigError("small", "a shapes-pair folder holds both models", f"pass {large!r} twice")
+            return cls.from_shapes(large, torch_dtype=torch_dtype or torch.float32, device=device,
+                                   registry=registry)
         large_pipe = StableDiffusion3Pipeline.from_pretrained(large, torch_dtype=torch_dtype, **kwargs)
         loading = {k: v for k, v in kwargs.items() if k in _LOADING_OPTIONS}
         small_tf = SD3Transformer2DModel.from_pretrained(small, subfolder="transformer", torch_dtype=torch_dtype,
@@ -95,6 +102,16 @@ class StitchPipeline:
             large_pipe.to(device)
             small_tf.to(device)
         return cls.from_pipelines(large=large_pipe, small=small_tf, registry=registry, pair_id=f"{large}+{small}")
+
+    @classmethod
+    def from_shapes(cls, path=None, *, torch_dtype: torch.dtype = torch.float32,
+                    device: str | torch.device | None = None, registry: Registry | None = None) -> "StitchPipeline":
+        """The shipped CPU pair (``stitchkit/pairs/shapes``), or a shapes pair saved at ``path``."""
+        from stitchkit.adapters.shapes import ShapesAdapter
+        from stitchkit.shapes.pair import load_shapes_pair
+
+        pair = load_shapes_pair(path, dtype=torch_dtype, device=device or "cpu")
+        return cls(ShapesAdapter(pair), pair.small, registry=registry, pair_id="shapes" if path is None else str(path))
 
     # -- policies ---------------------------------------------------------------------------------------
     def resolve_policies(self, switch: Any = "large", mask: Any = None, context: Any = None) -> Policies:
@@ -191,7 +208,7 @@ class StitchPipeline:
         """The pair's per-step costs at this size: its cached profile, else a FLOPs estimate (``.source``)."""
         from stitchkit.validation import pair_costs
 
-        vae_factor = self.adapter.pipeline.vae_scale_factor
+        vae_factor = self.adapter.vae_scale_factor
         p = self.adapter.patch_size
         return pair_costs(
             pair_id=self.pair_id, large_config=self.adapter.large_transformer.config,
@@ -213,7 +230,7 @@ class StitchPipeline:
 
     # -- conveniences -----------------------------------------------------------------------------------
     def to(self, device: str | torch.device) -> "StitchPipeline":
-        self.adapter.pipeline.to(device)
+        self.adapter.to(device)
         self.small.to(device)
         return self
 

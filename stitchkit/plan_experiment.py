@@ -110,7 +110,7 @@ def experiment_costs(config: ExperimentConfig) -> tuple[Costs, int]:
 
     pipe = load_pair(config)
     size = _size(pipe, config)
-    vae, p = pipe.adapter.pipeline.vae_scale_factor, pipe.adapter.patch_size
+    vae, p = pipe.adapter.vae_scale_factor, pipe.adapter.patch_size
     costs = pipe.costs(height=size.height, width=size.width, text_tokens=size.text_tokens, guided=size.guided)
     return costs, (size.height // vae // p) * (size.width // vae // p)
 

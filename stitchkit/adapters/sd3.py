@@ -64,8 +64,15 @@ class SD3Adapter:
     def dtype(self) -> torch.dtype:
         return self.pipeline.transformer.dtype
 
+    @property
+    def vae_scale_factor(self) -> int:
+        return int(self.pipeline.vae_scale_factor)
+
     def default_size(self) -> int:
         return int(self.pipeline.default_sample_size * self.pipeline.vae_scale_factor)
+
+    def to(self, device) -> None:
+        self.pipeline.to(device)
 
     def new_scheduler(self):
         """A fresh scheduler from the pipeline's config: the caller's scheduler is never stepped."""

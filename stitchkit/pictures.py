@@ -1,0 +1,90 @@
+"""Pictures of an experiment, composed from the files it wrote (so a resumed run draws the same ones).
+
+* ``grid.png``: methods (rows) × prompts (columns), the first seed;
+* ``masks.png``: for each method with hybrid steps, the first prompt's image at every hybrid step with the
+  tokens the large model recomputed shown bright and the rest dimmed, like the paper's Fig. 1b.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+#: Pictures are scaled up so that a 32 px image is still readable in a grid.
+MIN_CELL = 96
+GAP = 2
+
+
+def _open(path: Path):
+    from PIL import Image
+
+    return Image.open(path).convert("RGB")
+
+
+def _cell_size(image) -> int:
+    return max(MIN_CELL, image.width)
+
+
+def _compose(rows: list[list], cell: int, background=(255, 255, 255)):
+    from PIL import Image
+
+    width = max(len(r) for r in rows) * (cell + GAP) - GAP
+    canvas = Image.new("RGB", (width, len(rows) * (cell + GAP) - GAP), background)
+    for y, row in enumerate(rows):
+        for x, image in enumerate(row):
+            if image is not None:
+                canvas.paste(image.resize((cell, cell), resample=0), (x * (cell + GAP), y * (cell + GAP)))
+    return canvas
+
+
+def _png(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def masked_view(image, grid: tuple[int, int], indices: list[int], dim: float = 0.3):
+    """``image`` with the tokens in ``indices`` at full brightness and every other token dimmed."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(image, dtype=np.float32)
+    rows, cols = grid
+    token = np.full(rows * cols, dim, dtype=np.float32)
+    token[list(indices)] = 1.0
+    scale = np.kron(token.reshape(rows, cols),
+                    np.ones((pixels.shape[0] // rows, pixels.shape[1] // cols), dtype=np.float32))
+    return Image.fromarray((pixels * scale[..., None]).clip(0, 255).astype(np.uint8))
+
+
+def write_pictures(config) -> list[Path]:
+    """Write grid.png and (when any method took hybrid steps) masks.png; return the paths written."""
+    from stitchkit.experiment import atomic_write, unit_stem
+
+    out_dir, seed = config.output, config.seeds[0]
+    written = []
+    rows = []
+    for method in config.methods:
+        paths = [out_dir / "images" / method.name / f"{unit_stem(i, seed)}.png" for i in range(len(config.prompts))]
+        rows.append([_open(p) if p.exists() else None for p in paths])
+    first = next((im for row in rows for im in row if im is not None), None)
+    if first is None:
+        return written
+    atomic_write(out_dir / "grid.png", _png(_compose(rows, _cell_size(first))))
+    written.append(out_dir / "grid.png")
+
+    mask_rows = []
+    for method in config.methods:
+        record_path = out_dir / "records" / method.name / f"{unit_stem(0, seed)}.json"
+        image_path = out_dir / "images" / method.name / f"{unit_stem(0, seed)}.png"
+        if not (record_path.exists() and image_path.exists()):
+            continue
+        masks = json.loads(record_path.read_text()).get("masks") or {}
+        if masks.get("steps"):
+            image = _open(image_path)
+            mask_rows.append([image] + [masked_view(image, tuple(masks["grid"]), idx) for _, idx in masks["steps"]])
+    if mask_rows:
+        atomic_write(out_dir / "masks.png", _png(_compose(mask_rows, _cell_size(first))))
+        written.append(out_dir / "masks.png")
+    return written
