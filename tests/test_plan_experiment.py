@@ -42,9 +42,10 @@ def test_recorded_traces_are_priced_as_they_ran():
     assert plan.basis == "2 run traces" and plan.prediction.predicted_ms == pytest.approx(10 + 2.5 + 2 + 2)
 
 
-def test_cli_prints_every_method(tmp_path, capsys):
+def test_cli_prints_every_method(tmp_path, capsys, monkeypatch):
     from stitchkit.cli import main
 
+    monkeypatch.setenv("STITCHKIT_CACHE", str(tmp_path / "empty-cache"))  # no profile: the FLOPs estimate
     exp = tmp_path / "e.yaml"
     exp.write_text(textwrap.dedent("""
         sampler: {steps: 10, height: 64, width: 64, max_sequence_length: 8}

@@ -1,0 +1,343 @@
+"""The large model's masked forward for diffusers' ``SD3Transformer2DModel``, with the previous step's K/V.
+
+HybridStitch §3.3 ("Masked Generation"), Algorithm 1, line 10: ``noise_large, prev_KV <- Large_Model(
+latent[Mask], prev_KV)``. In a hybrid step the large model recomputes only ``m`` of the ``N`` image tokens;
+every other image token is seen through the K/V that the large model produced for it the last time it was
+computed. Everything in an MMDiT block but attention is per token (AdaLN-Zero, norms, gates, residuals,
+feed-forwards), so the masked forward is the unchanged diffusers blocks run on ``m`` image tokens plus all
+``T`` text tokens, with one change inside attention:
+
+* **record** (a full forward, Algorithm 1 line 6): each attention layer stores its image K and V (after
+  qk-norm);
+* **masked** (line 10): each layer writes the fresh K/V of its ``m`` tokens into the stored full-length K/V
+  (so the cache is refreshed after every step, as §3.3 asks: "HybridStitch also updates the KV cache after
+  each iteration") and attends its ``m`` image queries, plus the ``T`` text queries, to all ``N + T`` keys.
+
+The text stream is computed in full in every block, as later blocks need it; in the last block
+(``context_pre_only``) its output is thrown away, so no text queries are computed there, in any mode.
+
+Cache layout and size. One K and one V tensor per Attention module, shaped ``(B, L, heads, head_dim)``:
+the layout the projections produce, so fresh rows go in with one ``index_copy_`` and no transpose, and
+scaled-dot-product attention reads the whole buffer through a transposed view, without a concatenation.
+For the joint attention ``L = N + T``, laid out [image, text]: the ``N`` image rows are the cache proper,
+the ``T`` text rows are scratch space written afresh by every call. SD3.5 Medium's image-only ``attn2``
+has ``L = N``. In elements::
+
+    2 * B * D * (layers * (N + T) + dual_attention_layers * N)      # D = heads * head_dim
+
+(the paper's ``2 * layers * B * N * D``, plus the scratch rows and the ``attn2`` layers). SD3.5 Large at
+1024² (N = 4096, T = 333) with CFG (B = 2) in bf16: 2 * 2 * 2432 * 38 * 4429 * 2 bytes = 3.3 GB.
+:attr:`MaskedTransformer.cache_nbytes` gives the size held; :meth:`MaskedTransformer.end` frees it.
+
+Example::
+
+    with MaskedTransformer(transformer) as large:          # installs the processors; end() restores them
+        full = large.forward(inputs, record=True)          # (B, C, H, W), K/V recorded
+        tokens = large.forward_masked(inputs, indices)     # (B, m, p*p*C), cache refreshed at indices
+    # transformer is exactly the stock model again, and the cache is freed
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.transformers.transformer_sd3 import SD3Transformer2DModel
+
+if TYPE_CHECKING:
+    from diffusers.models.attention_processor import Attention
+    from typing_extensions import Self
+
+    from stitchkit.protocols import ModelInputs
+
+
+class Mode(enum.Enum):
+    """What the processors do on the current call."""
+
+    PLAIN = "plain"  # the stock attention, nothing stored
+    RECORD = "record"  # the stock attention, image K/V stored
+    MASKED = "masked"  # m image queries against the stored K/V, refreshed at the m tokens
+
+
+class PassState:
+    """Per-call state shared by all processors of one model.
+
+    ``Attention.forward`` drops keyword arguments that a processor's ``__call__`` does not name, so the
+    mode and the token indices reach the processors through this object instead.
+    """
+
+    def __init__(self) -> None:
+        self.mode = Mode.PLAIN
+        self.indices: torch.Tensor | None = None  # (B, m), masked mode only
+        self.num_tokens = 0  # N, masked mode only
+        self._flat: dict[int, torch.Tensor] = {}
+
+    def flat_index(self, length: int) -> torch.Tensor:
+        """The masked tokens' rows in a ``(B * length, ...)`` view of a ``(B, length, ...)`` buffer."""
+        flat = self._flat.get(length)
+        if flat is None:
+            assert self.indices is not None
+            offsets = torch.arange(self.indices.shape[0], device=self.indices.device) * length
+            flat = self._flat[length] = (self.indices + offsets[:, None]).reshape(-1)
+        return flat
+
+    def reset(self) -> None:
+        self.mode, self.indices, self.num_tokens = Mode.PLAIN, None, 0
+        self._flat.clear()
+
+
+class KVCacheAttnProcessor:
+    """Attention for one ``Attention`` module of an SD3 block (joint ``attn`` or image-only ``attn2``).
+
+    In :attr:`Mode.PLAIN` it computes what ``JointAttnProcessor2_0`` computes. It owns this module's K/V
+    cache (``key``, ``value``: ``(B, L, heads, head_dim)``, see the module docstring), so one instance must
+    serve one module: ``JointTransformerBlock`` hands the same processor to ``attn`` and ``attn2``, and
+    their caches differ.
+    """
+
+    def __init__(self, state: PassState) -> None:
+        self.state = state
+        self.key: torch.Tensor | None = None
+        self.value: torch.Tensor | None = None
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+        if attention_mask is not None:
+            raise NotImplementedError("KVCacheAttnProcessor takes no attention mask (SD3 uses none)")
+        batch, n = hidden_states.shape[:2]
+        heads = attn.heads
+        query = attn.to_q(hidden_states)
+        key = attn.to_k(hidden_states)
+        value = attn.to_v(hidden_states)
+        head_dim = key.shape[-1] // heads
+        # (B, n, heads, head_dim) rather than diffusers' (B, heads, n, head_dim): the cache's layout.
+        query = query.view(batch, n, heads, head_dim)
+        key = key.view(batch, n, heads, head_dim)
+        value = value.view(batch, n, heads, head_dim)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+
+        joint = encoder_hidden_states is not None
+        # The last block's text output is discarded (context_pre_only): its text queries are not computed.
+        text_queries = joint and not attn.context_pre_only
+        text_key = text_value = None
+        if joint:
+            t = encoder_hidden_states.shape[1]
+            text_key = attn.add_k_proj(encoder_hidden_states).view(batch, t, heads, head_dim)
+            text_value = attn.add_v_proj(encoder_hidden_states).view(batch, t, heads, head_dim)
+            if attn.norm_added_k is not None:
+                text_key = attn.norm_added_k(text_key)
+            if text_queries:
+                text_query = attn.add_q_proj(encoder_hidden_states).view(batch, t, heads, head_dim)
+                if attn.norm_added_q is not None:
+                    text_query = attn.norm_added_q(text_query)
+                query = torch.cat([query, text_query], dim=1)
+
+        mode = self.state.mode
+        if mode is Mode.MASKED:
+            key, value = self._refresh(key, value, text_key, text_value)
+        elif mode is Mode.RECORD:
+            key, value = self._record(key, value, text_key, text_value)
+        elif joint:
+            key = torch.cat([key, text_key], dim=1)
+            value = torch.cat([value, text_value], dim=1)
+
+        out = F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2))
+        out = out.transpose(1, 2).reshape(batch, -1, heads * head_dim).to(query.dtype)
+        image = attn.to_out[1](attn.to_out[0](out[:, :n]))
+        if not joint:
+            return image
+        return image, (attn.to_add_out(out[:, n:]) if text_queries else None)
+
+    def _record(self, key, value, text_key, text_value):
+        """Store this call's K/V (Algorithm 1, line 6: ``noise, prev_KV <- Large_Model(latent)``)."""
+        n = key.shape[1]
+        length = n + (0 if text_key is None else text_key.shape[1])
+        shape = (key.shape[0], length, *key.shape[2:])
+        if (self.key is None or self.key.shape != shape or self.key.dtype != key.dtype
+                or self.key.device != key.device or _locked(self.key)):
+            self.key, self.value = key.new_empty(shape), value.new_empty(shape)
+        self._write_text(n, text_key, text_value)
+        self.key[:, :n].copy_(key)
+        self.value[:, :n].copy_(value)
+        return self.key, self.value
+
+    def _refresh(self, key, value, text_key, text_value):
+        """Write the m fresh image K/V rows into the cache and return the whole of it (Algorithm 1, line 10)."""
+        state = self.state
+        batch, _, heads, head_dim = key.shape
+        length = state.num_tokens + (0 if text_key is None else text_key.shape[1])
+        if self.key is None or self.key.shape != (batch, length, heads, head_dim) or self.key.dtype != key.dtype:
+            have = "none" if self.key is None else f"{tuple(self.key.shape)} {self.key.dtype}"
+            raise RuntimeError(
+                f"the recorded K/V ({have}) does not fit this masked call ({(batch, length, heads, head_dim)} "
+                f"{key.dtype}); record a full forward with the same batch, latent size and prompt length first"
+            )
+        if _locked(self.key):
+            self.key, self.value = self.key.clone(), self.value.clone()
+        rows = state.flat_index(length)
+        self.key.view(-1, heads, head_dim).index_copy_(0, rows, key.reshape(-1, heads, head_dim))
+        self.value.view(-1, heads, head_dim).index_copy_(0, rows, value.reshape(-1, heads, head_dim))
+        self._write_text(state.num_tokens, text_key, text_value)
+        return self.key, self.value
+
+    def _write_text(self, n, text_key, text_value):
+        if text_key is not None:
+            self.key[:, n:].copy_(text_key)
+            self.value[:, n:].copy_(text_value)
+
+
+def _locked(cache: torch.Tensor) -> bool:
+    """A cache recorded under ``torch.inference_mode()`` can be written only inside it."""
+    return cache.is_inference() and not torch.is_inference_mode_enabled()
+
+
+class MaskedTransformer:
+    """One ``SD3Transformer2DModel`` (SD3 Medium, SD3.5 Large, SD3.5 Medium) with a masked forward.
+
+    :meth:`begin` installs one :class:`KVCacheAttnProcessor` per Attention module and remembers the
+    model's own processors; :meth:`end` puts those very objects back and frees the cache. Nothing else of
+    the model is touched, and no diffusers class is patched: outside ``begin``/``end`` the model is the
+    stock one, and between them calling it directly gives the stock result.
+    """
+
+    def __init__(self, model: SD3Transformer2DModel) -> None:
+        if not isinstance(model, SD3Transformer2DModel):
+            raise TypeError(f"MaskedTransformer wraps an SD3Transformer2DModel, got {type(model).__name__}")
+        self.model = model
+        self._state = PassState()
+        self._originals: dict[str, object] | None = None
+        self._processors: list[KVCacheAttnProcessor] = []
+
+    # -- installing and removing ------------------------------------------------------------------
+
+    def begin(self) -> Self:
+        """Install the K/V processors (one per Attention module)."""
+        if self._originals is not None:
+            raise RuntimeError("MaskedTransformer.begin() called twice without end()")
+        originals = self.model.attn_processors
+        processors = {name: KVCacheAttnProcessor(self._state) for name in originals}
+        self.model.set_attn_processor(dict(processors))  # set_attn_processor empties the dict it is given
+        self._originals, self._processors = originals, list(processors.values())
+        return self
+
+    def end(self) -> None:
+        """Restore the model's original processor objects and free the cache. Safe to call twice."""
+        if self._originals is None:
+            return
+        self.free_cache()
+        self.model.set_attn_processor(dict(self._originals))
+        self._originals, self._processors = None, []
+        self._state.reset()
+
+    def __enter__(self) -> Self:
+        return self.begin()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.end()
+
+    # -- the cache ---------------------------------------------------------------------------------
+
+    def free_cache(self) -> None:
+        """Drop the recorded K/V (the memory goes back to the allocator)."""
+        for processor in self._processors:
+            processor.key = processor.value = None
+
+    @property
+    def cache_nbytes(self) -> int:
+        """Bytes held by the K/V cache: ``2 * B * D * (layers * (N + T) + dual_layers * N)`` elements."""
+        return sum(p.key.nbytes + p.value.nbytes for p in self._processors if p.key is not None)
+
+    @property
+    def has_cache(self) -> bool:
+        return any(p.key is not None for p in self._processors)
+
+    # -- shapes ------------------------------------------------------------------------------------
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.model.config.patch_size)
+
+    def num_tokens(self, height: int, width: int) -> int:
+        """Image tokens ``N`` of a latent ``height x width``."""
+        p = self.patch_size
+        if height % p or width % p:
+            raise ValueError(f"latent size {height}x{width} is not divisible by the patch size {p}")
+        return (height // p) * (width // p)
+
+    # -- forwards ----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def forward(self, inputs: ModelInputs, *, record: bool) -> torch.Tensor:
+        """The stock forward on all tokens: ``(B, C, H, W)``. With ``record`` every layer stores its K/V."""
+        self._require_begun()
+        with self._mode(Mode.RECORD if record else Mode.PLAIN):
+            return self.model(
+                hidden_states=inputs.hidden_states,
+                encoder_hidden_states=inputs.encoder_hidden_states,
+                pooled_projections=inputs.pooled_projections,
+                timestep=inputs.timestep,
+                return_dict=False,
+            )[0]
+
+    @torch.no_grad()
+    def forward_masked(self, inputs: ModelInputs, indices: torch.Tensor) -> torch.Tensor:
+        """The prediction for image tokens ``indices`` (``(B, m)``, distinct per row): ``(B, m, p*p*C)``.
+
+        The other tokens are seen through the recorded K/V, which this call refreshes at ``indices``
+        (Algorithm 1, line 10). Token ``j`` of row ``b`` is ``patchify(full_prediction)[b, indices[b, j]]``.
+        """
+        self._require_begun()
+        if not self.has_cache:
+            raise RuntimeError("forward_masked needs recorded K/V: call forward(inputs, record=True) first")
+        x = inputs.hidden_states
+        n = self.num_tokens(*x.shape[-2:])
+        self._check_indices(indices, x.shape[0], n)
+        model = self.model
+        with self._mode(Mode.MASKED, indices=indices, num_tokens=n):
+            # The subset is taken right after pos_embed: the tokens already carry their positions.
+            hidden = model.pos_embed(x)
+            hidden = torch.gather(hidden, 1, indices[..., None].expand(-1, -1, hidden.shape[-1]))
+            temb = model.time_text_embed(inputs.timestep, inputs.pooled_projections)
+            context = model.context_embedder(inputs.encoder_hidden_states)
+            for block in model.transformer_blocks:
+                context, hidden = block(hidden_states=hidden, encoder_hidden_states=context, temb=temb)
+            return model.proj_out(model.norm_out(hidden, temb))
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def _require_begun(self) -> None:
+        if self._originals is None:
+            raise RuntimeError("call MaskedTransformer.begin() (or use it as a context manager) before a forward")
+
+    @staticmethod
+    def _check_indices(indices: torch.Tensor, batch: int, n: int) -> None:
+        if indices.dtype != torch.int64 or indices.ndim != 2 or indices.shape[0] != batch or indices.shape[1] == 0:
+            raise ValueError(
+                f"indices must be int64 of shape (B={batch}, m) with m >= 1, got {indices.dtype} "
+                f"{tuple(indices.shape)}"
+            )
+        ordered = indices.sort(dim=1).values
+        bad = (ordered[:, 0] < 0) | (ordered[:, -1] >= n) | (ordered[:, 1:] == ordered[:, :-1]).any(dim=1)
+        if bool(bad.any()):
+            raise ValueError(f"indices must be distinct token numbers in [0, {n}) in every row")
+
+    @contextlib.contextmanager
+    def _mode(self, mode: Mode, *, indices: torch.Tensor | None = None, num_tokens: int = 0) -> Iterator[None]:
+        state = self._state
+        state.mode, state.indices, state.num_tokens = mode, indices, num_tokens
+        try:
+            yield
+        finally:
+            state.reset()
