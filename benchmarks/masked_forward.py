@@ -108,6 +108,16 @@ def swapped_processors(model, processors: dict):
         model.set_attn_processor(current)
 
 
+@contextlib.contextmanager
+def eager(masked):
+    """``masked`` without CUDA-graph replay for a while."""
+    masked.cuda_graphs = False
+    try:
+        yield
+    finally:
+        masked.cuda_graphs = True
+
+
 def bench(large, small, *, latent: int, text: int, batch: int, dtype, device, runs, warmup, title) -> bool:
     g = torch.Generator().manual_seed(0)
 
@@ -144,7 +154,16 @@ def bench(large, small, *, latent: int, text: int, batch: int, dtype, device, ru
             name = f"masked large {r:.0%} (m={m})"
             rows[name] = (lambda idx=idx: masked.forward_masked(inputs, idx), plain)
             flops[name] = (m + text) / (n + text)
+            if device.type == "cuda":  # the same call without CUDA-graph replay, for comparison
+                rows[f"  eager {r:.0%}"] = (lambda idx=idx: masked.forward_masked(inputs, idx),
+                                            lambda: eager(masked))
         times = measure(rows, device, runs, warmup)
+        if device.type == "cuda":  # graph replay must compute what the eager masked forward computes
+            idx = random_indices(batch, n, round(0.3 * n), g, device)
+            graphed = masked.forward_masked(inputs, idx)
+            with eager(masked):
+                plain_out = masked.forward_masked(inputs, idx)
+            print(f"CUDA graph vs eager masked forward: max |diff| = {(graphed - plain_out).abs().max().item():.3g}")
         # Sanity: the masked forward over every token is the stock forward (up to the dtype's rounding).
         with swapped_processors(large, stock_processors):
             want = patchify(stock(large), masked.patch_size)
@@ -161,6 +180,8 @@ def bench(large, small, *, latent: int, text: int, batch: int, dtype, device, ru
     print(f"masked forward over all N tokens vs stock: max |diff| = {diff:.3g} (max |stock| = {scale:.3g})")
     print(f"{'run':<26}{'ms':>10}{'ratio':>8}{'FLOP model':>12}{'limit':>8}  ok")
     for name in ("full large (stock)", "full small (stock)", "full large (record K/V)"):
+        print(f"{name:<26}{ms[name]:>10.1f}{ratio[name]:>8.3f}")
+    for name in (k for k in ms if k.startswith("  eager")):
         print(f"{name:<26}{ms[name]:>10.1f}{ratio[name]:>8.3f}")
     ok = True
     for name, flop in flops.items():

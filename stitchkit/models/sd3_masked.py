@@ -40,6 +40,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import os
 import enum
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -198,6 +199,53 @@ class KVCacheAttnProcessor:
             self.value[:, n:].copy_(text_value)
 
 
+class MaskedGraphs:
+    """CUDA graphs of :meth:`MaskedTransformer._masked_body`, one per input shape.
+
+    A graph replays the kernels of one masked forward on fixed input buffers and on the cache tensors that
+    existed when it was captured; the inputs are copied into those buffers before each replay. Every graph
+    is dropped when the cache is freed or reallocated (a new recording with another shape), so a replay
+    never reads a stale buffer. Capture costs about three masked forwards, once per generation and shape.
+    """
+
+    def __init__(self, owner: "MaskedTransformer") -> None:
+        self.owner = owner
+        self.graphs: dict[tuple, tuple] = {}
+
+    def clear(self) -> None:
+        self.graphs.clear()
+
+    def _cache_ids(self) -> tuple:
+        return tuple(p.key.data_ptr() if p.key is not None else 0 for p in self.owner._processors)
+
+    def run(self, inputs: "ModelInputs", indices: torch.Tensor, n: int) -> torch.Tensor:
+        from stitchkit.protocols import ModelInputs
+
+        tensors = (inputs.hidden_states, inputs.timestep, inputs.encoder_hidden_states,
+                   inputs.pooled_projections, indices)
+        key = tuple((tuple(t.shape), t.dtype) for t in tensors) + (n, self._cache_ids())
+        entry = self.graphs.get(key)
+        if entry is None:
+            static = tuple(t.clone() for t in tensors)
+            static_inputs = ModelInputs(hidden_states=static[0], timestep=static[1],
+                                        encoder_hidden_states=static[2], pooled_projections=static[3])
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up off the capture stream, as CUDA graphs require
+                for _ in range(2):
+                    self.owner._masked_body(static_inputs, static[4], n)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                output = self.owner._masked_body(static_inputs, static[4], n)
+            entry = self.graphs[key] = (graph, static, output)
+        graph, static, output = entry
+        for buffer, value in zip(static, tensors):
+            buffer.copy_(value)
+        graph.replay()
+        return output.clone()
+
+
 def _locked(cache: torch.Tensor) -> bool:
     """A cache recorded under ``torch.inference_mode()`` can be written only inside it."""
     return cache.is_inference() and not torch.is_inference_mode_enabled()
@@ -219,6 +267,10 @@ class MaskedTransformer:
         self._state = PassState()
         self._originals: dict[str, object] | None = None
         self._processors: list[KVCacheAttnProcessor] = []
+        #: On CUDA, replay masked forwards from a CUDA graph (``STITCHKIT_CUDA_GRAPHS=0`` turns it off):
+        #: with a few hundred tokens a step is bound by Python and kernel launches, not by the GPU.
+        self.cuda_graphs = os.environ.get("STITCHKIT_CUDA_GRAPHS", "1") != "0"
+        self._graphs = MaskedGraphs(self)
 
     # -- installing and removing ------------------------------------------------------------------
 
@@ -250,7 +302,8 @@ class MaskedTransformer:
     # -- the cache ---------------------------------------------------------------------------------
 
     def free_cache(self) -> None:
-        """Drop the recorded K/V (the memory goes back to the allocator)."""
+        """Drop the recorded K/V (the memory goes back to the allocator), and the graphs that read it."""
+        self._graphs.clear()
         for processor in self._processors:
             processor.key = processor.value = None
 
@@ -304,10 +357,16 @@ class MaskedTransformer:
         x = inputs.hidden_states
         n = self.num_tokens(*x.shape[-2:])
         self._check_indices(indices, x.shape[0], n)
+        if x.is_cuda and self.cuda_graphs:
+            return self._graphs.run(inputs, indices, n)
+        return self._masked_body(inputs, indices, n)
+
+    def _masked_body(self, inputs: ModelInputs, indices: torch.Tensor, n: int) -> torch.Tensor:
+        """The masked forward itself: no host synchronisation, so it can be captured in a CUDA graph."""
         model = self.model
         with self._mode(Mode.MASKED, indices=indices, num_tokens=n):
             # The subset is taken right after pos_embed: the tokens already carry their positions.
-            hidden = model.pos_embed(x)
+            hidden = model.pos_embed(inputs.hidden_states)
             hidden = torch.gather(hidden, 1, indices[..., None].expand(-1, -1, hidden.shape[-1]))
             temb = model.time_text_embed(inputs.timestep, inputs.pooled_projections)
             context = model.context_embedder(inputs.encoder_hidden_states)
