@@ -139,10 +139,11 @@ def denoise(
                 indices = indices.to(latents.device)  # a policy without a change map builds them on the CPU
                 model_indices = torch.cat([indices] * 2) if guided else indices  # both CFG halves share it
                 with large_timer:
-                    large_part = _check_finite(context.masked(models.masked_large, inputs, model_indices), i, "large")
+                    large_part = context.masked(models.masked_large, inputs, model_indices)
                 with small_timer:
-                    prediction = _check_finite(_plain_forward(models.small, inputs), i, "small")
-                prediction = stitch(prediction, large_part, model_indices, p)
+                    prediction = _plain_forward(models.small, inputs)
+                _check_finite(large_part, i, "large")
+                prediction = stitch(_check_finite(prediction, i, "small"), large_part, model_indices, p)
                 # FullLarge's large model computes every token even though only the masked ones are used.
                 large_tokens = num_tokens if getattr(context, "computes_all_tokens", False) else indices.shape[1]
                 small_tokens = num_tokens
@@ -153,7 +154,8 @@ def denoise(
                 large_tokens = num_tokens
             else:
                 with small_timer:
-                    prediction = _check_finite(_plain_forward(models.small, inputs), i, "small")
+                    out = _plain_forward(models.small, inputs)
+                prediction = _check_finite(out, i, "small")
                 small_tokens = num_tokens
 
             if guided:

@@ -286,7 +286,7 @@ def profile_transformers(large, small, *, latent_height: int, latent_width: int,
     2 for one image with guidance. ``L_l``/``L_s`` time the plain forward. ``L_l(M)`` times
     ``MaskedTransformer.forward_masked`` on ``round(M·N)`` random tokens per sample (at least one), after
     one recording forward has filled the K/V context, as in a hybrid step. Each number is the median of
-    ``repeats`` calls after ``warmup`` untimed ones, under ``torch.inference_mode``. The models are moved to
+    ``repeats`` calls after ``warmup`` untimed ones, under ``torch.no_grad`` as in the engine. The models are moved to
     ``device`` and ``dtype`` in place (``nn.Module.to``) and put in eval mode. ``num_threads`` sets torch's
     CPU threads while measuring (restored after): on a loaded machine several busy-waiting OpenMP threads
     can make CPU timings tens of times slower and erratic, and one thread makes them repeatable.
@@ -337,7 +337,8 @@ def _measure(large, small, inputs_large, inputs_small, *, ratios, n_tokens, batc
     from stitchkit.models.sd3_masked import MaskedTransformer
 
     masked: list[tuple[float, float]] = []
-    with torch.inference_mode():
+    # no_grad, as the engine runs: inference_mode is a little faster and would make the profile optimistic.
+    with torch.no_grad():
         large_ms = _median_ms(lambda: _plain_forward(large, inputs_large), **timing)
         small_ms = _median_ms(lambda: _plain_forward(small, inputs_small), **timing)
         with MaskedTransformer(large) as runner:

@@ -131,3 +131,15 @@ def build_tiny_random_pair(seed: int = 0):
     )
     pipeline.set_progress_bar_config(disable=True)
     return pipeline, small
+
+
+def build_bench_random_pair(seed: int = 0):
+    """``bench-random``: the tiny pipeline's encoders and VAE around the masked-forward benchmark's
+    transformers (12 layers 6×64 and 6 layers 4×64; 512² px = 64×64 latents = 1024 tokens). Model calls
+    dominate a step here, so it is where the latency model's predictions are held against measurements
+    on a CPU."""
+    pipeline, _ = build_tiny_random_pair(seed)
+    pipeline.register_modules(transformer=tiny_transformer(num_layers=12, heads=6, head_dim=64, sample_size=64,
+                                                           seed=seed + 6))
+    small = tiny_transformer(num_layers=6, heads=4, head_dim=64, sample_size=64, seed=seed + 7)
+    return pipeline, small
