@@ -1,9 +1,10 @@
-"""Built-in model pairs, by name: ``tiny-random`` (structure tests and smoke runs) and, once shipped,
-``shapes`` (a trained CPU pair for quality). Each name maps to a loader of a ``StitchPipeline``."""
+"""Built-in model pairs, by name: ``tiny-random`` (structure tests and smoke runs), ``bench-random``
+(benchmark-sized random transformers, for latency checks on a CPU) and ``shapes`` (the trained CPU pair,
+for quality). Each name maps to a loader of a ``StitchPipeline``."""
 
 from __future__ import annotations
 
-BUILTIN_PAIRS = ("tiny-random",)
+BUILTIN_PAIRS = ("tiny-random", "bench-random", "shapes")
 
 
 def load_pair_pipeline(name: str):
@@ -16,6 +17,13 @@ def load_pair_pipeline(name: str):
 
         large, small = build_tiny_random_pair()
         return StitchPipeline.from_pipelines(large=large, small=small, pair_id=name)
+    if name == "bench-random":
+        from stitchkit.pairs.tiny_random import build_bench_random_pair
+
+        large, small = build_bench_random_pair()
+        return StitchPipeline.from_pipelines(large=large, small=small, pair_id=name)
+    if name == "shapes":
+        return StitchPipeline.from_shapes()
     raise ConfigError("pair", f"unknown built-in pair {name!r}", "known: " + ", ".join(BUILTIN_PAIRS))
 
 
