@@ -20,6 +20,7 @@ COMMANDS = (
     "stitchkit.commands.plan",
     "stitchkit.commands.profile",
     "stitchkit.commands.train_pair",
+    "stitchkit.commands.calibrate",
 )
 
 

@@ -10,6 +10,7 @@ a typo must not silently fall back to a default.
     sampler: {steps: 20, guidance_scale: 4.0, height: 64, width: 64, max_sequence_length: 8}
     prompts: ["a red circle", ...]   # or prompts_file: prompts.txt (one per line, relative to the YAML)
     seeds: [0, 1]
+    metrics: [caption_accuracy, feature_distance, frechet, psnr, ssim]   # shapes pair only
     methods:
       - large                        # a switch policy or preset name
       - {name: hs30-static, switch: hybridstitch-30, mask: static}
@@ -77,6 +78,7 @@ class ExperimentConfig:
     methods: tuple[MethodConfig, ...]
     output: Path
     allow_unprofitable: bool = False
+    metrics: tuple[str, ...] = ()
     source: Path | None = None
 
     @classmethod
@@ -97,7 +99,7 @@ class ExperimentConfig:
     def from_dict(cls, data: Any, *, base: Path = Path("."), registry=None, source: Path | None = None):
         data = _mapping(data, "", "the experiment file must be a mapping of fields")
         _only(data, "", ("name", "pair", "sampler", "prompts", "prompts_file", "seeds", "methods", "output",
-                         "allow_unprofitable"))
+                         "allow_unprofitable", "metrics"))
         name = _typed(data.get("name", source.stem if source else "experiment"), "name", str)
         prompts = _prompts(data, base)
         seeds = tuple(_typed(s, f"seeds[{i}]", int) for i, s in enumerate(_list(data.get("seeds", [0]), "seeds")))
@@ -105,8 +107,13 @@ class ExperimentConfig:
             raise ConfigError("seeds", "is empty", "give at least one integer seed")
         methods = _methods(data.get("methods"), registry)
         output = Path(_typed(data.get("output", f"runs/{name}"), "output", str))
+        pair = _pair(data.get("pair", "tiny-random"))
+        from stitchkit.quality import check_metrics
+
+        metrics = check_metrics([_typed(m, f"metrics[{i}]", str)
+                                 for i, m in enumerate(_list(data.get("metrics", []), "metrics"))], pair.name)
         return cls(
-            name=name, pair=_pair(data.get("pair", "tiny-random")), sampler=_sampler(data.get("sampler", {})),
+            name=name, pair=pair, sampler=_sampler(data.get("sampler", {})), metrics=metrics,
             prompts=prompts, seeds=seeds, methods=methods, output=output if output.is_absolute() else base / output,
             allow_unprofitable=_typed(data.get("allow_unprofitable", False), "allow_unprofitable", bool),
             source=source,

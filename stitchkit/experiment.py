@@ -257,18 +257,34 @@ def _fmt(value: Any, digits: int) -> str:
     return "–" if value is None else (f"{value:.{digits}f}" if isinstance(value, float) else str(value))
 
 
+def _quality(config: ExperimentConfig) -> dict[str, dict]:
+    """The experiment's quality metrics per method (``metrics:`` in the YAML), from the images on disk."""
+    if not config.metrics:
+        return {}
+    from stitchkit.quality import score_methods
+
+    units = {}
+    for method in config.methods:
+        units[method.name] = [(prompt, path) for pi, prompt in enumerate(config.prompts) for seed in config.seeds
+                              if (path := config.output / "images" / method.name / f"{unit_stem(pi, seed)}.png")
+                              .exists() and _record_path(config.output, method.name, pi, seed).exists()]
+    return score_methods(config, units, BASELINE)
+
+
 def write_results(config: ExperimentConfig) -> list[ResultRow]:
     out_dir = config.output
     rows = collect_results(config)
-    header = [f.name for f in attrs.fields(ResultRow)]
+    quality = _quality(config)
+    header = [f.name for f in attrs.fields(ResultRow)] + list(config.metrics)
     digits = {"latency_ms": 1, "denoise_ms": 1, "speedup": 2, "large_step_equivalents": 2, "mean_abs_diff": 4,
-              "predicted_denoise_ms": 1, "prediction_error_pct": 1}
+              "predicted_denoise_ms": 1, "prediction_error_pct": 1, "caption_accuracy": 3,
+              "feature_distance": 4, "frechet": 2, "psnr": 2, "ssim": 4}
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(header)
     for row in rows:
-        values = attrs.asdict(row)
+        values = {**{m: None for m in config.metrics}, **attrs.asdict(row), **quality.get(row.method, {})}
         lines.append("| " + " | ".join(_fmt(values[h], digits.get(h, 0)) for h in header) + " |")
         writer.writerow(["" if values[h] is None else values[h] for h in header])
     atomic_write(out_dir / "results.md", ("\n".join(lines) + "\n").encode())
