@@ -168,13 +168,13 @@ def ensure_profile(pipe, config: ExperimentConfig, size: _Size):
     """The pair's measured costs at this size: the cached profile, or one measured now and cached."""
     import torch
 
-    from stitchkit.profile import ProfileKey, load_profile, profile_transformers, save_profile
+    from stitchkit.profile import ProfileKey, cpu_threads, load_profile, profile_transformers, save_profile
 
     vae = pipe.adapter.vae_scale_factor
     dtype = str(pipe.adapter.dtype).removeprefix("torch.")
     device = pipe.adapter.device.type
     key = ProfileKey(pair=pipe.pair_id, height=size.height, width=size.width, dtype=dtype, device=device,
-                     batch=2 if size.guided else 1, text_tokens=size.text_tokens)
+                     batch=2 if size.guided else 1, text_tokens=size.text_tokens, threads=cpu_threads(device))
     costs = load_profile(key)
     if costs is None:
         costs = profile_transformers(pipe.adapter.large_transformer, pipe.small, latent_height=size.height // vae,

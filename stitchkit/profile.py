@@ -66,11 +66,14 @@ class ProfileKey:
     device: str
     batch: int = 2
     text_tokens: int = 333
+    #: CPU threads the costs were measured with (0 on a GPU): two threads are not twice one, and a profile
+    #: taken with one thread mispredicts a run with two.
+    threads: int = 0
 
     def filename(self) -> str:
         """A file name safe on every platform (the key itself is stored inside the file and checked)."""
         raw = (f"{self.pair}-{self.height}x{self.width}-{self.dtype}-{self.device}"
-               f"-b{self.batch}-t{self.text_tokens}")
+               f"-b{self.batch}-t{self.text_tokens}" + (f"-th{self.threads}" if self.threads else ""))
         return re.sub(r"[^A-Za-z0-9._-]+", "_", raw) + ".json"
 
     def to_dict(self) -> dict:
@@ -366,3 +369,10 @@ def format_costs(costs: Costs) -> list[str]:
         lines.append(f"{f'masked M={r:g}':14}{ms:10.3f}{ms / ll:8.3f}{r:8.3f}")
     lines.append(f"Eq. 7 bound: M_1 < 1 - Ls/Ll = {1.0 - costs.small_ms / ll:.3f}")
     return lines
+
+
+def cpu_threads(device: str) -> int:
+    """The thread count a CPU profile is keyed by (torch's current setting); 0 for other devices."""
+    import torch
+
+    return torch.get_num_threads() if device == "cpu" else 0

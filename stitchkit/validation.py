@@ -14,14 +14,14 @@ import attrs
 
 from stitchkit.errors import ConfigError
 from stitchkit.latency import Costs, Plan, check_profitable
-from stitchkit.profile import ProfileKey, estimate_costs_from_configs, load_profile
+from stitchkit.profile import ProfileKey, cpu_threads, estimate_costs_from_configs, load_profile
 
 
 def pair_costs(*, pair_id: str, large_config: Any, small_config: Any, height: int, width: int, num_tokens: int,
                text_tokens: int, batch: int, dtype: str, device: str) -> Costs:
     """The pair's profiled costs at this size, else an estimate from the configs' FLOPs."""
     key = ProfileKey(pair=pair_id, height=height, width=width, dtype=dtype, device=device, batch=batch,
-                     text_tokens=text_tokens)
+                     text_tokens=text_tokens, threads=cpu_threads(device))
     return load_profile(key) or estimate_costs_from_configs(large_config, small_config, num_tokens, text_tokens)
 
 

@@ -242,3 +242,15 @@ def test_profile_command_refusals(extra, message):
     result = CliRunner().invoke(command_module.command, [*base, *extra])  # the last --height wins
     assert isinstance(result.exception, ConfigError), result.output
     assert str(result.exception) == message
+
+
+def test_cpu_profiles_are_keyed_by_thread_count(tmp_path):
+    """A profile taken with one thread must not price a run with two (they differ by up to 2x)."""
+    from stitchkit.latency import Costs
+    from stitchkit.profile import ProfileKey, load_profile, save_profile
+
+    one = ProfileKey(pair="p", height=64, width=64, dtype="float32", device="cpu", threads=1)
+    two = ProfileKey(pair="p", height=64, width=64, dtype="float32", device="cpu", threads=2)
+    save_profile(one, Costs(large_ms=10.0, small_ms=3.0), directory=tmp_path)
+    assert load_profile(one, directory=tmp_path) is not None
+    assert load_profile(two, directory=tmp_path) is None

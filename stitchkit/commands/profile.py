@@ -20,6 +20,7 @@ from stitchkit.profile import (
     DEFAULT_RATIOS,
     DTYPES,
     ProfileKey,
+    cpu_threads,
     format_costs,
     load_profile,
     profile_path,
@@ -107,12 +108,13 @@ def profile(pair: str, height: str, width: str, dtype: str, device: str, ratios:
                               "mask ratios lie strictly between 0 and 1")
     if len(set(grid)) != len(grid):
         raise ConfigError("--ratios", "a ratio is given twice", "give each ratio once")
-    key = ProfileKey(pair=pair, height=size["--height"], width=size["--width"], dtype=dtype,
-                     device=_device(device), batch=_positive("--batch", batch),
-                     text_tokens=_positive("--text-tokens", text_tokens, minimum=0))
     n_warmup = _positive("--warmup", warmup, minimum=0)
     n_repeats = _positive("--repeats", repeats)
     n_threads = _positive("--threads", threads) if threads.strip() else None
+    where = _device(device)
+    key = ProfileKey(pair=pair, height=size["--height"], width=size["--width"], dtype=dtype, device=where,
+                     batch=_positive("--batch", batch), text_tokens=_positive("--text-tokens", text_tokens, minimum=0),
+                     threads=(n_threads or cpu_threads(where)) if where == "cpu" else 0)
 
     costs = None if refresh else load_profile(key)
     if costs is not None and {r for r, _ in costs.masked_ms} >= set(grid):
