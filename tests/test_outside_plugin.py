@@ -1,6 +1,7 @@
 """The example outside package in plugins/ loads through its entry point and runs from the API and YAML,
 with no change to stitchkit: it is pip-installed into a temporary folder put on sys.path."""
 
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -15,9 +16,10 @@ PLUGIN = Path(__file__).resolve().parents[1] / "plugins" / "stitchkit-sandwich"
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
-    target = tmp_path_factory.mktemp("site")
+    target, source = tmp_path_factory.mktemp("site"), tmp_path_factory.mktemp("src") / "plugin"
+    shutil.copytree(PLUGIN, source)  # pip builds in the source folder: keep the checkout clean
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(PLUGIN)], check=True, capture_output=True, timeout=300)
+                    "--target", str(target), str(source)], check=True, capture_output=True, timeout=300)
     sys.path.insert(0, str(target))
     try:
         yield target
