@@ -1,8 +1,9 @@
 """Pictures of an experiment, composed from the files it wrote (so a resumed run draws the same ones).
 
-* ``grid.png``: methods (rows) × prompts (columns), the first seed;
-* ``masks.png``: for each method with hybrid steps, the first prompt's image at every hybrid step with the
-  tokens the large model recomputed shown bright and the rest dimmed, like the paper's Fig. 1b.
+* ``grid.png``: methods (rows, named on the left) × prompts (columns), the first seed;
+* ``masks.png``: for each method with hybrid steps, the first prompt's final image, then one view per
+  hybrid step with the tokens the large model recomputed at that step bright and the rest dimmed, like
+  the paper's Fig. 1b.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 #: Pictures are scaled up so that a 32 px image is still readable in a grid.
 MIN_CELL = 96
 GAP = 2
+LABEL_WIDTH = 120  # left margin for the method names
 
 
 def _open(path: Path):
@@ -26,15 +28,19 @@ def _cell_size(image) -> int:
     return max(MIN_CELL, image.width)
 
 
-def _compose(rows: list[list], cell: int, background=(255, 255, 255)):
-    from PIL import Image
+def _compose(rows: list[list], cell: int, labels: list[str], background=(255, 255, 255)):
+    """Rows of images, each row named by its label in a left margin."""
+    from PIL import Image, ImageDraw
 
-    width = max(len(r) for r in rows) * (cell + GAP) - GAP
+    margin = LABEL_WIDTH
+    width = margin + max(len(r) for r in rows) * (cell + GAP) - GAP
     canvas = Image.new("RGB", (width, len(rows) * (cell + GAP) - GAP), background)
-    for y, row in enumerate(rows):
+    draw = ImageDraw.Draw(canvas)
+    for y, (row, label) in enumerate(zip(rows, labels)):
+        draw.text((4, y * (cell + GAP) + cell // 2 - 6), label, fill=(0, 0, 0))
         for x, image in enumerate(row):
             if image is not None:
-                canvas.paste(image.resize((cell, cell), resample=0), (x * (cell + GAP), y * (cell + GAP)))
+                canvas.paste(image.resize((cell, cell), resample=0), (margin + x * (cell + GAP), y * (cell + GAP)))
     return canvas
 
 
@@ -71,10 +77,10 @@ def write_pictures(config) -> list[Path]:
     first = next((im for row in rows for im in row if im is not None), None)
     if first is None:
         return written
-    atomic_write(out_dir / "grid.png", _png(_compose(rows, _cell_size(first))))
+    atomic_write(out_dir / "grid.png", _png(_compose(rows, _cell_size(first), [m.name for m in config.methods])))
     written.append(out_dir / "grid.png")
 
-    mask_rows = []
+    mask_rows, mask_labels = [], []
     for method in config.methods:
         record_path = out_dir / "records" / method.name / f"{unit_stem(0, seed)}.json"
         image_path = out_dir / "images" / method.name / f"{unit_stem(0, seed)}.png"
@@ -84,7 +90,8 @@ def write_pictures(config) -> list[Path]:
         if masks.get("steps"):
             image = _open(image_path)
             mask_rows.append([image] + [masked_view(image, tuple(masks["grid"]), idx) for _, idx in masks["steps"]])
+            mask_labels.append(method.name)
     if mask_rows:
-        atomic_write(out_dir / "masks.png", _png(_compose(mask_rows, _cell_size(first))))
+        atomic_write(out_dir / "masks.png", _png(_compose(mask_rows, _cell_size(first), mask_labels)))
         written.append(out_dir / "masks.png")
     return written

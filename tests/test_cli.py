@@ -52,13 +52,13 @@ def test_run_writes_images_trace_and_table_and_resumes(tmp_path):
     assert {"method", "step", "stage", "large_tokens", "change", "large_ms"} <= set(json.loads(lines[0]))
     from PIL import Image
 
-    grid = Image.open(out / "grid.png")  # 3 methods x 2 prompts, 96 px cells with 2 px gaps
-    assert grid.size == (2 * 96 + 2, 3 * 96 + 2 * 2)
+    grid = Image.open(out / "grid.png")  # 3 methods x 2 prompts, 96 px cells with 2 px gaps, 120 px labels
+    assert grid.size == (120 + 2 * 96 + 2, 3 * 96 + 2 * 2)
     masks = Image.open(out / "masks.png")  # one row: hybridstitch-30's image, then one view per hybrid step
     record = json.loads((out / "records" / "hybridstitch-30" / "p0000-s0.json").read_text())
     hybrid_steps = [r["step"] for r in record["trace"] if 0 < r["mask_ratio"] < 1]
     assert [s for s, _ in record["masks"]["steps"]] == hybrid_steps
-    assert masks.size == ((1 + len(hybrid_steps)) * 98 - 2, 96)
+    assert masks.size == (120 + (1 + len(hybrid_steps)) * 98 - 2, 96)
     table = (out / "results.md").read_text()
     assert "| hybridstitch-30 |" in table and "| large | 2 |" in table
     # A rerun with everything done generates nothing: the record files are untouched.

@@ -44,3 +44,15 @@ def test_sd3_only_arguments_are_refused(random_shapes):
     _, pipe = random_shapes
     with pytest.raises(ConfigError, match="^prompt_2: is not used by the shapes pair"):
         pipe(PROMPTS, prompt_2="x", num_inference_steps=2)
+
+
+def test_shipped_pair_loads_by_name_and_from_its_folder():
+    from stitchkit.pairs import load_pair_pipeline
+    from stitchkit.shapes.pair import DEFAULT_PATH
+
+    by_name = load_pair_pipeline("shapes")
+    by_folder = StitchPipeline.from_pretrained(str(DEFAULT_PATH), str(DEFAULT_PATH))
+    args = dict(num_inference_steps=4, guidance_scale=3.0, output_type="latent", switch="hybridstitch-30")
+    a = by_name(PROMPTS[:1], generator=torch.Generator().manual_seed(0), **args)
+    b = by_folder(PROMPTS[:1], generator=torch.Generator().manual_seed(0), **args)
+    assert torch.equal(a.images, b.images) and by_name.adapter.family == "shapes"
