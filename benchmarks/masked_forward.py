@@ -38,6 +38,7 @@ from diffusers.utils import logging as diffusers_logging
 
 from stitchkit.models.sd3_masked import MaskedTransformer
 from stitchkit.models.tokens import patchify
+from stitchkit.pairs.paper_random import SD3_MEDIUM, SD35_LARGE, random_transformer
 from stitchkit.protocols import ModelInputs
 
 RATIOS = (0.1, 0.2, 0.3, 0.4)
@@ -47,28 +48,11 @@ COMMON = dict(patch_size=2, in_channels=16, out_channels=16, joint_attention_dim
 CPU_LARGE = dict(COMMON, sample_size=64, pos_embed_max_size=64, num_layers=12, num_attention_heads=6,
                  attention_head_dim=64, caption_projection_dim=384)
 CPU_SMALL = dict(CPU_LARGE, num_layers=6, num_attention_heads=4, caption_projection_dim=256)
-# Public configs of stabilityai/stable-diffusion-3.5-large and stable-diffusion-3-medium (transformer).
-SD35_LARGE = dict(COMMON, sample_size=128, pos_embed_max_size=192, num_layers=38, num_attention_heads=38,
-                  attention_head_dim=64, caption_projection_dim=2432, qk_norm="rms_norm")
-SD3_MEDIUM = dict(COMMON, sample_size=128, pos_embed_max_size=192, num_layers=24, num_attention_heads=24,
-                  attention_head_dim=64, caption_projection_dim=1536)
-
-
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
 
 
 def build(config: dict, dtype: torch.dtype, device: torch.device) -> SD3Transformer2DModel:
     """A random-weight transformer made directly on ``device`` in ``dtype`` (no slow CPU init)."""
-    with device, default_dtype(dtype):
-        model = SD3Transformer2DModel(**config)
-    return model.to(device=device, dtype=dtype).eval()
+    return random_transformer(config, dtype, device)
 
 
 def measure(rows: dict, device: torch.device, runs: int, warmup: int) -> dict:

@@ -25,6 +25,7 @@ import torch
 
 from stitchkit.change import MEASURES, StepTensors
 from stitchkit.errors import NonFiniteError
+from stitchkit.models.sd3_masked import CudaGraphs, cuda_graphs_enabled
 from stitchkit.models.tokens import stitch
 from stitchkit.protocols import ContextProvider, Decision, LoopState, MaskPolicy, ModelInputs, SwitchPolicy
 from stitchkit.trace import StepRecord
@@ -78,6 +79,17 @@ def _plain_forward(model: torch.nn.Module, inputs: ModelInputs) -> torch.Tensor:
     )[0]
 
 
+def small_forward_fn(model: torch.nn.Module, device: torch.device):
+    """The small model's forward; on CUDA replayed from a graph: at the paper's sizes SD3 Medium's step is
+    partly bound by kernel launches once the GPU has idled between calls."""
+    if device.type != "cuda" or not cuda_graphs_enabled():
+        return lambda inputs: _plain_forward(model, inputs)
+    graphs = CudaGraphs(lambda x, t, e, p: _plain_forward(model, ModelInputs(
+        hidden_states=x, timestep=t, encoder_hidden_states=e, pooled_projections=p)))
+    return lambda inputs: graphs(inputs.hidden_states, inputs.timestep, inputs.encoder_hidden_states,
+                                 inputs.pooled_projections)
+
+
 def _check_finite(x: torch.Tensor, step: int, model: str) -> torch.Tensor:
     if not torch.isfinite(x).all():
         raise NonFiniteError(step, model)
@@ -114,6 +126,7 @@ def denoise(
     measure = MEASURES[switch.change_measure]
     # A policy that never masks needs no K/V recording: its large steps are the stock forward.
     may_mask = getattr(switch, "may_mask", True)
+    small_forward = small_forward_fn(models.small, latents.device)
 
     switch.reset(len(timesteps))
     mask.reset()
@@ -141,7 +154,7 @@ def denoise(
                 with large_timer:
                     large_part = context.masked(models.masked_large, inputs, model_indices)
                 with small_timer:
-                    prediction = _plain_forward(models.small, inputs)
+                    prediction = small_forward(inputs)
                 _check_finite(large_part, i, "large")
                 prediction = stitch(_check_finite(prediction, i, "small"), large_part, model_indices, p)
                 # FullLarge's large model computes every token even though only the masked ones are used.
@@ -154,7 +167,7 @@ def denoise(
                 large_tokens = num_tokens
             else:
                 with small_timer:
-                    out = _plain_forward(models.small, inputs)
+                    out = small_forward(inputs)
                 prediction = _check_finite(out, i, "small")
                 small_tokens = num_tokens
 

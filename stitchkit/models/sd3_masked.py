@@ -199,51 +199,55 @@ class KVCacheAttnProcessor:
             self.value[:, n:].copy_(text_value)
 
 
-class MaskedGraphs:
-    """CUDA graphs of :meth:`MaskedTransformer._masked_body`, one per input shape.
+class CudaGraphs:
+    """Replay ``fn(*tensors)`` from CUDA graphs, one per input shape.
 
-    A graph replays the kernels of one masked forward on fixed input buffers and on the cache tensors that
-    existed when it was captured; the inputs are copied into those buffers before each replay. Every graph
-    is dropped when the cache is freed or reallocated (a new recording with another shape), so a replay
-    never reads a stale buffer. Capture costs about three masked forwards, once per generation and shape.
+    A graph replays the kernels of one call on fixed input buffers (and on whatever other tensors the call
+    read when it was captured, such as a K/V cache); the inputs are copied into those buffers before each
+    replay. ``fn`` must not synchronise with the host. :meth:`clear` drops every graph: call it whenever a
+    tensor captured by reference (a cache) is freed or reallocated. Capture costs about three calls.
     """
 
-    def __init__(self, owner: "MaskedTransformer") -> None:
-        self.owner = owner
+    def __init__(self, fn, key_extra=lambda: ()) -> None:
+        self.fn = fn
+        self.key_extra = key_extra
         self.graphs: dict[tuple, tuple] = {}
 
     def clear(self) -> None:
         self.graphs.clear()
 
-    def _cache_ids(self) -> tuple:
-        return tuple(p.key.data_ptr() if p.key is not None else 0 for p in self.owner._processors)
-
-    def run(self, inputs: "ModelInputs", indices: torch.Tensor, n: int) -> torch.Tensor:
-        from stitchkit.protocols import ModelInputs
-
-        tensors = (inputs.hidden_states, inputs.timestep, inputs.encoder_hidden_states,
-                   inputs.pooled_projections, indices)
-        key = tuple((tuple(t.shape), t.dtype) for t in tensors) + (n, self._cache_ids())
+    def __call__(self, *tensors: torch.Tensor) -> torch.Tensor:
+        key = tuple((tuple(t.shape), t.dtype, t.device) for t in tensors) + tuple(self.key_extra())
         entry = self.graphs.get(key)
         if entry is None:
             static = tuple(t.clone() for t in tensors)
-            static_inputs = ModelInputs(hidden_states=static[0], timestep=static[1],
-                                        encoder_hidden_states=static[2], pooled_projections=static[3])
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):  # warm-up off the capture stream, as CUDA graphs require
                 for _ in range(2):
-                    self.owner._masked_body(static_inputs, static[4], n)
+                    self.fn(*static)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                output = self.owner._masked_body(static_inputs, static[4], n)
+                output = self.fn(*static)
             entry = self.graphs[key] = (graph, static, output)
         graph, static, output = entry
         for buffer, value in zip(static, tensors):
             buffer.copy_(value)
         graph.replay()
         return output.clone()
+
+
+def _inputs(hidden_states, timestep, encoder_hidden_states, pooled_projections) -> "ModelInputs":
+    from stitchkit.protocols import ModelInputs
+
+    return ModelInputs(hidden_states=hidden_states, timestep=timestep, encoder_hidden_states=encoder_hidden_states,
+                       pooled_projections=pooled_projections)
+
+
+def cuda_graphs_enabled() -> bool:
+    """CUDA-graph replay is on unless ``STITCHKIT_CUDA_GRAPHS=0``."""
+    return os.environ.get("STITCHKIT_CUDA_GRAPHS", "1") != "0"
 
 
 def _locked(cache: torch.Tensor) -> bool:
@@ -269,8 +273,12 @@ class MaskedTransformer:
         self._processors: list[KVCacheAttnProcessor] = []
         #: On CUDA, replay masked forwards from a CUDA graph (``STITCHKIT_CUDA_GRAPHS=0`` turns it off):
         #: with a few hundred tokens a step is bound by Python and kernel launches, not by the GPU.
-        self.cuda_graphs = os.environ.get("STITCHKIT_CUDA_GRAPHS", "1") != "0"
-        self._graphs = MaskedGraphs(self)
+        self.cuda_graphs = cuda_graphs_enabled()
+        # Graphs read the K/V cache by reference: keyed by its buffers, dropped when it is freed.
+        self._graphs = CudaGraphs(lambda x, t, e, p, idx, n_ref: self._masked_body(_inputs(x, t, e, p), idx,
+                                                                                   n_ref.shape[0]),
+                                  key_extra=lambda: tuple(q.key.data_ptr() if q.key is not None else 0
+                                                          for q in self._processors))
 
     # -- installing and removing ------------------------------------------------------------------
 
@@ -358,7 +366,9 @@ class MaskedTransformer:
         n = self.num_tokens(*x.shape[-2:])
         self._check_indices(indices, x.shape[0], n)
         if x.is_cuda and self.cuda_graphs:
-            return self._graphs.run(inputs, indices, n)
+            # n rides along as the length of an empty tensor, so the graph key carries it too.
+            return self._graphs(x, inputs.timestep, inputs.encoder_hidden_states, inputs.pooled_projections,
+                                indices, x.new_empty((n, 0)))
         return self._masked_body(inputs, indices, n)
 
     def _masked_body(self, inputs: ModelInputs, indices: torch.Tensor, n: int) -> torch.Tensor:

@@ -4,7 +4,7 @@ for quality). Each name maps to a loader of a ``StitchPipeline``."""
 
 from __future__ import annotations
 
-BUILTIN_PAIRS = ("tiny-random", "bench-random", "shapes")
+BUILTIN_PAIRS = ("tiny-random", "bench-random", "shapes", "sd3-paper-random")
 
 
 def load_pair_pipeline(name: str):
@@ -21,6 +21,11 @@ def load_pair_pipeline(name: str):
         from stitchkit.pairs.tiny_random import build_bench_random_pair
 
         large, small = build_bench_random_pair()
+        return StitchPipeline.from_pipelines(large=large, small=small, pair_id=name)
+    if name == "sd3-paper-random":
+        from stitchkit.pairs.paper_random import build_paper_random_pair
+
+        large, small = build_paper_random_pair()
         return StitchPipeline.from_pipelines(large=large, small=small, pair_id=name)
     if name == "shapes":
         return StitchPipeline.from_shapes()
