@@ -279,7 +279,7 @@ def _plain_forward(transformer, inputs) -> Any:
 
 def profile_transformers(large, small, *, latent_height: int, latent_width: int, text_tokens: int,
                          batch: int = 2, dtype: Any = "float32", device: Any = "cpu",
-                         ratios: Sequence[float] = DEFAULT_RATIOS, warmup: int = 2, repeats: int = 5,
+                         ratios: Sequence[float] = DEFAULT_RATIOS, warmup: int = 5, repeats: int = 5,
                          seed: int = 0, num_threads: int | None = None) -> Costs:
     """Measure ``L_l``, ``L_s`` and the masked ``L_l(M)`` of two ``SD3Transformer2DModel``s, in ms per step.
 

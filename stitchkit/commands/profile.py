@@ -78,7 +78,8 @@ def measure_pair(key: ProfileKey, *, vae_scale_factor: int, ratios, warmup: int,
 @click.option("--batch", default="2", show_default=True,
               help="Transformer batch (2: one image with guidance).")
 @click.option("--text-tokens", default="333", show_default=True, help="Text tokens (SD3: 77 CLIP + 256 T5).")
-@click.option("--warmup", default="2", show_default=True, help="Untimed calls before timing.")
+@click.option("--warmup", default="5", show_default=True,
+              help="Untimed calls before timing (the first calls after loading are slow).")
 @click.option("--repeats", default="5", show_default=True, help="Timed calls; the median is kept.")
 @click.option("--threads", default="", metavar="N",
               help="CPU threads while measuring (default: torch's); 1 gives repeatable CPU timings.")
