@@ -302,7 +302,3 @@ def write_results(config: ExperimentConfig) -> list[ResultRow]:
                                                        **step}))
     atomic_write(out_dir / "trace.jsonl", ("\n".join(trace_lines) + "\n").encode())
     return rows
-
-
-def results_markdown(config: ExperimentConfig) -> str:
-    return (config.output / "results.md").read_text()

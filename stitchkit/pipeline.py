@@ -233,14 +233,3 @@ class StitchPipeline:
         self.adapter.to(device)
         self.small.to(device)
         return self
-
-    def describe(self) -> Mapping[str, Any]:
-        """The pair's identity, for result tables and profile keys."""
-        large, small = self.adapter.large_transformer.config, self.small.config
-        return {
-            "family": self.adapter.family,
-            "large": {"num_layers": large.num_layers, "heads": large.num_attention_heads,
-                      "head_dim": large.attention_head_dim},
-            "small": {"num_layers": small.num_layers, "heads": small.num_attention_heads,
-                      "head_dim": small.attention_head_dim},
-        }
