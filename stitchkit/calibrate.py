@@ -27,8 +27,7 @@ def collect_changes(pipe, config, *, progress: bool = False) -> dict[str, np.nda
         steps: list[StepTensors] = []
 
         def keep(step: dict) -> None:
-            v, x0 = step["prediction"], step["x0"]
-            steps.append(StepTensors(latents=x0 + step["sigma"] * v, next_latents=step["latents"], output=v, x0=x0))
+            steps.append(step["tensors"])
 
         pipe(prompt, height=s.height, width=s.width, num_inference_steps=s.steps, guidance_scale=s.guidance_scale,
              negative_prompt=s.negative_prompt, max_sequence_length=s.max_sequence_length, output_type="latent",

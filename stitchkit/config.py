@@ -237,8 +237,7 @@ def _methods(value: Any, registry) -> tuple[MethodConfig, ...]:
         if name in seen:
             raise ConfigError(f"{path}.name", f"duplicate method name {name!r}", "give each method its own name")
         seen.add(name)
-        _, implied = registry.create("switch", data["switch"], path=f"{path}.switch")
-        for kind in ("mask", "context"):
+        for kind in ("switch", "mask", "context"):  # built once here so each policy's validators speak
             if data.get(kind) is not None:
                 registry.create(kind, data[kind], path=f"{path}.{kind}")
         methods.append(MethodConfig(name=name, switch=data["switch"], mask=data.get("mask"),

@@ -25,7 +25,7 @@ import torch
 
 from stitchkit.change import MEASURES, StepTensors
 from stitchkit.errors import NonFiniteError
-from stitchkit.models.sd3_masked import CudaGraphs, cuda_graphs_enabled
+from stitchkit.models.sd3_masked import CudaGraphs, cuda_graphs_enabled, plain_forward
 from stitchkit.models.tokens import stitch
 from stitchkit.protocols import ContextProvider, Decision, LoopState, MaskPolicy, ModelInputs, SwitchPolicy
 from stitchkit.trace import StepRecord
@@ -69,22 +69,12 @@ class _Timer:
         self.ms += (time.perf_counter() - self.start) * 1000.0
 
 
-def _plain_forward(model: torch.nn.Module, inputs: ModelInputs) -> torch.Tensor:
-    return model(
-        hidden_states=inputs.hidden_states,
-        timestep=inputs.timestep,
-        encoder_hidden_states=inputs.encoder_hidden_states,
-        pooled_projections=inputs.pooled_projections,
-        return_dict=False,
-    )[0]
-
-
 def small_forward_fn(model: torch.nn.Module, device: torch.device):
     """The small model's forward; on CUDA replayed from a graph: at the paper's sizes SD3 Medium's step is
     partly bound by kernel launches once the GPU has idled between calls."""
     if device.type != "cuda" or not cuda_graphs_enabled():
-        return lambda inputs: _plain_forward(model, inputs)
-    graphs = CudaGraphs(lambda x, t, e, p: _plain_forward(model, ModelInputs(
+        return lambda inputs: plain_forward(model, inputs)
+    graphs = CudaGraphs(lambda x, t, e, p: plain_forward(model, ModelInputs(
         hidden_states=x, timestep=t, encoder_hidden_states=e, pooled_projections=p)))
     return lambda inputs: graphs(inputs.hidden_states, inputs.timestep, inputs.encoder_hidden_states,
                                  inputs.pooled_projections)
@@ -162,7 +152,7 @@ def denoise(
                 small_tokens = num_tokens
             elif decision.large:
                 with large_timer:
-                    out = context.full(models.masked_large, inputs) if may_mask else _plain_forward(models.large, inputs)
+                    out = context.full(models.masked_large, inputs) if may_mask else plain_forward(models.large, inputs)
                 prediction = _check_finite(out, i, "large")
                 large_tokens = num_tokens
             else:
@@ -176,8 +166,7 @@ def denoise(
                 prediction = uncond + guidance_scale * (cond - uncond)
             next_latents = scheduler.step(prediction, t, latents, return_dict=False)[0]
 
-            current = StepTensors(latents=latents, next_latents=next_latents, output=prediction,
-                                  x0=latents - sigma * prediction)
+            current = StepTensors.from_step(latents, next_latents, prediction, sigma)  # x0 of Eq. 10
             change, change_map = measure(previous, current, p)
             previous = current
             record = StepRecord(
@@ -189,9 +178,8 @@ def denoise(
             trace.append(record)
             if callback is not None:
                 callback({"step": i, "timestep": t, "sigma": sigma, "latents": next_latents, "x0": current.x0,
-                          "prediction": prediction, "decision": decision, "record": record,
-                          "change_map": change_map,
-                          "indices": indices if decision.hybrid else None})
+                          "prediction": prediction, "tensors": current, "decision": decision, "record": record,
+                          "change_map": change_map, "indices": indices if decision.hybrid else None})
             latents = next_latents
     finally:
         context.release()

@@ -29,7 +29,7 @@ import numpy as np
 
 from stitchkit.config import ExperimentConfig, MethodConfig
 from stitchkit.pictures import write_pictures
-from stitchkit.trace import large_step_equivalents
+from stitchkit.trace import large_step_equivalents, latency_steps
 
 BASELINE = "large"
 
@@ -93,7 +93,7 @@ def _record(method: str, prompt_index: int, prompt: str, seed: int, out, total_m
 
     trace = out.trace
     # The latency model (Eq. 3-6) priced with the profiled costs, over this run's actual steps and masks.
-    prediction = predict_from_steps([(r.mask_ratio, r.small_tokens > 0) for r in trace], costs)
+    prediction = predict_from_steps(latency_steps(trace), costs)
     return {
         "method": method, "prompt_index": prompt_index, "prompt": prompt, "seed": seed,
         "latency_ms": total_ms,
@@ -112,7 +112,7 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = True, pipe=None
     out_dir = config.output
     units = [(m, pi, p, s) for m in _ordered(config.methods) for pi, p in enumerate(config.prompts)
              for s in config.seeds]
-    todo = [u for u in units if not _record_path(out_dir, u[0].name, u[1], u[3]).exists()]
+    todo = [u for u in units if not record_path(out_dir, u[0].name, u[1], u[3]).exists()]
     if todo:
         pipe = pipe or load_pair(config)
         size = _size(pipe, config)
@@ -123,13 +123,12 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = True, pipe=None
         costs = ensure_profile(pipe, config, size)
         for method, pi, prompt, seed in tqdm(todo, desc=config.name, disable=not progress):
             out, total_ms, masks = _generate(pipe, config, method, prompt, seed)
-            stem = unit_stem(pi, seed)
             buffer = io.BytesIO()
             out.images[0].save(buffer, format="PNG")
-            atomic_write(out_dir / "images" / method.name / f"{stem}.png", buffer.getvalue())
+            atomic_write(image_path(out_dir, method.name, pi, seed), buffer.getvalue())
             record = _record(method.name, pi, prompt, seed, out, total_ms, costs)
             record["masks"] = masks
-            atomic_write(_record_path(out_dir, method.name, pi, seed), json.dumps(record).encode())
+            atomic_write(record_path(out_dir, method.name, pi, seed), json.dumps(record).encode())
     write_results(config)
     write_pictures(config)
     return out_dir
@@ -192,15 +191,29 @@ def _ordered(methods: Iterable[MethodConfig]) -> list[MethodConfig]:
     return sorted(methods, key=lambda m: m.name != BASELINE)
 
 
-def _record_path(out_dir: Path, method: str, prompt_index: int, seed: int) -> Path:
+def record_path(out_dir: Path, method: str, prompt_index: int, seed: int) -> Path:
     return out_dir / "records" / method / f"{unit_stem(prompt_index, seed)}.json"
+
+
+def image_path(out_dir: Path, method: str, prompt_index: int, seed: int) -> Path:
+    return out_dir / "images" / method / f"{unit_stem(prompt_index, seed)}.png"
 
 
 def _image(out_dir: Path, method: str, prompt_index: int, seed: int) -> np.ndarray:
     from PIL import Image
 
-    path = out_dir / "images" / method / f"{unit_stem(prompt_index, seed)}.png"
-    return np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
+    image = Image.open(image_path(out_dir, method, prompt_index, seed)).convert("RGB")
+    return np.asarray(image, dtype=np.float32) / 255.0
+
+
+def load_records(config: ExperimentConfig) -> dict[str, list[dict]]:
+    """Each method's finished units (a unit is done when its record exists), in prompt and seed order."""
+    records = {}
+    for method in config.methods:
+        paths = (record_path(config.output, method.name, pi, seed)
+                 for pi in range(len(config.prompts)) for seed in config.seeds)
+        records[method.name] = [json.loads(path.read_text()) for path in paths if path.exists()]
+    return records
 
 
 @attrs.frozen(kw_only=True)
@@ -216,17 +229,10 @@ class ResultRow:
     prediction_error_pct: float
 
 
-def collect_results(config: ExperimentConfig) -> list[ResultRow]:
-    """One row per method, from the records on disk: mean latency, speedup over the large-only run of the
-    same prompts and seeds, large-model step equivalents (Σ large_tokens / N), mean |image − large image|."""
+def collect_results(config: ExperimentConfig, records: dict[str, list[dict]]) -> list[ResultRow]:
+    """One row per method, from its records: mean latency, speedup over the large-only run of the same
+    prompts and seeds, large-model step equivalents (Σ large_tokens / N), mean |image − large image|."""
     out_dir = config.output
-    records: dict[str, list[dict]] = {}
-    for method in config.methods:
-        for pi, _ in enumerate(config.prompts):
-            for seed in config.seeds:
-                path = _record_path(out_dir, method.name, pi, seed)
-                if path.exists():
-                    records.setdefault(method.name, []).append(json.loads(path.read_text()))
     base = {(r["prompt_index"], r["seed"]): r for r in records.get(BASELINE, [])}
     rows = []
     for method in config.methods:
@@ -258,24 +264,22 @@ def _fmt(value: Any, digits: int) -> str:
     return "–" if value is None else (f"{value:.{digits}f}" if isinstance(value, float) else str(value))
 
 
-def _quality(config: ExperimentConfig) -> dict[str, dict]:
+def _quality(config: ExperimentConfig, records: dict[str, list[dict]]) -> dict[str, dict]:
     """The experiment's quality metrics per method (``metrics:`` in the YAML), from the images on disk."""
     if not config.metrics:
         return {}
     from stitchkit.quality import score_methods
 
-    units = {}
-    for method in config.methods:
-        units[method.name] = [(prompt, path) for pi, prompt in enumerate(config.prompts) for seed in config.seeds
-                              if (path := config.output / "images" / method.name / f"{unit_stem(pi, seed)}.png")
-                              .exists() and _record_path(config.output, method.name, pi, seed).exists()]
+    units = {method: [(r["prompt"], image_path(config.output, method, r["prompt_index"], r["seed"])) for r in recs]
+             for method, recs in records.items()}
     return score_methods(config, units, BASELINE)
 
 
 def write_results(config: ExperimentConfig) -> list[ResultRow]:
     out_dir = config.output
-    rows = collect_results(config)
-    quality = _quality(config)
+    records = load_records(config)
+    rows = collect_results(config, records)
+    quality = _quality(config, records)
     header = [f.name for f in attrs.fields(ResultRow)] + list(config.metrics)
     digits = {"latency_ms": 1, "denoise_ms": 1, "speedup": 2, "large_step_equivalents": 2, "mean_abs_diff": 4,
               "predicted_denoise_ms": 1, "prediction_error_pct": 1, "caption_accuracy": 3,
@@ -290,15 +294,7 @@ def write_results(config: ExperimentConfig) -> list[ResultRow]:
         writer.writerow(["" if values[h] is None else values[h] for h in header])
     atomic_write(out_dir / "results.md", ("\n".join(lines) + "\n").encode())
     atomic_write(out_dir / "results.csv", buffer.getvalue().encode())
-    trace_lines = []
-    for method in config.methods:
-        for pi, _ in enumerate(config.prompts):
-            for seed in config.seeds:
-                path = _record_path(out_dir, method.name, pi, seed)
-                if path.exists():
-                    record = json.loads(path.read_text())
-                    for step in record["trace"]:
-                        trace_lines.append(json.dumps({"method": method.name, "prompt_index": pi, "seed": seed,
-                                                       **step}))
+    trace_lines = [json.dumps({"method": method, "prompt_index": r["prompt_index"], "seed": r["seed"], **step})
+                   for method, recs in records.items() for r in recs for step in r["trace"]]
     atomic_write(out_dir / "trace.jsonl", ("\n".join(trace_lines) + "\n").encode())
     return rows

@@ -66,13 +66,13 @@ def masked_view(image, grid: tuple[int, int], indices: list[int], dim: float = 0
 
 def write_pictures(config) -> list[Path]:
     """Write grid.png and (when any method took hybrid steps) masks.png; return the paths written."""
-    from stitchkit.experiment import atomic_write, unit_stem
+    from stitchkit.experiment import atomic_write, image_path, record_path
 
     out_dir, seed = config.output, config.seeds[0]
     written = []
     rows = []
     for method in config.methods:
-        paths = [out_dir / "images" / method.name / f"{unit_stem(i, seed)}.png" for i in range(len(config.prompts))]
+        paths = [image_path(out_dir, method.name, i, seed) for i in range(len(config.prompts))]
         rows.append([_open(p) if p.exists() else None for p in paths])
     first = next((im for row in rows for im in row if im is not None), None)
     if first is None:
@@ -82,13 +82,12 @@ def write_pictures(config) -> list[Path]:
 
     mask_rows, mask_labels = [], []
     for method in config.methods:
-        record_path = out_dir / "records" / method.name / f"{unit_stem(0, seed)}.json"
-        image_path = out_dir / "images" / method.name / f"{unit_stem(0, seed)}.png"
-        if not (record_path.exists() and image_path.exists()):
+        record, image_file = record_path(out_dir, method.name, 0, seed), image_path(out_dir, method.name, 0, seed)
+        if not (record.exists() and image_file.exists()):
             continue
-        masks = json.loads(record_path.read_text()).get("masks") or {}
+        masks = json.loads(record.read_text()).get("masks") or {}
         if masks.get("steps"):
-            image = _open(image_path)
+            image = _open(image_file)
             mask_rows.append([image] + [masked_view(image, tuple(masks["grid"]), idx) for _, idx in masks["steps"]])
             mask_labels.append(method.name)
     if mask_rows:

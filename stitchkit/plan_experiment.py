@@ -20,6 +20,7 @@ from stitchkit.latency import Costs, Prediction, predict_from_steps
 from stitchkit.protocols import LoopState
 from stitchkit.pipeline import DEFAULT_CONTEXT
 from stitchkit.registry import Registry, get_registry
+from stitchkit.trace import latency_steps
 
 #: First switch steps tried for adaptive policies, as fractions of the step count.
 PLAUSIBLE_FIRST_SWITCH = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
@@ -90,8 +91,7 @@ def plan_method(policy: Any, name: str, steps: int, num_tokens: int, costs: Cost
 
 def plan_from_records(name: str, records: list[dict], costs: Costs) -> MethodPlan:
     """The prediction for what the runs really did, averaged over their traces."""
-    predictions = [predict_from_steps([(s["mask_ratio"], s["small_tokens"] > 0) for s in r["trace"]], costs)
-                   for r in records]
+    predictions = [predict_from_steps(latency_steps(r["trace"]), costs) for r in records]
     mean = {f.name: (None if any(getattr(p, f.name) is None for p in predictions)
                      else sum(getattr(p, f.name) for p in predictions) / len(predictions))
             for f in attrs.fields(Prediction)}

@@ -271,12 +271,6 @@ def _move(model, device, dtype):
     return model.eval()
 
 
-def _plain_forward(transformer, inputs) -> Any:
-    return transformer(hidden_states=inputs.hidden_states, timestep=inputs.timestep,
-                       encoder_hidden_states=inputs.encoder_hidden_states,
-                       pooled_projections=inputs.pooled_projections, return_dict=False)[0]
-
-
 def profile_transformers(large, small, *, latent_height: int, latent_width: int, text_tokens: int,
                          batch: int = 2, dtype: Any = "float32", device: Any = "cpu",
                          ratios: Sequence[float] = DEFAULT_RATIOS, warmup: int = 5, repeats: int = 5,
@@ -337,12 +331,12 @@ def _measure(large, small, inputs_large, inputs_small, *, ratios, n_tokens, batc
              timing) -> Costs:
     import torch
 
-    from stitchkit.models.sd3_masked import MaskedTransformer
+    from stitchkit.models.sd3_masked import MaskedTransformer, plain_forward
 
     masked: list[tuple[float, float]] = []
     # no_grad, as the engine runs: inference_mode is a little faster and would make the profile optimistic.
     with torch.no_grad():
-        large_ms = _median_ms(lambda: _plain_forward(large, inputs_large), **timing)
+        large_ms = _median_ms(lambda: plain_forward(large, inputs_large), **timing)
         # The small model is timed as the engine calls it (replayed from a CUDA graph on a GPU).
         from stitchkit.engine import small_forward_fn
 

@@ -39,3 +39,10 @@ class StepRecord:
 def large_step_equivalents(trace) -> float:
     """Σ large_tokens / N: how many full large-model steps the run's large-model work amounts to."""
     return sum(r.large_tokens / r.num_tokens for r in trace)
+
+
+def latency_steps(records) -> list[tuple[float, bool]]:
+    """(large model's share of the tokens, small model ran) per step: what the latency model prices
+    (:func:`stitchkit.latency.predict_from_steps`). Takes records or their JSON dicts."""
+    rows = (r.to_dict() if isinstance(r, StepRecord) else r for r in records)
+    return [(r["mask_ratio"], r["small_tokens"] > 0) for r in rows]

@@ -245,6 +245,13 @@ def _inputs(hidden_states, timestep, encoder_hidden_states, pooled_projections) 
                        pooled_projections=pooled_projections)
 
 
+def plain_forward(model: SD3Transformer2DModel, inputs: "ModelInputs") -> torch.Tensor:
+    """The stock transformer on ``inputs``: the prediction ``(B, C, H, W)``."""
+    return model(hidden_states=inputs.hidden_states, timestep=inputs.timestep,
+                 encoder_hidden_states=inputs.encoder_hidden_states,
+                 pooled_projections=inputs.pooled_projections, return_dict=False)[0]
+
+
 def cuda_graphs_enabled() -> bool:
     """CUDA-graph replay is on unless ``STITCHKIT_CUDA_GRAPHS=0``."""
     return os.environ.get("STITCHKIT_CUDA_GRAPHS", "1") != "0"
@@ -344,13 +351,7 @@ class MaskedTransformer:
         """The stock forward on all tokens: ``(B, C, H, W)``. With ``record`` every layer stores its K/V."""
         self._require_begun()
         with self._mode(Mode.RECORD if record else Mode.PLAIN):
-            return self.model(
-                hidden_states=inputs.hidden_states,
-                encoder_hidden_states=inputs.encoder_hidden_states,
-                pooled_projections=inputs.pooled_projections,
-                timestep=inputs.timestep,
-                return_dict=False,
-            )[0]
+            return plain_forward(self.model, inputs)
 
     @torch.no_grad()
     def forward_masked(self, inputs: ModelInputs, indices: torch.Tensor) -> torch.Tensor:
