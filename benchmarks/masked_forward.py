@@ -36,9 +36,9 @@ import torch
 from diffusers.models.transformers.transformer_sd3 import SD3Transformer2DModel
 from diffusers.utils import logging as diffusers_logging
 
-from stitchkit.models.sd3_masked import MaskedTransformer
+from stitchkit.families.sd3.masked import MaskedTransformer
 from stitchkit.models.tokens import patchify
-from stitchkit.pairs.paper_random import SD3_MEDIUM, SD35_LARGE, random_transformer
+from stitchkit.families.sd3.paper_random import SD3_MEDIUM, SD35_LARGE, random_transformer
 from stitchkit.protocols import ModelInputs
 
 RATIOS = (0.1, 0.2, 0.3, 0.4)
