@@ -104,7 +104,8 @@ def change_map(delta: torch.Tensor, patch_size: "int | tuple[int, ...]") -> torc
     patch = patch_tuple(patch_size, len(spatial))
     if min(patch) < 1 or any(s % q for s, q in zip(spatial, patch)):
         size = "x".join(map(str, spatial))
-        raise ValueError(f"latent size {size} is not divisible by patch size {'x'.join(map(str, patch))}")
+        given = str(patch_size) if isinstance(patch_size, int) else "x".join(map(str, patch))
+        raise ValueError(f"latent size {size} is not divisible by patch size {given}")
     per_pixel = delta.detach().float().abs().mean(dim=1, keepdim=True)
     pool = F.avg_pool2d if delta.ndim == 4 else F.avg_pool3d
     return pool(per_pixel, kernel_size=patch, stride=patch).flatten(1)

@@ -142,7 +142,7 @@ def _config(model_or_config: Any) -> Mapping[str, Any]:
     config = getattr(model_or_config, "config", model_or_config)
     if not isinstance(config, Mapping):
         kind = type(model_or_config).__name__
-        raise TypeError(f"expected an SD3Transformer2DModel or its config, got {kind}")
+        raise TypeError(f"expected a transformer or its config, got {kind}")
     return config
 
 

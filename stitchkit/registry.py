@@ -25,6 +25,16 @@ import pluggy
 from stitchkit import hookspecs
 from stitchkit.errors import ConfigError
 
+def _builtin_families() -> tuple[str, ...]:
+    """Every subpackage of ``stitchkit.families`` is a built-in family plugin (register_model_families,
+    register_pairs), found rather than listed, so that nothing outside a family's folder names it."""
+    import pkgutil
+
+    from stitchkit import families
+
+    return tuple(f"stitchkit.families.{m.name}" for m in pkgutil.iter_modules(families.__path__) if m.ispkg)
+
+
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "stitchkit.policies.baselines",
     "stitchkit.policies.tstitch",
@@ -35,11 +45,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "stitchkit.policies.full_mask",
     "stitchkit.policies.kv_cache",
     "stitchkit.policies.full_large",
-    # Model families and their built-in pairs (register_model_families, register_pairs).
-    "stitchkit.families.sd3",
-    "stitchkit.families.shapes",
-    "stitchkit.families.wan",
-)
+) + _builtin_families()
 
 #: The three kinds of policy, keyed by the section name used in YAML and in ``StitchPipeline(switch=...)``.
 KINDS: dict[str, str] = {
@@ -169,7 +175,7 @@ class Registry:
         try:
             return self.pairs[name]
         except KeyError:
-            raise ConfigError(path, f"unknown built-in pair {name!r}", "known: " + ", ".join(sorted(self.pairs)))
+            raise ConfigError(path, f"unknown built-in pair {name!r}", "known: " + ", ".join(self.pairs))
 
     def _collector(self, kind: str, origin: str) -> Callable[..., None]:
         def register(name: str, factory: Callable[..., Any], presets: Mapping[str, Mapping] | None = None):
