@@ -171,6 +171,10 @@ class Registry:
         raise ConfigError("large", f"{path!r} holds a {class_name}, which no model family loads",
                           "known families: " + ", ".join(sorted(self.families)))
 
+    def family_origin(self, name: str) -> str:
+        """Where the model family ``name`` came from (a package's entry point, or the built-ins)."""
+        return self._origins[("model family", name)]
+
     def pair(self, name: str, path: str = "pair") -> PairEntry:
         try:
             return self.pairs[name]
