@@ -170,3 +170,22 @@ def test_no_file_outside_a_family_names_one():
         offenders += [f"{rel}:{line}: {word!r}" for line, word in _code_words(path.read_text())
                       if NAMES.search(word)]
     assert not offenders, "family names outside the families' folders:\n" + "\n".join(offenders)
+
+
+def test_the_readme_family_example_registers_a_family_and_a_pair(capsys):
+    import types
+
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Adding a model family"):text.index("## Memory")]
+    source = section[section.index("```python\n") + len("```python\n"):section.index("```\n\nDeclare")]
+    module = types.ModuleType("my_family")
+    exec(compile(source, "README.md", "exec"), module.__dict__)
+    registry = get_registry(extra=[module], entry_points=False)
+    assert registry.families["mine"].pipeline_class_names == ("MyPipeline",)
+    assert registry.pairs["my-pair"].description == "my large + small"
+    assert registry.family_origin("mine") == "my_family"
+    from stitchkit.cli import main
+
+    assert main(["plugins"]) == 0
+    listing = capsys.readouterr().out
+    assert "model families:\n  sd3: " in listing and "  wan-tiny-random: tiny random Wan 2.1" in listing
