@@ -45,7 +45,8 @@ def bench(large, small, *, latent: tuple[int, int, int], text: int, batch: int, 
     def rand(*shape):
         return torch.randn(*shape, generator=g).to(device=device, dtype=dtype)
 
-    inputs = ModelInputs(hidden_states=rand(batch, 16, *latent), timestep=torch.full((batch,), 500, device=device),
+    inputs = ModelInputs(hidden_states=rand(batch, 16, *latent),
+                         timestep=torch.full((batch,), 500, device=device),
                          encoder_hidden_states=rand(batch, text, 4096))
     stock_processors = large.attn_processors
     with WanMaskedTransformer(large) as masked:
@@ -80,7 +81,8 @@ def bench(large, small, *, latent: tuple[int, int, int], text: int, batch: int, 
     ms = {name: statistics.median(ts) for name, ts in times.items()}
     ratio = {name: statistics.median(t / f for t, f in zip(ts, full)) for name, ts in times.items()}
     small_flops = wan_transformer_flops(small, n, text) / full_flops
-    print(f"\n{title}: N={n} video tokens (grid {'x'.join(map(str, token_grid(latent, masked.patch_size)))}), "
+    grid = "x".join(map(str, token_grid(latent, masked.patch_size)))
+    print(f"\n{title}: N={n} video tokens (grid {grid}), "
           f"T={text}, batch {batch}, {dtype}, {device.type}; K/V cache {cache_gb:.3f} GB")
     print(f"masked forward over all N tokens vs stock: max |diff| = {diff:.3g} (max |stock| = {scale:.3g})")
     print(f"{'run':<26}{'ms':>10}{'ratio':>8}{'FLOP model':>12}{'limit':>8}  ok")
@@ -99,7 +101,8 @@ def bench(large, small, *, latent: tuple[int, int, int], text: int, batch: int, 
 def run(args) -> bool:
     if args.paper_scale:
         device, dtype = torch.device("cuda"), torch.bfloat16
-        large, small = random_transformer(WAN21_14B, dtype, device), random_transformer(WAN21_1_3B, dtype, device)
+        large = random_transformer(WAN21_14B, dtype, device)
+        small = random_transformer(WAN21_1_3B, dtype, device)
         print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
         return bench(large, small, latent=LATENT_480P_81, text=TEXT_TOKENS, batch=args.batch, dtype=dtype,
                      device=device, runs=args.runs or 5, warmup=args.warmup,
@@ -108,5 +111,5 @@ def run(args) -> bool:
     device, dtype = torch.device("cpu"), torch.float32
     torch.manual_seed(0)
     large, small = random_transformer(CPU_LARGE, dtype, device), random_transformer(CPU_SMALL, dtype, device)
-    return bench(large, small, latent=CPU_LATENT, text=TEXT_TOKENS, batch=args.batch, dtype=dtype, device=device,
-                 runs=args.runs or 3, warmup=args.warmup, title="Wan-shaped 4 layers 3x64 / 2 layers 2x64")
+    return bench(large, small, latent=CPU_LATENT, text=TEXT_TOKENS, batch=args.batch, dtype=dtype,
+                 device=device, runs=args.runs or 3, warmup=args.warmup, title="Wan-shaped 4 layers 3x64 / 2 layers 2x64")

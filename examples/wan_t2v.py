@@ -1,7 +1,9 @@
 """Wan 2.1 text-to-video with the 14B model stitched to the 1.3B one (HybridStitch), from the Python API.
 
-    python examples/wan_t2v.py                               # the real pair: a GPU with ~90 GB, bf16
-    python examples/wan_t2v.py --pair wan-tiny-random --height 32 --width 48 --frames 9 --steps 4   # CPU smoke
+    python examples/wan_t2v.py            # the real pair: a GPU with ~90 GB, bf16
+    python examples/wan_t2v.py --pair wan-tiny-random --height 32 --width 48 --frames 9 --steps 4
+
+(the second, with ``--max-sequence-length 16``, is a CPU smoke run on the tiny random pair).
 
 Writes, per method, ``<out>/<method>.mp4`` (diffusers' export_to_video), ``<method>-frames.png`` (a frame
 strip), ``<method>-mask.png`` (the first hybrid step's mask on chosen frames, when there is one) and
