@@ -6,12 +6,36 @@ and an outside package adds more the same way. This folder also holds the shippe
 from __future__ import annotations
 
 
-def __getattr__(name: str):
-    if name == "BUILTIN_PAIRS":  # computed on use, so pairs of outside plugins count too
+from collections.abc import Sequence
+
+
+class _PairNames(Sequence):
+    """The registered pairs' names, in registration order, looked up on first use: building the registry
+    imports the plugins (and torch), which ``import stitchkit.config`` should not pay for."""
+
+    def _names(self) -> tuple[str, ...]:
         from stitchkit.registry import get_registry
 
         return tuple(get_registry().pairs)
-    raise AttributeError(f"module 'stitchkit.pairs' has no attribute {name!r}")
+
+    def __getitem__(self, index):
+        return self._names()[index]
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __iter__(self):
+        return iter(self._names())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __repr__(self) -> str:
+        return repr(self._names())
+
+
+#: Every registered pair's name (built-ins and outside plugins'), looked up when used.
+BUILTIN_PAIRS: Sequence[str] = _PairNames()
 
 
 def load_pair_pipeline(name: str, registry=None):
