@@ -22,6 +22,8 @@ thread's CPU time.
 
     OMP_NUM_THREADS=1 python benchmarks/masked_forward.py
     python benchmarks/masked_forward.py --paper-scale
+
+``--family wan`` runs the same measurement on Wan 2.1-shaped video transformers (masked_forward_wan.py).
 """
 
 from __future__ import annotations
@@ -36,9 +38,9 @@ import torch
 from diffusers.models.transformers.transformer_sd3 import SD3Transformer2DModel
 from diffusers.utils import logging as diffusers_logging
 
-from stitchkit.models.sd3_masked import MaskedTransformer
+from stitchkit.families.sd3.masked import MaskedTransformer
+from stitchkit.families.sd3.paper_random import SD3_MEDIUM, SD35_LARGE, random_transformer
 from stitchkit.models.tokens import patchify
-from stitchkit.pairs.paper_random import SD3_MEDIUM, SD35_LARGE, random_transformer
 from stitchkit.protocols import ModelInputs
 
 RATIOS = (0.1, 0.2, 0.3, 0.4)
@@ -182,9 +184,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=None, help="timed runs per row (median reported)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batch", type=int, default=2, help="2: one image with guidance (CFG)")
+    parser.add_argument("--family", choices=("sd3", "wan"), default="sd3",
+                        help="wan: Wan 2.1-shaped video transformers (masked_forward_wan.py)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     diffusers_logging.set_verbosity_error()  # not the "keep in float32" note from .to(dtype) on random models
+
+    if args.family == "wan":
+        import masked_forward_wan
+
+        ok = masked_forward_wan.run(args)
+        if not ok:
+            print(f"\nFAIL: a masked ratio exceeds the FLOP model + {SLACK}", file=sys.stderr)
+        return 0 if ok else 1
 
     if args.paper_scale:
         device, dtype = torch.device("cuda"), torch.bfloat16

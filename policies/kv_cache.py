@@ -3,7 +3,7 @@
 HybridStitch §3.3 ("Masked Generation") and Algorithm 1: every full large step records each layer's image
 K/V (line 6, ``noise, prev_KV <- Large_Model(latent)``); a hybrid step recomputes only the masked tokens,
 which attend to that cache, and writes their fresh K/V into it (line 10), so the cache stays up to date
-for the next step's mask. The cache lives in the :class:`~stitchkit.models.sd3_masked.MaskedTransformer`
+for the next step's mask. The cache lives in the :class:`~stitchkit.families.sd3.masked.MaskedTransformer`
 (``2 * layers * B * N * D`` elements, plus text scratch rows and SD3.5 Medium's ``attn2`` layers; about
 3.3 GB for SD3.5 Large at 1024² with CFG in bf16); :meth:`KVCacheContext.release` frees it.
 """

@@ -89,18 +89,26 @@ def relative_l1(delta: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     return num / den.clamp_min(torch.finfo(torch.float32).tiny)
 
 
-def change_map(delta: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """Per-token ``mean |delta|`` over channels and each ``p×p`` patch: ``(B, C, H, W) -> (B, H/p * W/p)``.
+def change_map(delta: torch.Tensor, patch_size: "int | tuple[int, ...]") -> torch.Tensor:
+    """Per-token ``mean |delta|`` over channels and each patch: ``(B, C, H, W) -> (B, H/p * W/p)``, and for a
+    video ``(B, C, F, H, W)`` with patch ``(p_t, p_h, p_w)`` -> ``(B, F/p_t * H/p_h * W/p_w)``.
 
-    Tokens are in row-major order over the ``(H/p, W/p)`` grid, as SD3's patch embedding lays them out.
+    Tokens are in row-major order over the token grid (frame, row, column), as the transformers' patch
+    embeddings lay them out (:mod:`stitchkit.models.tokens`).
     """
-    if delta.ndim != 4:
-        raise ValueError(f"change_map expects (B, C, H, W), got shape {tuple(delta.shape)}")
-    height, width = delta.shape[-2:]
-    if patch_size < 1 or height % patch_size or width % patch_size:
-        raise ValueError(f"latent size {height}x{width} is not divisible by patch size {patch_size}")
+    from stitchkit.models.tokens import patch_tuple
+
+    if delta.ndim not in (4, 5):
+        raise ValueError(f"change_map expects (B, C, H, W) or (B, C, F, H, W), got shape {tuple(delta.shape)}")
+    spatial = delta.shape[2:]
+    patch = patch_tuple(patch_size, len(spatial))
+    if min(patch) < 1 or any(s % q for s, q in zip(spatial, patch)):
+        size = "x".join(map(str, spatial))
+        given = str(patch_size) if isinstance(patch_size, int) else "x".join(map(str, patch))
+        raise ValueError(f"latent size {size} is not divisible by patch size {given}")
     per_pixel = delta.detach().float().abs().mean(dim=1, keepdim=True)
-    return F.avg_pool2d(per_pixel, kernel_size=patch_size, stride=patch_size).flatten(1)
+    pool = F.avg_pool2d if delta.ndim == 4 else F.avg_pool3d
+    return pool(per_pixel, kernel_size=patch, stride=patch).flatten(1)
 
 
 def _x0(prev: StepTensors | None, cur: StepTensors, patch_size: int):

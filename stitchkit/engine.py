@@ -17,6 +17,7 @@ There is no method-specific branch here: a new method is a new policy.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Callable
 
@@ -25,8 +26,9 @@ import torch
 
 from stitchkit.change import MEASURES, StepTensors
 from stitchkit.errors import NonFiniteError
-from stitchkit.models.sd3_masked import CudaGraphs, cuda_graphs_enabled, plain_forward
-from stitchkit.models.tokens import stitch
+from stitchkit.models.cuda_graphs import CudaGraphs, cuda_graphs_enabled
+from stitchkit.models.stock import stock_forward
+from stitchkit.models.tokens import stitch, token_grid
 from stitchkit.protocols import ContextProvider, Decision, LoopState, MaskPolicy, ModelInputs, SwitchPolicy
 from stitchkit.trace import StepRecord
 
@@ -44,12 +46,14 @@ class Policies:
 
 @attrs.frozen(kw_only=True)
 class Models:
-    """The large transformer (plain and wrapped for masked forwards) and the small one."""
+    """The large transformer (plain and wrapped for masked forwards) and the small one; ``patch_size`` per
+    latent axis (an int: the same along all), ``forward`` the family's stock call (``Family.forward``)."""
 
     large: torch.nn.Module
-    masked_large: Any  # stitchkit.models.sd3_masked.MaskedTransformer
+    masked_large: Any  # the family's masked runner (Family.masked_runner)
     small: torch.nn.Module
-    patch_size: int
+    patch_size: int | tuple[int, ...]
+    forward: Callable[[torch.nn.Module, ModelInputs], torch.Tensor] = stock_forward
 
 
 class _Timer:
@@ -69,15 +73,15 @@ class _Timer:
         self.ms += (time.perf_counter() - self.start) * 1000.0
 
 
-def small_forward_fn(model: torch.nn.Module, device: torch.device):
-    """The small model's forward; on CUDA replayed from a graph: at the paper's sizes SD3 Medium's step is
-    partly bound by kernel launches once the GPU has idled between calls."""
+def small_forward_fn(model: torch.nn.Module, device: torch.device, forward=stock_forward):
+    """The small model's forward (``forward(model, inputs)``); on CUDA replayed from a graph: at the paper's
+    sizes a small model's step is partly bound by kernel launches once the GPU has idled between calls."""
     if device.type != "cuda" or not cuda_graphs_enabled():
-        return lambda inputs: plain_forward(model, inputs)
-    graphs = CudaGraphs(lambda x, t, e, p: plain_forward(model, ModelInputs(
-        hidden_states=x, timestep=t, encoder_hidden_states=e, pooled_projections=p)))
+        return lambda inputs: forward(model, inputs)
+    graphs = CudaGraphs(lambda x, t, e, *p: forward(model, ModelInputs(
+        hidden_states=x, timestep=t, encoder_hidden_states=e, pooled_projections=p[0] if p else None)))
     return lambda inputs: graphs(inputs.hidden_states, inputs.timestep, inputs.encoder_hidden_states,
-                                 inputs.pooled_projections)
+                                 *(() if inputs.pooled_projections is None else (inputs.pooled_projections,)))
 
 
 def _check_finite(x: torch.Tensor, step: int, model: str) -> torch.Tensor:
@@ -111,12 +115,13 @@ def denoise(
     guided = guidance_scale > 1.0
     batch = latents.shape[0]
     p = models.patch_size
-    grid = (latents.shape[-2] // p, latents.shape[-1] // p)
-    num_tokens = grid[0] * grid[1]
+    grid = token_grid(latents.shape[2:], p)  # (rows, columns), or (frames, rows, columns) for a video
+    num_tokens = math.prod(grid)
+    plain_forward = models.forward
     measure = MEASURES[switch.change_measure]
     # A policy that never masks needs no K/V recording: its large steps are the stock forward.
     may_mask = getattr(switch, "may_mask", True)
-    small_forward = small_forward_fn(models.small, latents.device)
+    small_forward = small_forward_fn(models.small, latents.device, models.forward)
 
     switch.reset(len(timesteps))
     mask.reset()

@@ -55,6 +55,27 @@ def register_context_providers(register: Register) -> None:
     """
 
 
+@hookspec
+def register_model_families(register: Register) -> None:
+    """Register model families: how stitchkit runs a pipeline and masks its transformer.
+
+    Call ``register(family)`` with a :class:`stitchkit.families.Family` (a pipeline adapter, a masked runner
+    for its transformer class, the stock forward, the pair check, a FLOP model and a loader).
+    :class:`stitchkit.StitchPipeline` picks the family whose ``accepts_pipeline`` takes the large pipeline.
+    """
+
+
+@hookspec
+def register_pairs(register: Register) -> None:
+    """Register model pairs by name (``pair: tiny-random`` in YAML, ``stitchkit profile --pair``).
+
+    Call ``register(name, loader, description="")``; ``loader()`` returns ``(large, small)`` as
+    :meth:`stitchkit.StitchPipeline.from_pipelines` takes them (a pipeline of a registered family, and the
+    small transformer). A separate hook from the families: a pair is weights, and a package may ship pairs
+    of a family it does not define.
+    """
+
+
 __all__: list[Any] = [
     "ENTRY_POINT_GROUP",
     "PROJECT",
@@ -63,5 +84,7 @@ __all__: list[Any] = [
     "hookspec",
     "register_context_providers",
     "register_mask_policies",
+    "register_model_families",
+    "register_pairs",
     "register_switch_policies",
 ]

@@ -7,8 +7,10 @@
     >>> out = pipe("a bird on a branch", switch="hybridstitch-30")                     # doctest: +SKIP
     >>> out.images[0], out.trace[-1].stage                                               # doctest: +SKIP
 
-Text encoders, VAE and scheduler come from the large pipeline; the small model contributes only its
-transformer. The caller's pipelines are never changed: the scheduler is copied, attention processors are
+The model family (how prompts are encoded, latents made and decoded, and the large transformer masked) is
+looked up in the plugin registry from the large pipeline's class (:mod:`stitchkit.families`); this file
+names none. Text encoders, VAE and scheduler come from the large pipeline; the small model contributes only
+its transformer. The caller's pipelines are never changed: the scheduler is copied, attention processors are
 installed for one generation and restored after it (also on error).
 """
 
@@ -19,7 +21,6 @@ from typing import Any, Mapping
 import attrs
 import torch
 
-from stitchkit.adapters.sd3 import SD3Adapter, check_pair
 from stitchkit.engine import Models, Policies, StepCallback, denoise
 from stitchkit.errors import ConfigError
 from stitchkit.registry import Registry, get_registry
@@ -28,7 +29,6 @@ from stitchkit.trace import StepRecord
 #: What ``mask=`` and ``context=`` default to when neither the call nor a preset names them.
 DEFAULT_MASK = "top-k"
 DEFAULT_CONTEXT = "kv-cache"
-_LOADING_OPTIONS = ("local_files_only", "revision", "cache_dir", "token", "variant", "use_safetensors")
 
 
 @attrs.frozen(kw_only=True)
@@ -39,22 +39,19 @@ class StitchOutput:
     trace: tuple[StepRecord, ...]
 
 
-def _load_masked_transformer():
-    from stitchkit.models.sd3_masked import MaskedTransformer
-
-    return MaskedTransformer
-
-
 class StitchPipeline:
     """Runs one denoising loop over a pair of transformers, policies deciding who computes what."""
 
-    def __init__(self, adapter: SD3Adapter, small_transformer: torch.nn.Module,
-                 registry: Registry | None = None, pair_id: str | None = None) -> None:
-        check_pair(adapter.large_transformer, small_transformer)
+    def __init__(self, adapter, small_transformer: torch.nn.Module, registry: Registry | None = None,
+                 pair_id: str | None = None, family=None) -> None:
+        """``adapter``: a family's pipeline adapter (:class:`stitchkit.families.Adapter`); ``family``: its
+        :class:`~stitchkit.families.Family`, else the one registered under ``adapter.family``."""
+        self.registry = registry or get_registry()
+        self.family = family or self.registry.families[adapter.family]
+        self.family.check_pair(adapter.large_transformer, small_transformer)
         self.adapter = adapter
         self.small = small_transformer
-        self.registry = registry or get_registry()
-        self.masked_large = _load_masked_transformer()(adapter.large_transformer)
+        self.masked_large = self.family.masked_runner(adapter.large_transformer)
         #: Names the pair in profiles and result tables.
         self.pair_id = pair_id or "+".join(
             str(m.config.get("_name_or_path") or f"{m.config.num_layers}x{m.config.num_attention_heads}")
@@ -64,16 +61,15 @@ class StitchPipeline:
     @classmethod
     def from_pipelines(cls, *, large, small, registry: Registry | None = None,
                        pair_id: str | None = None) -> "StitchPipeline":
-        """``large``: a ``StableDiffusion3Pipeline``; ``small``: a ``StableDiffusion3Pipeline`` or its transformer."""
-        from diffusers import StableDiffusion3Pipeline
-
-        if not isinstance(large, StableDiffusion3Pipeline):
-            raise ConfigError("large", f"is a {type(large).__name__}", "pass a StableDiffusion3Pipeline")
+        """``large``: a pipeline of a registered model family; ``small``: a pipeline of the same family or
+        its transformer. The family is the one whose ``accepts_pipeline`` takes ``large``."""
+        registry = registry or get_registry()
+        family = registry.family_for_pipeline(large)
         small_transformer = getattr(small, "transformer", small)
         if not isinstance(small_transformer, torch.nn.Module) or not hasattr(small_transformer, "config"):
             raise ConfigError("small", f"is a {type(small).__name__}",
-                              "pass a StableDiffusion3Pipeline or an SD3Transformer2DModel")
-        return cls(SD3Adapter(large), small_transformer, registry=registry, pair_id=pair_id)
+                              f"pass a {type(large).__name__} or its transformer")
+        return cls(family.adapter(large), small_transformer, registry=registry, pair_id=pair_id, family=family)
 
     @classmethod
     def from_pretrained(cls, large: str, small: str, *, torch_dtype: torch.dtype | None = None,
@@ -81,37 +77,30 @@ class StitchPipeline:
                         **kwargs: Any) -> "StitchPipeline":
         """Hub ids or local folders in diffusers format; only the small pipeline's transformer is loaded.
 
-        Extra keyword arguments go to the large pipeline's ``from_pretrained`` (``text_encoder_3=None`` to run
-        without T5, say); the loading options among them (``local_files_only``, ``revision``, ``cache_dir``,
-        ``token``, ``variant``, ``use_safetensors``) go to the small transformer's too.
+        The family is the one that claims the ``large`` folder or lists its pipeline class
+        (``model_index.json``). Extra keyword arguments go to the large pipeline's ``from_pretrained``
+        (``text_encoder_3=None`` to run SD3 without T5, say); the loading options among them
+        (``local_files_only``, ``revision``, ``cache_dir``, ``token``, ``variant``, ``use_safetensors``) go to
+        the small transformer's too.
         """
-        from pathlib import Path
+        from stitchkit.families.loading import loading_options
 
-        from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
-
-        if (Path(large) / "transformer_large").is_dir():  # a shapes-pair folder holds both transformers
-            if Path(small).resolve() != Path(large).resolve():
-                raise ConfigError("small", "a shapes-pair folder holds both models", f"pass {large!r} twice")
-            return cls.from_shapes(large, torch_dtype=torch_dtype or torch.float32, device=device,
-                                   registry=registry)
-        large_pipe = StableDiffusion3Pipeline.from_pretrained(large, torch_dtype=torch_dtype, **kwargs)
-        loading = {k: v for k, v in kwargs.items() if k in _LOADING_OPTIONS}
-        small_tf = SD3Transformer2DModel.from_pretrained(small, subfolder="transformer", torch_dtype=torch_dtype,
-                                                         **loading)
-        if device is not None:
-            large_pipe.to(device)
-            small_tf.to(device)
-        return cls.from_pipelines(large=large_pipe, small=small_tf, registry=registry, pair_id=f"{large}+{small}")
+        registry = registry or get_registry()
+        family = registry.family_for_checkpoint(large, **loading_options(kwargs))
+        large_pipe, small_tf = family.load(large, small, torch_dtype=torch_dtype, device=device, **kwargs)
+        pair_id = large if large == small else f"{large}+{small}"
+        return cls.from_pipelines(large=large_pipe, small=small_tf, registry=registry, pair_id=pair_id)
 
     @classmethod
     def from_shapes(cls, path=None, *, torch_dtype: torch.dtype = torch.float32,
                     device: str | torch.device | None = None, registry: Registry | None = None) -> "StitchPipeline":
         """The shipped CPU pair (``stitchkit/pairs/shapes``), or a shapes pair saved at ``path``."""
-        from stitchkit.adapters.shapes import ShapesAdapter
-        from stitchkit.shapes.pair import load_shapes_pair
+        if path is None:
+            from stitchkit.pairs import load_pair_pipeline
 
-        pair = load_shapes_pair(path, dtype=torch_dtype, device=device or "cpu")
-        return cls(ShapesAdapter(pair), pair.small, registry=registry, pair_id="shapes" if path is None else str(path))
+            pipe = load_pair_pipeline("shapes", registry=registry)
+            return pipe.to(device) if device is not None else pipe
+        return cls.from_pretrained(str(path), str(path), torch_dtype=torch_dtype, device=device, registry=registry)
 
     # -- policies ---------------------------------------------------------------------------------------
     def resolve_policies(self, switch: Any = "large", mask: Any = None, context: Any = None) -> Policies:
@@ -156,17 +145,20 @@ class StitchPipeline:
         callback: StepCallback | None = None,
         progress: bool = False,
         allow_unprofitable: bool = False,
+        num_frames: int | None = None,
     ) -> StitchOutput:
         """Generate as ``StableDiffusion3Pipeline.__call__`` does, with ``switch``/``mask``/``context``
         choosing the method (a name, a ``{"kind": name, **params}`` dict, or a policy object).
 
         A HybridStitch-like policy (one with ``mask_ratios``) is checked against Eq. 7-8 first and refused
         with a :class:`ConfigError` when its masks cannot pay off; ``allow_unprofitable=True`` (ablations)
-        makes that a warning."""
+        makes that a warning. ``num_frames``: for a video family, the frames to generate (its default if
+        unset); an image family refuses it."""
         policies = self.resolve_policies(switch, mask, context)
         adapter = self.adapter
         default = adapter.default_size()
-        height, width = height or default, width or default
+        default_height, default_width = default if isinstance(default, tuple) else (default, default)
+        height, width = height or default_height, width or default_width
         adapter.check_inputs(
             prompt=prompt, prompt_2=prompt_2, prompt_3=prompt_3, height=height, width=width,
             negative_prompt=negative_prompt, negative_prompt_2=negative_prompt_2,
@@ -189,14 +181,15 @@ class StitchPipeline:
             negative_pooled_prompt_embeds=negative_pooled_prompt_embeds, clip_skip=clip_skip,
         )
         self.check_plan(policies.switch, height=height, width=width, text_tokens=cond.prompt_embeds.shape[1],
-                        guided=cond.guided, allow_unprofitable=allow_unprofitable)
+                        guided=cond.guided, allow_unprofitable=allow_unprofitable, num_frames=num_frames)
         latents = adapter.prepare_latents(batch_size=batch * num_images_per_prompt, height=height, width=width,
-                                          dtype=cond.prompt_embeds.dtype, generator=generator, latents=latents)
+                                          num_frames=num_frames, dtype=cond.prompt_embeds.dtype,
+                                          generator=generator, latents=latents)
         scheduler = adapter.new_scheduler()
         timesteps = adapter.timesteps(scheduler, num_inference_steps=num_inference_steps, latents=latents,
                                       sigmas=sigmas, mu=mu)
         models = Models(large=adapter.large_transformer, masked_large=self.masked_large, small=self.small,
-                        patch_size=adapter.patch_size)
+                        patch_size=adapter.patch_size, forward=self.family.forward)
         latents, trace = denoise(
             models=models, policies=policies, scheduler=scheduler, timesteps=timesteps, latents=latents,
             prompt_embeds=cond.prompt_embeds, pooled_projections=cond.pooled_projections,
@@ -204,28 +197,27 @@ class StitchPipeline:
         )
         return StitchOutput(images=adapter.decode(latents, output_type), trace=tuple(trace))
 
-    def costs(self, *, height: int, width: int, text_tokens: int, guided: bool):
+    def costs(self, *, height: int, width: int, text_tokens: int, guided: bool, num_frames: int | None = None):
         """The pair's per-step costs at this size: its cached profile, else a FLOPs estimate (``.source``)."""
         from stitchkit.validation import pair_costs
 
-        vae_factor = self.adapter.vae_scale_factor
-        p = self.adapter.patch_size
         return pair_costs(
             pair_id=self.pair_id, large_config=self.adapter.large_transformer.config,
             small_config=self.small.config, height=height, width=width,
-            num_tokens=(height // vae_factor // p) * (width // vae_factor // p), text_tokens=text_tokens,
-            batch=2 if guided else 1, dtype=str(self.adapter.dtype).removeprefix("torch."),
-            device=self.adapter.device.type)
+            num_tokens=self.adapter.num_tokens(height=height, width=width, num_frames=num_frames),
+            text_tokens=text_tokens, batch=2 if guided else 1, dtype=str(self.adapter.dtype).removeprefix("torch."),
+            device=self.adapter.device.type, flops=self.family.flops)
 
     def check_plan(self, switch: Any, *, height: int, width: int, text_tokens: int, guided: bool,
-                   allow_unprofitable: bool = False, path: str = "switch") -> tuple[str, ...]:
+                   allow_unprofitable: bool = False, path: str = "switch",
+                   num_frames: int | None = None) -> tuple[str, ...]:
         """Refuse (or with ``allow_unprofitable`` warn about) mask ratios that break Eq. 7-8 for this pair."""
         from stitchkit.validation import check_switch_policy
 
         policy = switch if not isinstance(switch, (str, Mapping)) else self.registry.create("switch", switch)[0]
         if not getattr(policy, "mask_ratios", None):
             return ()
-        costs = self.costs(height=height, width=width, text_tokens=text_tokens, guided=guided)
+        costs = self.costs(height=height, width=width, text_tokens=text_tokens, guided=guided, num_frames=num_frames)
         return check_switch_policy(policy, costs, allow_unprofitable=allow_unprofitable, path=path)
 
     # -- conveniences -----------------------------------------------------------------------------------

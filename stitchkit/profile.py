@@ -2,7 +2,7 @@
 
 :func:`profile_transformers` times the two transformers of a pair on random inputs of the right shapes
 (warm-up, then the median of several repeats), the large one also masked over a grid of ratios through
-:class:`stitchkit.models.sd3_masked.MaskedTransformer`. Profiles are cached as JSON, one file per
+its family's masked runner (:mod:`stitchkit.families`). Profiles are cached as JSON, one file per
 :class:`ProfileKey`, under ``$STITCHKIT_CACHE/profiles`` (default ``~/.cache/stitchkit/profiles``).
 
 Without a profile, :func:`estimate_costs_from_configs` estimates the same numbers from the two configs'
@@ -142,7 +142,7 @@ def _config(model_or_config: Any) -> Mapping[str, Any]:
     config = getattr(model_or_config, "config", model_or_config)
     if not isinstance(config, Mapping):
         kind = type(model_or_config).__name__
-        raise TypeError(f"expected an SD3Transformer2DModel or its config, got {kind}")
+        raise TypeError(f"expected a transformer or its config, got {kind}")
     return config
 
 
@@ -154,7 +154,7 @@ def transformer_flops(config: Any, num_image_tokens: int, num_text_tokens: int, 
     tokens) attending to ``N + T`` keys (the rest from the K/V cache): Q/K/V projections ``6·D²`` and the
     output projection ``2·D²`` per query token, attention ``4·q·(N + T)·D``, the feed-forward (``4·D`` wide)
     ``16·D²`` per query token. The last block (``context_pre_only``) computes only the text K/V (``4·D²``):
-    its text output is discarded, so :class:`~stitchkit.models.sd3_masked.MaskedTransformer` computes no
+    its text output is discarded, so :class:`~stitchkit.families.sd3.masked.MaskedTransformer` computes no
     text queries there (stock diffusers does, a rounding error). SD3.5's dual-attention blocks add
     image-only self-attention (``8·D²`` per image query token, ``4·M·N·N·D``). Outside the blocks: the
     patch embedding on all ``N`` tokens (it runs before a subset is taken), the context embedder on the
@@ -188,18 +188,20 @@ def transformer_flops(config: Any, num_image_tokens: int, num_text_tokens: int, 
 
 def estimate_costs_from_configs(large_config: Any, small_config: Any, num_image_tokens: int,
                                 num_text_tokens: int, *, ratios: Sequence[float] = DEFAULT_RATIOS,
-                                large_ms: float = 1.0) -> Costs:
+                                large_ms: float = 1.0, flops: Callable[..., float] | None = None) -> Costs:
     """Costs estimated from the two transformers' FLOPs (:func:`transformer_flops`) when no profile exists.
 
     ``L_l = large_ms`` (by default 1: the results are in large steps), ``L_s = large_ms · F_s / F_l`` and
     ``L_l(M) = large_ms · F_l(M) / F_l``. An estimate, marked ``source="flops-estimate"``: it ignores memory
     traffic and per-layer overhead, which make small models and small masks relatively dearer than their
-    FLOPs (NOTES-sd3.md measured 0.21 of a full step at M = 0.1 where this model says 0.16).
+    FLOPs (NOTES-sd3.md measured 0.21 of a full step at M = 0.1 where this model says 0.16). ``flops`` is
+    the model family's FLOP model (same signature as :func:`transformer_flops`, the default).
     """
-    full = transformer_flops(large_config, num_image_tokens, num_text_tokens)
-    small = transformer_flops(small_config, num_image_tokens, num_text_tokens)
-    masked = [(float(r), large_ms * transformer_flops(large_config, num_image_tokens, num_text_tokens,
-                                                       mask_ratio=float(r)) / full) for r in ratios]
+    flops = flops or transformer_flops
+    full = flops(large_config, num_image_tokens, num_text_tokens)
+    small = flops(small_config, num_image_tokens, num_text_tokens)
+    masked = [(float(r), large_ms * flops(large_config, num_image_tokens, num_text_tokens,
+                                          mask_ratio=float(r)) / full) for r in ratios]
     return Costs(large_ms=large_ms, small_ms=large_ms * small / full, masked_ms=masked,
                  source="flops-estimate")
 
@@ -331,18 +333,20 @@ def _measure(large, small, inputs_large, inputs_small, *, ratios, n_tokens, batc
              timing) -> Costs:
     import torch
 
-    from stitchkit.models.sd3_masked import MaskedTransformer, plain_forward
+    from stitchkit.registry import get_registry
 
+    # The masked runner and stock forward of the large model's family (looked up by its class).
+    family = get_registry().family_for_transformer(large, path="large")
     masked: list[tuple[float, float]] = []
     # no_grad, as the engine runs: inference_mode is a little faster and would make the profile optimistic.
     with torch.no_grad():
-        large_ms = _median_ms(lambda: plain_forward(large, inputs_large), **timing)
+        large_ms = _median_ms(lambda: family.forward(large, inputs_large), **timing)
         # The small model is timed as the engine calls it (replayed from a CUDA graph on a GPU).
         from stitchkit.engine import small_forward_fn
 
-        small_call = small_forward_fn(small, torch.device(device))
+        small_call = small_forward_fn(small, torch.device(device), family.forward)
         small_ms = _median_ms(lambda: small_call(inputs_small), **timing)
-        with MaskedTransformer(large) as runner:
+        with family.masked_runner(large) as runner:
             runner.forward(inputs_large, record=True)
             for r in ratios:
                 m = max(1, round(float(r) * n_tokens))

@@ -39,7 +39,7 @@ class LoopState:
     timestep: float
     sigma: float
     num_tokens: int
-    grid: tuple[int, int]
+    grid: tuple[int, ...]  # (rows, columns); (frames, rows, columns) for a video
     batch_size: int
     change: "torch.Tensor | None" = None
     change_map: "torch.Tensor | None" = None
@@ -79,7 +79,7 @@ class ModelInputs:
     hidden_states: "torch.Tensor"
     timestep: "torch.Tensor"
     encoder_hidden_states: "torch.Tensor"
-    pooled_projections: "torch.Tensor"
+    pooled_projections: "torch.Tensor | None" = None  # None for a family without a pooled text vector
 
 
 @runtime_checkable
@@ -117,7 +117,8 @@ class MaskPolicy(Protocol):
 class ContextProvider(Protocol):
     """Runs the large model and owns the context its masked tokens attend to.
 
-    ``large`` is a :class:`stitchkit.models.sd3_masked.MaskedTransformer` (or any object with the same
+    ``large`` is the model family's masked runner (``Family.masked_runner``, e.g.
+    :class:`stitchkit.families.sd3.masked.MaskedTransformer`; any object with the same
     methods): ``forward(inputs, record=...)`` and ``forward_masked(inputs, indices)``.
 
     A provider whose masked step runs the large model on every token (the FullLarge ablation) sets the

@@ -25,6 +25,16 @@ import pluggy
 from stitchkit import hookspecs
 from stitchkit.errors import ConfigError
 
+def _builtin_families() -> tuple[str, ...]:
+    """Every subpackage of ``stitchkit.families`` is a built-in family plugin (register_model_families,
+    register_pairs), found rather than listed, so that nothing outside a family's folder names it."""
+    import pkgutil
+
+    from stitchkit import families
+
+    return tuple(f"stitchkit.families.{m.name}" for m in pkgutil.iter_modules(families.__path__) if m.ispkg)
+
+
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "stitchkit.policies.baselines",
     "stitchkit.policies.tstitch",
@@ -35,7 +45,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "stitchkit.policies.full_mask",
     "stitchkit.policies.kv_cache",
     "stitchkit.policies.full_large",
-)
+) + _builtin_families()
 
 #: The three kinds of policy, keyed by the section name used in YAML and in ``StitchPipeline(switch=...)``.
 KINDS: dict[str, str] = {
@@ -70,8 +80,19 @@ class Entry:
         return out
 
 
+@attrs.frozen(kw_only=True)
+class PairEntry:
+    """One registered model pair: ``loader()`` -> ``(large, small)`` for ``StitchPipeline.from_pipelines``."""
+
+    name: str
+    loader: Callable[[], tuple[Any, Any]]
+    origin: str
+    description: str = ""
+
+
 class Registry:
-    """Name -> factory for each policy kind, filled by the plugin hooks."""
+    """Name -> factory for each policy kind, filled by the plugin hooks; also the model families and the
+    model pairs by name."""
 
     def __init__(self, plugin_manager: pluggy.PluginManager) -> None:
         self.plugin_manager = plugin_manager
@@ -82,6 +103,83 @@ class Registry:
                 # One plugin at a time, through pluggy (keyword call, tracing), so a name knows its origin.
                 only = plugin_manager.subset_hook_caller(hook_name, [p for p in plugins if p is not impl.plugin])
                 only(register=self._collector(kind, _origin(plugin_manager, impl.plugin)))
+        #: Model families (``Family``) and pairs by name, with where each came from.
+        self.families: dict[str, Any] = {}
+        self.pairs: dict[str, PairEntry] = {}
+        self._origins: dict[tuple[str, str], str] = {}
+        self._call_each("register_model_families", self._add_family)
+        self._call_each("register_pairs", self._add_pair)
+
+    def _call_each(self, hook_name: str, make_register: Callable[[str], Callable[..., None]]) -> None:
+        """Call ``hook_name`` one plugin at a time, handing each a ``register`` that knows its origin."""
+        pm = self.plugin_manager
+        plugins = pm.get_plugins()
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():
+            only = pm.subset_hook_caller(hook_name, [p for p in plugins if p is not impl.plugin])
+            only(register=make_register(_origin(pm, impl.plugin)))
+
+    def _unique(self, what: str, name: str, origin: str) -> None:
+        known = self._origins.get((what, name))
+        if known is not None:
+            raise ConfigError(f"{what} {name!r}", f"registered twice, by {known} and by {origin}",
+                              "uninstall one plugin or restrict outside plugins with STITCHKIT_PLUGINS")
+        self._origins[(what, name)] = origin
+
+    def _add_family(self, origin: str) -> Callable[..., None]:
+        def register(family) -> None:
+            self._unique("model family", family.name, origin)
+            self.families[family.name] = family
+
+        return register
+
+    def _add_pair(self, origin: str) -> Callable[..., None]:
+        def register(name: str, loader: Callable[[], tuple[Any, Any]], description: str = "") -> None:
+            self._unique("pair", name, origin)
+            self.pairs[name] = PairEntry(name=name, loader=loader, origin=origin, description=description)
+
+        return register
+
+    # -- model families and pairs ---------------------------------------------------------------------
+    def family_for_pipeline(self, pipeline: Any, path: str = "large"):
+        """The family whose adapter wraps ``pipeline``; a ConfigError naming the known ones otherwise."""
+        for family in self.families.values():
+            if family.accepts_pipeline(pipeline):
+                return family
+        raise ConfigError(path, f"is a {type(pipeline).__name__}, which no model family runs",
+                          "pass a pipeline of one of: " + ", ".join(sorted(self.families)))
+
+    def family_for_transformer(self, transformer: Any, path: str = "transformer"):
+        """The family whose masked runner wraps ``transformer``'s class."""
+        for family in self.families.values():
+            if family.accepts_transformer(transformer):
+                return family
+        raise ConfigError(path, f"is a {type(transformer).__name__}, which no model family masks",
+                          "pass a transformer of one of: " + ", ".join(sorted(self.families)))
+
+    def family_for_checkpoint(self, path: str, **loading: Any):
+        """The family that loads the checkpoint at ``path`` (a hub id or folder): one that claims the folder,
+        else the one listing its ``model_index.json``'s pipeline class."""
+        for family in self.families.values():
+            if family.claims_folder(path):
+                return family
+        from diffusers import DiffusionPipeline
+
+        class_name = DiffusionPipeline.load_config(path, **loading).get("_class_name")
+        for family in self.families.values():
+            if class_name in family.pipeline_class_names:
+                return family
+        raise ConfigError("large", f"{path!r} holds a {class_name}, which no model family loads",
+                          "known families: " + ", ".join(sorted(self.families)))
+
+    def family_origin(self, name: str) -> str:
+        """Where the model family ``name`` came from (a package's entry point, or the built-ins)."""
+        return self._origins[("model family", name)]
+
+    def pair(self, name: str, path: str = "pair") -> PairEntry:
+        try:
+            return self.pairs[name]
+        except KeyError:
+            raise ConfigError(path, f"unknown built-in pair {name!r}", "known: " + ", ".join(self.pairs))
 
     def _collector(self, kind: str, origin: str) -> Callable[..., None]:
         def register(name: str, factory: Callable[..., Any], presets: Mapping[str, Mapping] | None = None):

@@ -13,7 +13,7 @@ def profile_cache(tmp_path_factory, monkeypatch):
 @pytest.fixture(scope="session")
 def tiny_pair():
     """(large StableDiffusion3Pipeline, small SD3Transformer2DModel), float32 on CPU."""
-    from stitchkit.pairs.tiny_random import build_tiny_random_pair
+    from stitchkit.families.sd3.tiny_random import build_tiny_random_pair
 
     torch.set_num_threads(1)
     return build_tiny_random_pair(seed=0)

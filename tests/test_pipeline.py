@@ -98,7 +98,7 @@ def test_non_finite_prediction_stops_at_once_naming_step_and_model(tiny_pair, st
 
 
 def test_mismatched_pair_names_the_field(tiny_pair):
-    from stitchkit.pairs.tiny_random import tiny_transformer
+    from stitchkit.families.sd3.tiny_random import tiny_transformer
 
     large, _ = tiny_pair
     other = tiny_transformer(num_layers=1, heads=2, seed=9, pooled_projection_dim=24)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from stitchkit import ConfigError, StitchPipeline
-from stitchkit.adapters.shapes import ShapesAdapter
+from stitchkit.families.shapes.adapter import ShapesAdapter
 
 PROMPTS = ["a small red circle at the top left on a blue background",
            "a large blue square at the center on a white background"]

@@ -13,7 +13,8 @@ def _value(value) -> str:
 
 @click.command("plugins")
 def command() -> None:
-    """List every switch policy, mask policy and context provider with parameters, defaults and origin."""
+    """List every switch policy, mask policy and context provider with parameters, defaults and origin;
+    then the model families and the pairs by name."""
     registry = get_registry()
     for kind in KINDS:
         click.echo(f"{kind} policies:")
@@ -24,3 +25,9 @@ def command() -> None:
             extra = f" (preset of {entry.preset_of}" + "".join(f", {k}={v}" for k, v in implied.items()) + ")" \
                 if entry.preset_of else ""
             click.echo(f"  {name}{extra}: {params}  [{entry.origin}]")
+    click.echo("model families:")
+    for name, family in registry.families.items():
+        click.echo(f"  {name}: {family.description or '-'}  [{registry.family_origin(name)}]")
+    click.echo("pairs:")
+    for name, pair in registry.pairs.items():
+        click.echo(f"  {name}: {pair.description or '-'}  [{pair.origin}]")

@@ -1,35 +1,51 @@
-"""Built-in model pairs, by name: ``tiny-random`` (structure tests and smoke runs), ``bench-random``
-(benchmark-sized random transformers, for latency checks on a CPU) and ``shapes`` (the trained CPU pair,
-for quality). Each name maps to a loader of a ``StitchPipeline``."""
+"""Model pairs by name, looked up in the plugin registry (the ``register_pairs`` hook): each family
+registers its own (``tiny-random``, ``bench-random``, ``sd3-paper-random``, ``shapes``, ``wan-tiny-random``),
+and an outside package adds more the same way. This folder also holds the shipped shapes pair's weights.
+"""
 
 from __future__ import annotations
 
-BUILTIN_PAIRS = ("tiny-random", "bench-random", "shapes", "sd3-paper-random")
+
+from collections.abc import Sequence
 
 
-def load_pair_pipeline(name: str):
-    """The ``StitchPipeline`` of a built-in pair."""
-    from stitchkit.errors import ConfigError
+class _PairNames(Sequence):
+    """The registered pairs' names, in registration order, looked up on first use: building the registry
+    imports the plugins (and torch), which ``import stitchkit.config`` should not pay for."""
+
+    def _names(self) -> tuple[str, ...]:
+        from stitchkit.registry import get_registry
+
+        return tuple(get_registry().pairs)
+
+    def __getitem__(self, index):
+        return self._names()[index]
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __iter__(self):
+        return iter(self._names())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __repr__(self) -> str:
+        return repr(self._names())
+
+
+#: Every registered pair's name (built-ins and outside plugins'), looked up when used.
+BUILTIN_PAIRS: Sequence[str] = _PairNames()
+
+
+def load_pair_pipeline(name: str, registry=None):
+    """The ``StitchPipeline`` of a registered pair."""
     from stitchkit.pipeline import StitchPipeline
+    from stitchkit.registry import get_registry
 
-    if name == "tiny-random":
-        from stitchkit.pairs.tiny_random import build_tiny_random_pair
-
-        large, small = build_tiny_random_pair()
-        return StitchPipeline.from_pipelines(large=large, small=small, pair_id=name)
-    if name == "bench-random":
-        from stitchkit.pairs.tiny_random import build_bench_random_pair
-
-        large, small = build_bench_random_pair()
-        return StitchPipeline.from_pipelines(large=large, small=small, pair_id=name)
-    if name == "sd3-paper-random":
-        from stitchkit.pairs.paper_random import build_paper_random_pair
-
-        large, small = build_paper_random_pair()
-        return StitchPipeline.from_pipelines(large=large, small=small, pair_id=name)
-    if name == "shapes":
-        return StitchPipeline.from_shapes()
-    raise ConfigError("pair", f"unknown built-in pair {name!r}", "known: " + ", ".join(BUILTIN_PAIRS))
+    registry = registry or get_registry()
+    large, small = registry.pair(name).loader()
+    return StitchPipeline.from_pipelines(large=large, small=small, registry=registry, pair_id=name)
 
 
 def load_pair_transformers(name: str):

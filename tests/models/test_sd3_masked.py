@@ -10,7 +10,7 @@ from diffusers.models.transformers.transformer_sd3 import SD3Transformer2DModel
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stitchkit.models.sd3_masked import MaskedTransformer
+from stitchkit.families.sd3.masked import MaskedTransformer
 from stitchkit.models.tokens import gather_tokens, patchify
 from stitchkit.protocols import ModelInputs
 

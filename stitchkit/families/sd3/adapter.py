@@ -10,26 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import attrs
 import torch
 
 from stitchkit.errors import ConfigError
+from stitchkit.families.family import Conditioning
 
 #: Transformer config fields the two models of a pair must agree on to share latents, text and a loop.
 MATCHING_FIELDS = ("in_channels", "out_channels", "patch_size", "joint_attention_dim", "pooled_projection_dim")
-
-
-@attrs.frozen(kw_only=True)
-class Conditioning:
-    """Text conditioning for the loop, CFG halves already concatenated as [uncond, cond] when guided."""
-
-    prompt_embeds: torch.Tensor
-    pooled_projections: torch.Tensor
-    guidance_scale: float
-
-    @property
-    def guided(self) -> bool:
-        return self.guidance_scale > 1.0
 
 
 def check_pair(large_transformer, small_transformer) -> None:
@@ -71,6 +58,10 @@ class SD3Adapter:
     def default_size(self) -> int:
         return int(self.pipeline.default_sample_size * self.pipeline.vae_scale_factor)
 
+    def num_tokens(self, *, height: int, width: int, num_frames: int | None = None) -> int:
+        p = self.vae_scale_factor * self.patch_size
+        return (height // p) * (width // p)
+
     def to(self, device) -> None:
         self.pipeline.to(device)
 
@@ -100,7 +91,10 @@ class SD3Adapter:
             pooled = torch.cat([neg_pooled, pooled], dim=0)
         return Conditioning(prompt_embeds=embeds, pooled_projections=pooled, guidance_scale=guidance_scale)
 
-    def prepare_latents(self, *, batch_size: int, height: int, width: int, dtype, generator, latents):
+    def prepare_latents(self, *, batch_size: int, height: int, width: int, num_frames: int | None = None, dtype,
+                        generator, latents):
+        if num_frames is not None:
+            raise ConfigError("num_frames", "this family makes images, not videos", "leave it unset")
         channels = self.pipeline.transformer.config.in_channels
         return self.pipeline.prepare_latents(batch_size, channels, height, width, dtype, self.device, generator,
                                              latents)

@@ -40,7 +40,6 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import os
 import enum
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -48,6 +47,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 from diffusers.models.transformers.transformer_sd3 import SD3Transformer2DModel
+
+from stitchkit.models.cuda_graphs import CudaGraphs, cuda_graphs_enabled, locked as _locked
 
 if TYPE_CHECKING:
     from diffusers.models.attention_processor import Attention
@@ -199,45 +200,6 @@ class KVCacheAttnProcessor:
             self.value[:, n:].copy_(text_value)
 
 
-class CudaGraphs:
-    """Replay ``fn(*tensors)`` from CUDA graphs, one per input shape.
-
-    A graph replays the kernels of one call on fixed input buffers (and on whatever other tensors the call
-    read when it was captured, such as a K/V cache); the inputs are copied into those buffers before each
-    replay. ``fn`` must not synchronise with the host. :meth:`clear` drops every graph: call it whenever a
-    tensor captured by reference (a cache) is freed or reallocated. Capture costs about three calls.
-    """
-
-    def __init__(self, fn, key_extra=lambda: ()) -> None:
-        self.fn = fn
-        self.key_extra = key_extra
-        self.graphs: dict[tuple, tuple] = {}
-
-    def clear(self) -> None:
-        self.graphs.clear()
-
-    def __call__(self, *tensors: torch.Tensor) -> torch.Tensor:
-        key = tuple((tuple(t.shape), t.dtype, t.device) for t in tensors) + tuple(self.key_extra())
-        entry = self.graphs.get(key)
-        if entry is None:
-            static = tuple(t.clone() for t in tensors)
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):  # warm-up off the capture stream, as CUDA graphs require
-                for _ in range(2):
-                    self.fn(*static)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                output = self.fn(*static)
-            entry = self.graphs[key] = (graph, static, output)
-        graph, static, output = entry
-        for buffer, value in zip(static, tensors):
-            buffer.copy_(value)
-        graph.replay()
-        return output.clone()
-
-
 def _inputs(hidden_states, timestep, encoder_hidden_states, pooled_projections) -> "ModelInputs":
     from stitchkit.protocols import ModelInputs
 
@@ -250,16 +212,6 @@ def plain_forward(model: SD3Transformer2DModel, inputs: "ModelInputs") -> torch.
     return model(hidden_states=inputs.hidden_states, timestep=inputs.timestep,
                  encoder_hidden_states=inputs.encoder_hidden_states,
                  pooled_projections=inputs.pooled_projections, return_dict=False)[0]
-
-
-def cuda_graphs_enabled() -> bool:
-    """CUDA-graph replay is on unless ``STITCHKIT_CUDA_GRAPHS=0``."""
-    return os.environ.get("STITCHKIT_CUDA_GRAPHS", "1") != "0"
-
-
-def _locked(cache: torch.Tensor) -> bool:
-    """A cache recorded under ``torch.inference_mode()`` can be written only inside it."""
-    return cache.is_inference() and not torch.is_inference_mode_enabled()
 
 
 class MaskedTransformer:

@@ -1,8 +1,9 @@
 """The pair adapter for stitchkit's shipped ``shapes`` pair: two ``SD3Transformer2DModel``s in pixel space
 (3 channels, no VAE) sharing one tiny CLIP text encoder.
 
-It offers the engine exactly what :class:`stitchkit.adapters.sd3.SD3Adapter` does, so the pair runs through
-the same loop, masked forward and K/V cache as SD3: a new family is one adapter, never an engine change.
+It offers the engine what every family adapter does (:class:`stitchkit.families.Adapter`); its transformers
+are SD3's, so the pair runs through SD3's masked forward and K/V cache: a new family is one adapter, never
+an engine change.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from typing import Any
 
 import torch
 
-from stitchkit.adapters.sd3 import Conditioning
 from stitchkit.errors import ConfigError
+from stitchkit.families.family import Conditioning
 
 #: SD3-only call arguments this family has no use for; a value for one is refused, not ignored.
 _UNSUPPORTED = ("prompt_2", "prompt_3", "negative_prompt_2", "negative_prompt_3", "clip_skip")
@@ -48,6 +49,9 @@ class ShapesAdapter:
 
     def default_size(self) -> int:
         return int(self.pair.resolution)
+
+    def num_tokens(self, *, height: int, width: int, num_frames: int | None = None) -> int:
+        return (height // self.patch_size) * (width // self.patch_size)
 
     def to(self, device) -> None:
         self.pair.to(device)
@@ -92,7 +96,10 @@ class ShapesAdapter:
                                 pooled])
         return Conditioning(prompt_embeds=embeds, pooled_projections=pooled, guidance_scale=guidance_scale)
 
-    def prepare_latents(self, *, batch_size: int, height: int, width: int, dtype, generator, latents):
+    def prepare_latents(self, *, batch_size: int, height: int, width: int, num_frames: int | None = None, dtype,
+                        generator, latents):
+        if num_frames is not None:
+            raise ConfigError("num_frames", "the shapes pair makes images, not videos", "leave it unset")
         from diffusers.utils.torch_utils import randn_tensor
 
         if latents is not None:

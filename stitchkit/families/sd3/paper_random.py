@@ -45,7 +45,7 @@ def build_paper_random_pair(device: str | torch.device = "cuda", dtype: torch.dt
     from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 
     from stitchkit.errors import ConfigError
-    from stitchkit.pairs.tiny_random import tiny_text_encoder, tiny_tokenizer, tiny_vae
+    from stitchkit.families.sd3.tiny_random import tiny_text_encoder, tiny_tokenizer, tiny_vae
 
     device = torch.device(device)
     if device.type != "cuda" or not torch.cuda.is_available():
