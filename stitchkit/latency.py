@@ -364,3 +364,33 @@ def predict_from_steps(steps: Iterable[tuple[float, bool]], costs: Costs) -> Pre
     small = sum(costs.small_ms for _, ran in steps if ran)
     refined = sum(masked_cost(f, costs) for f, _ in steps) if costs.masked_ms else None
     return _prediction(len(steps) * costs.large_ms, large, small, refined)
+
+
+def predict_from_calls(steps: Iterable[Iterable[tuple[str, float, int]]], costs: Costs, *,
+                       batch: int) -> Prediction:
+    """A batched run priced as the calls it made (``stitchkit.trace.latency_calls``): per step, a list of
+    ``(model, large_fraction or 1, samples)`` calls. A large call on ``k`` samples at fraction ``f`` costs
+    ``k · L_l · f`` (refined: ``k · L_l(f)``), a small call ``k · L_s``: ``costs`` are one sample's, and a
+    call on ``k`` samples is priced as ``k`` of them (no batching gain is assumed). A step whose samples were
+    in different stages is priced as the sum of its groups' calls. The baseline is ``steps · batch · L_l``.
+    At ``batch = 1`` this is :func:`predict_from_steps` of the same run."""
+    steps = [list(calls) for calls in steps]
+    if not (_is_whole(batch) and batch >= 1):
+        raise ConfigError("batch", f"{batch!r} is not a batch size", "a whole number of at least 1")
+    large = small = refined = 0.0
+    for i, calls in enumerate(steps):
+        for j, (model, fraction, samples) in enumerate(calls):
+            if model not in ("large", "small"):
+                raise ConfigError(f"steps[{i}][{j}]", f"unknown model {model!r}", "'large' or 'small'")
+            if not (_is_number(fraction) and 0.0 < fraction <= 1.0):
+                raise ConfigError(f"steps[{i}][{j}]", f"token share {fraction!r} is outside (0, 1]",
+                                  "the share of image tokens the call ran on")
+            if not (_is_whole(samples) and 1 <= samples <= batch):
+                raise ConfigError(f"steps[{i}][{j}]", f"{samples!r} samples in a batch of {batch}",
+                                  "a call runs on 1 to batch samples")
+            if model == "large":
+                large += samples * costs.large_ms * fraction
+                refined += samples * masked_cost(fraction, costs)
+            else:
+                small += samples * costs.small_ms * fraction
+    return _prediction(len(steps) * batch * costs.large_ms, large, small, refined if costs.masked_ms else None)

@@ -325,6 +325,7 @@ class MaskedTransformer:
         self._state = PassState()
         self._originals: dict[str, object] | None = None
         self._processors: list[KVCacheAttnProcessor] = []
+        self._recorded: torch.Tensor | None = None  # (rows,) bool on the CPU: which cache rows hold K/V
         #: On CUDA, replay masked forwards from a CUDA graph (``STITCHKIT_CUDA_GRAPHS=0`` turns it off):
         #: with a few hundred tokens a step is bound by Python and kernel launches, not by the GPU.
         self.cuda_graphs = cuda_graphs_enabled()
@@ -366,6 +367,7 @@ class MaskedTransformer:
     def free_cache(self) -> None:
         """Drop the recorded K/V (the memory goes back to the allocator), and the graphs that read it."""
         self._graphs.clear()
+        self._recorded = None
         for processor in self._processors:
             processor.key = processor.value = None
 
@@ -408,7 +410,13 @@ class MaskedTransformer:
                 raise ValueError("forward(record=True, rows=...) needs cache_rows: the cache's row count")
             self._check_rows(rows, inputs.hidden_states.shape[0], cache_rows)
             with self._mode(Mode.RECORD, rows=rows, cache_rows=cache_rows):
-                return plain_forward(self.model, inputs)
+                out = plain_forward(self.model, inputs)
+            if self._recorded is None or self._recorded.shape[0] != cache_rows:
+                self._recorded = torch.zeros(cache_rows, dtype=torch.bool)
+            self._recorded[rows.cpu()] = True
+            return out
+        if record:
+            self._recorded = torch.ones(inputs.hidden_states.shape[0], dtype=torch.bool)
         with self._mode(Mode.RECORD if record else Mode.PLAIN):
             return plain_forward(self.model, inputs)
 
@@ -430,6 +438,9 @@ class MaskedTransformer:
         extra = ()
         if rows is not None:
             self._check_rows(rows, x.shape[0], self._processors[0].key.shape[0])
+            if self._recorded is None or not bool(self._recorded[rows.cpu()].all()):
+                raise RuntimeError("forward_masked(rows=...) needs recorded K/V in every one of those rows: "
+                                   "record a full forward of them first")
             extra = (rows,)
         if x.is_cuda and self.cuda_graphs:
             # n rides along as the length of an empty tensor, so the graph key carries it too.

@@ -92,3 +92,12 @@ def test_rows_are_checked(model):
         large.forward(x, record=True)
         with pytest.raises(ValueError, match="rows"):
             large.forward_masked(take(x, torch.tensor([0, 1])), indices_for(1, 2, 3), rows=torch.tensor([1, R]))
+
+
+def test_masking_rows_that_were_never_recorded_is_refused(model):
+    x = make_rows(1)
+    with MaskedTransformer(model) as large:
+        large.forward(take(x, torch.tensor([0, 1])), record=True, rows=torch.tensor([0, 1]), cache_rows=R)
+        large.forward_masked(take(x, torch.tensor([1])), indices_for(2, 1, 4), rows=torch.tensor([1]))
+        with pytest.raises(RuntimeError, match="recorded"):
+            large.forward_masked(take(x, torch.tensor([1, 2])), indices_for(2, 2, 4), rows=torch.tensor([1, 2]))
