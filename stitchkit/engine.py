@@ -22,10 +22,8 @@ There is no method-specific branch here: a new method is a new policy.
 
 from __future__ import annotations
 
-import copy
 import inspect
 import time
-from collections.abc import Sequence
 from typing import Any, Callable
 
 import attrs
@@ -35,6 +33,7 @@ from stitchkit.change import MEASURES, StepTensors
 from stitchkit.errors import ConfigError, NonFiniteError
 from stitchkit.models.sd3_masked import CudaGraphs, cuda_graphs_enabled, plain_forward
 from stitchkit.models.tokens import stitch
+from stitchkit.per_sample import SampleMasks, SampleSwitch
 from stitchkit.protocols import ContextProvider, Decision, LoopState, MaskPolicy, ModelInputs, SwitchPolicy
 from stitchkit.trace import BatchStep, ModelCall, StepRecord, batch_record
 
@@ -106,42 +105,12 @@ class Denoised:
     trace: tuple[StepRecord, ...]
 
 
-def per_sample(policy: Any, batch: int, role: str) -> list[Any] | None:
-    """One copy of ``policy`` per sample (sample 0 gets the object itself), or ``None`` when the policy's
-    class says ``batched = True`` (it decides for the whole batch).
-
-    Copies rather than new instances: the engine may be handed a configured object whose constructor it
-    cannot call again, and ``copy.deepcopy`` of a freshly reset policy is a freshly reset policy with the
-    same parameters. Sample 0 keeping the object itself leaves a batch of one exactly as before."""
-    if getattr(policy, "batched", False):
-        return None
-    copies = [policy]
-    for _ in range(batch - 1):
-        try:
-            copies.append(copy.deepcopy(policy))
-        except Exception as exc:  # a policy holding something uncopyable (a lock, a process handle)
-            raise ConfigError(role, f"{type(policy).__name__} cannot be copied per sample ({exc})",
-                              "make it deep-copyable, declare `batched = True` on the class, or pass one prompt"
-                              ) from None
-    return copies
-
-
 def _takes_rows(method: Callable) -> bool:
     try:
         params = inspect.signature(method).parameters
     except (TypeError, ValueError):
         return True
     return "rows" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
-def _decisions(decided: Any, batch: int, name: str) -> list[Decision]:
-    """A batched switch policy's answer: one Decision for every sample, or one per sample."""
-    if isinstance(decided, Decision):
-        return [decided] * batch
-    if isinstance(decided, Sequence) and len(decided) == batch and all(isinstance(d, Decision) for d in decided):
-        return list(decided)
-    raise ConfigError("switch", f"{name}.decide returned {decided!r} for a batch of {batch}",
-                      "a batched policy returns one Decision, or a sequence of one per sample")
 
 
 def _key(decision: Decision) -> tuple:
@@ -188,11 +157,9 @@ def denoise(
     all_tokens = getattr(context, "computes_all_tokens", False)
     small_forward = small_forward_fn(models.small, device)
 
-    switch.reset(num_steps)
-    mask.reset()
+    switches = SampleSwitch(switch, batch, num_steps)  # resets the policy, then one copy per sample
+    masks = SampleMasks(mask, batch)
     context.reset()
-    switches = per_sample(switch, batch, "switch")
-    masks = per_sample(mask, batch, "mask")
     traces: list[list[StepRecord]] = [[] for _ in range(batch)]
     batch_steps: list[BatchStep] = []
     change = change_map = previous = None
@@ -225,14 +192,8 @@ def denoise(
             sigma = float(scheduler.sigmas[i])  # a fresh scheduler: step i uses sigmas[i]
             state = LoopState(step=i, num_steps=num_steps, timestep=float(t), sigma=sigma, num_tokens=num_tokens,
                               grid=grid, batch_size=batch, change=change, change_map=change_map)
-            if switches is None:
-                decisions = _decisions(switch.decide(state), batch, type(switch).__name__)
-                states = None
-            else:  # every sample alone: its own policy copy, its own D_t and change map
-                states = [state if batch == 1 else attrs.evolve(
-                    state, batch_size=1, change=None if change is None else change[b:b + 1],
-                    change_map=None if change_map is None else change_map[b:b + 1]) for b in everyone]
-                decisions = [policy.decide(s) for policy, s in zip(switches, states)]
+            # Every sample alone: its own policy copy, its own D_t and change map.
+            decisions, states = switches.decide(state)
             model_input = torch.cat([latents] * 2) if guided else latents
             inputs = ModelInputs(hidden_states=model_input, timestep=t.expand(model_input.shape[0]),
                                  encoder_hidden_states=prompt_embeds, pooled_projections=pooled_projections)
@@ -303,15 +264,7 @@ def denoise(
                         large_tokens[b] = num_tokens
                     continue
                 # Hybrid at this ratio: each sample's own mask, the same size m for all of the group.
-                if masks is None:
-                    group_state = attrs.evolve(
-                        state, stage=decisions[samples[0]].stage, batch_size=len(samples),
-                        change=None if change is None else change[samples],
-                        change_map=None if change_map is None else change_map[samples])
-                    indices = mask.select(group_state, ratio).to(device)
-                else:
-                    indices = torch.cat([masks[b].select(attrs.evolve(states[b], stage=decisions[b].stage), ratio)
-                                         .to(device) for b in samples])  # a policy may build them on the CPU
+                indices = masks.select(state, states, decisions, samples, ratio, device)
                 model_indices = torch.cat([indices] * 2) if guided else indices  # both CFG halves share it
                 m = indices.shape[1]
                 if rows is None:
