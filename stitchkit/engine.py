@@ -178,10 +178,12 @@ def denoise(
                            encoder_hidden_states=inputs.encoder_hidden_states.index_select(0, rows),
                            pooled_projections=inputs.pooled_projections.index_select(0, rows)), rows
 
-    def check_rows_supported(method: Callable, what: str) -> None:
-        if not _takes_rows(method):
-            raise ConfigError("context", f"{type(context).__name__}.{what}() takes no rows= argument, which a batch "
-                              "whose samples are in different stages needs",
+    def check_rows_supported() -> None:
+        lacking = [f"{type(context).__name__}.{name}()" for name in ("full", "masked")
+                   if not _takes_rows(getattr(context, name))]
+        if lacking:
+            raise ConfigError("context", f"{' and '.join(lacking)} take no rows= argument, which a batch whose "
+                              "samples are in different stages needs",
                               "add rows=None (and cache_rows=None to full) and pass them to large.forward / "
                               "large.forward_masked, or generate one prompt at a time")
 
@@ -256,7 +258,7 @@ def denoise(
                     elif rows is None:
                         fn = lambda: context.full(models.masked_large, sub_inputs)  # noqa: E731
                     else:
-                        check_rows_supported(context.full, "full")
+                        check_rows_supported()
                         fn = lambda: context.full(models.masked_large, sub_inputs,  # noqa: E731
                                                   rows=rows, cache_rows=cache_rows)
                     put(samples, timed("large", samples, num_tokens, fn))
@@ -270,7 +272,7 @@ def denoise(
                 if rows is None:
                     fn = lambda: context.masked(models.masked_large, sub_inputs, model_indices)  # noqa: E731
                 else:
-                    check_rows_supported(context.masked, "masked")
+                    check_rows_supported()
                     fn = lambda: context.masked(models.masked_large, sub_inputs, model_indices,  # noqa: E731
                                                 rows=rows)
                 large_part = timed("large", samples, num_tokens if all_tokens else m, fn)

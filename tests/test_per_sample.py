@@ -198,3 +198,40 @@ def test_a_batch_gives_each_sample_its_batch_of_one_masks(mask, data):
             one = sample_state(batch_state, b)
             want = alone[b].select(one, [one], [decisions[i][b]], [0], ratio, torch.device("cpu"))
             assert torch.equal(got[b:b + 1], want)
+
+
+def test_a_batched_mask_policy_is_called_once_per_group_with_the_groups_maps():
+    seen = []
+
+    class FirstTokens:
+        batched = True
+
+        def reset(self):
+            pass
+
+        def select(self, state, ratio):
+            seen.append((state.batch_size, state.change_map.clone()))
+            return torch.arange(2).expand(state.batch_size, 2).clone()
+
+    maps = torch.rand(3, N)
+    batch_state = attrs.evolve(state(0, 4, [0.1, 0.2, 0.3]), change_map=maps)
+    decisions = [Decision(stage=1, large=True, small=True, mask_ratio=0.1)] * 3
+    got = SampleMasks(FirstTokens(), 3).select(batch_state, None, decisions, [0, 2], 0.1, torch.device("cpu"))
+    assert got.shape == (2, 2) and len(seen) == 1
+    assert seen[0][0] == 2 and torch.equal(seen[0][1], maps[[0, 2]])
+
+
+def test_calls_are_priced_as_the_sum_of_their_groups():
+    from stitchkit.latency import Costs, predict_from_calls
+
+    costs = Costs(large_ms=10.0, small_ms=2.0, masked_ms=[(0.25, 4.0)])
+    # One mixed step of a batch of 3: two samples hybrid at 0.25, one large alone; small on the two.
+    p = predict_from_calls([[("large", 1.0, 1), ("large", 0.25, 2), ("small", 1.0, 2)]], costs, batch=3)
+    assert p.large_only_ms == 30.0
+    assert p.hybrid_large_ms == 10.0 + 2 * 2.5 and p.hybrid_small_ms == 4.0
+    assert p.refined_predicted_ms == 10.0 + 2 * 4.0 + 4.0
+    for bad, path in (([[("medium", 1.0, 1)]], r"steps\[0\]\[0\]: unknown model"),
+                      ([[("large", 0.0, 1)]], r"steps\[0\]\[0\]: token share"),
+                      ([[("large", 1.0, 4)]], r"steps\[0\]\[0\]: 4 samples in a batch of 3")):
+        with pytest.raises(ConfigError, match=path):
+            predict_from_calls(bad, costs, batch=3)
