@@ -21,6 +21,10 @@ and per-layer overheads do not shrink with the mask (NOTES-sd3.md measured 0.21 
 supplies measured masked costs ``L_l(M)``, :func:`predict` also gives the *refined* prediction that prices a
 masked step at the profile's ``L_l(M)`` (see :func:`masked_cost`); both are reported.
 
+A batch whose samples are in different stages runs one call per group of samples at a step (see
+``stitchkit.engine``); :func:`predict_from_calls` prices such a run as the calls it made, each at its
+samples' share, so a mixed step costs the sum of its groups.
+
 >>> costs = Costs(large_ms=10.0, small_ms=2.5)
 >>> plan = Plan(steps=50, switch_steps=(10, 30, 40), mask_ratios=(0.4, 0.2))
 >>> p = predict(plan, costs)

@@ -89,8 +89,8 @@ class SampleMasks:
                 change_map=None if state.change_map is None else state.change_map[samples])
             return self.policy.select(group, ratio).to(device)
         # A policy without a change map builds them on the CPU.
-        return torch.cat([self.copies[b].select(attrs.evolve(states[b], stage=decisions[b].stage), ratio).to(device)
-                          for b in samples])
+        return torch.cat([self.copies[b].select(attrs.evolve(states[b], stage=decisions[b].stage), ratio)
+                          .to(device) for b in samples])
 
 
 def _decisions(decided: Any, batch: int, name: str) -> list[Decision]:

@@ -92,7 +92,8 @@ def batches(draw):
     return seqs, draw(st.integers(1, 2))
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=[s if isinstance(s, str) else "-".join(map(str, s.values())) for s in SPECS])
+@pytest.mark.parametrize("spec", SPECS,
+                         ids=[s if isinstance(s, str) else "-".join(map(str, s.values())) for s in SPECS])
 @settings(max_examples=25, deadline=None)
 @given(drawn=batches())
 def test_a_batch_gives_each_sample_its_batch_of_one_decisions(spec, drawn):
@@ -185,7 +186,8 @@ def test_a_batch_gives_each_sample_its_batch_of_one_masks(mask, data):
     stages = [sorted(data.draw(st.lists(st.integers(1, 2), min_size=steps, max_size=steps))) for _ in range(k)]
     maps = torch.tensor(data.draw(st.lists(st.lists(st.lists(st.floats(0, 1, width=32), min_size=N, max_size=N),
                                                      min_size=k, max_size=k), min_size=steps, max_size=steps)))
-    decisions = [[Decision(stage=s, large=True, small=True, mask_ratio=ratio) for s in row] for row in zip(*stages)]
+    decisions = [[Decision(stage=s, large=True, small=True, mask_ratio=ratio) for s in row]
+                 for row in zip(*stages)]
     together = SampleMasks(get_registry().create("mask", mask)[0], k)
     alone = [SampleMasks(get_registry().create("mask", mask)[0], 1) for _ in range(k)]
     for i in range(steps):

@@ -227,7 +227,8 @@ class KVCacheAttnProcessor:
             have = "none" if self.key is None else f"{tuple(self.key.shape)} {self.key.dtype}"
             raise RuntimeError(
                 f"the recorded K/V ({have}) does not fit this masked call ((R, {length}, {heads}, {head_dim}) "
-                f"{key.dtype}); record a full forward of these rows with the same latent size and prompt length first"
+                f"{key.dtype}); record a full forward of these rows with the same latent size and prompt length "
+                "first"
             )
         if _locked(self.key):
             self.key, self.value = self.key.clone(), self.value.clone()
