@@ -18,7 +18,7 @@ from stitchkit.errors import ConfigError
 from stitchkit.per_sample import SampleMasks, SampleSwitch
 from stitchkit.protocols import Decision, LoopState
 from stitchkit.registry import get_registry
-from stitchkit.testing import DEFAULT_CHANGES
+from stitchkit.testing import DEFAULT_CHANGES, batch_decisions, check_batch_matches_alone
 
 N, GRID = 16, (4, 4)
 
@@ -64,24 +64,15 @@ SPECS = _distinct(builtin_switch_specs())
 
 
 def state(step: int, num_steps: int, changes) -> LoopState:
-    """The engine's LoopState at ``step``, ``changes`` the batch's D_t (``None``: nothing compared yet)."""
+    """A LoopState at ``step``, ``changes`` the batch's D_t (``None``: nothing compared yet)."""
     change = None if changes is None else torch.tensor(changes, dtype=torch.float32)
     return LoopState(step=step, num_steps=num_steps, timestep=1000.0 * (1 - step / num_steps),
                      sigma=1 - step / num_steps, num_tokens=N, grid=GRID, batch_size=len(changes or [0]),
                      change=change)
 
 
-def run(spec, sequences: list[list[float]], leading_none: int) -> list[list[Decision]]:
-    """Decisions per sample, the batch of ``len(sequences)`` run together through SampleSwitch."""
-    k, num_steps = len(sequences), len(sequences[0])
-    switch = SampleSwitch(create(spec), k, num_steps)
-    out: list[list[Decision]] = [[] for _ in range(k)]
-    for i in range(num_steps):
-        changes = None if i < leading_none else [seq[i] for seq in sequences]
-        decided, _ = switch.decide(attrs.evolve(state(i, num_steps, changes), batch_size=k))
-        for b, d in enumerate(decided):
-            out[b].append(d)
-    return out
+def run(spec, sequences, leading_none):
+    return batch_decisions(lambda: create(spec), sequences, leading_none)
 
 
 @st.composite
@@ -98,9 +89,7 @@ def batches(draw):
 @given(drawn=batches())
 def test_a_batch_gives_each_sample_its_batch_of_one_decisions(spec, drawn):
     sequences, leading_none = drawn
-    together = run(spec, sequences, leading_none)
-    for b, seq in enumerate(sequences):
-        assert together[b] == run(spec, [seq], leading_none)[0], f"sample {b}"
+    check_batch_matches_alone(lambda: create(spec), sequences, leading_none)
 
 
 @attrs.define
@@ -124,6 +113,8 @@ class WholeBatchHybrid:
 def test_the_control_a_batched_policy_depends_on_its_company():
     easy, hard = [0.1] * 5, [0.9] * 5
     assert run(WholeBatchHybrid(), [easy], 1)[0] != run(WholeBatchHybrid(), [easy, hard], 1)[0]
+    with pytest.raises(AssertionError, match="sample 0 of 2: step 1 decided"):
+        check_batch_matches_alone(WholeBatchHybrid, [easy, hard])
     # The same rule per sample (not batched) is what the built-ins get: the easy prompt is unaffected.
     per_sample = {"kind": "srdiffusion", "rule": "paper", "threshold": 0.3, "change": "x0"}
     assert run(per_sample, [easy], 1)[0] == run(per_sample, [easy, hard], 1)[0]
