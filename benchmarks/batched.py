@@ -94,6 +94,12 @@ def mixes(out) -> collections.Counter:
     return seen
 
 
+def kind(key) -> str:
+    """``large``, ``small`` or ``hybrid 30%``: what a mix's group ran."""
+    large, small, ratio = key
+    return f"hybrid {100 * ratio:.0f}%" if large and small else ("large" if large else "small")
+
+
 def as_decision(key) -> Decision:
     large, small, ratio = key
     return Decision(stage=0, large=large, small=small, mask_ratio=ratio if (large and small) else None)
@@ -142,8 +148,7 @@ def main() -> int:
                                                   [as_decision(key)] * len(members), guidance)
                                      for key, members in groups.items()))
         mixed_ms, groups_ms = 1000 * statistics.median(rounds_mixed), 1000 * statistics.median(rounds_groups)
-        label = ", ".join(f"{len(m)}×{'hybrid %g' % key[2] if key[2] else ('large' if key[0] else 'small')}"
-                          for key, m in groups.items())
+        label = ", ".join(f"{len(m)}×{kind(key)}" for key, m in groups.items())
         print(f"| {label} | {count} | {mixed_ms:.1f} | {groups_ms:.1f} | {mixed_ms / groups_ms:.3f} |")
         total_mixed += count * mixed_ms
         total_groups += count * groups_ms
