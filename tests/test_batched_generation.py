@@ -124,3 +124,10 @@ def test_an_outside_context_without_rows_works_alone_and_is_refused_in_a_mixed_b
     message = str(err.value)
     assert "\n" not in message and message.startswith(
         "context: ContextWithoutRows.full() and ContextWithoutRows.masked() take no rows= argument")
+
+
+def test_tiny_random_unguided_batch_of_four_equals_four_runs(stitch_pipe):
+    """Without guidance a sample is one row of the model batch (no CFG halves): the same grouping."""
+    switch = {"kind": "hybridstitch", "thresholds": [0.027, 0.0205], "mask_ratios": [0.3]}
+    compare(stitch_pipe, TINY_PROMPTS, atol=5e-5, switch=switch, height=128, width=128, num_inference_steps=10,
+            guidance_scale=1.0, max_sequence_length=8)
