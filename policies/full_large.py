@@ -27,10 +27,12 @@ class FullLargeContext:
     def reset(self) -> None:
         pass  # stateless
 
-    def full(self, large, inputs: ModelInputs) -> torch.Tensor:
-        return large.forward(inputs, record=False)
+    def full(self, large, inputs: ModelInputs, *, rows: torch.Tensor | None = None,
+             cache_rows: int | None = None) -> torch.Tensor:
+        return large.forward(inputs, record=False)  # no cache: the rows a batch subset is do not matter
 
-    def masked(self, large, inputs: ModelInputs, indices: torch.Tensor) -> torch.Tensor:
+    def masked(self, large, inputs: ModelInputs, indices: torch.Tensor, *,
+               rows: torch.Tensor | None = None) -> torch.Tensor:
         return gather_tokens(large.forward(inputs, record=False), indices, large.patch_size)
 
     def release(self) -> None:

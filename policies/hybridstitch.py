@@ -9,9 +9,10 @@ With ``n = len(mask_ratios)`` masks there are ``n + 2`` stages (§3.2, Eq. 3-4: 
 
 After each step, if ``D_t < thresholds[stage]`` the stage advances by exactly one (lines 19-22): never two,
 never back. §4.1: "even if D_t falls below 0.25 while still in the first stage, HybridStitch will still
-transition to the second stage rather than skipping it". A batch has one stage; it advances when every
-sample's ``D_t`` is below the threshold (the largest ``D_t`` is compared). Eq. 8 asks for shrinking masks
-(``M_i > M_{i+1}``), and the thresholds shrink with them, since ``D_t`` falls as denoising proceeds.
+transition to the second stage rather than skipping it". The engine keeps one copy per sample of a batch
+(``stitchkit.per_sample``), so ``D_t`` is one sample's; handed several, the largest is compared.
+Eq. 8 asks for shrinking masks (``M_i > M_{i+1}``), and the thresholds shrink with them, since ``D_t``
+falls as denoising proceeds.
 
 Why ``change="x0"`` by default: Eq. 9-10 define ``X_t = Latent_t - sigma * noise_t``, which for flow
 matching is exactly the x0 prediction ``x - sigma * v``, and ``D_t`` is the relative L1 distance of two
@@ -82,7 +83,7 @@ def _mask_ratios(instance: object, attribute: attrs.Attribute, value: Any) -> No
 class HybridStitch:
     """Large alone (stage 0), hybrid at ``mask_ratios[i-1]`` (stage i), small alone (stage n+1).
 
-    The stage advances by one whenever ``D_t < thresholds[stage]`` for every sample.
+    The stage advances by one whenever ``D_t < thresholds[stage]`` (the engine runs one copy per sample).
     """
 
     thresholds: tuple[float, ...] = attrs.field(

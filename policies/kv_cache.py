@@ -28,13 +28,19 @@ class KVCacheContext:
     def reset(self) -> None:
         self.release()
 
-    def full(self, large, inputs: ModelInputs) -> torch.Tensor:
+    def full(self, large, inputs: ModelInputs, *, rows: torch.Tensor | None = None,
+             cache_rows: int | None = None) -> torch.Tensor:
         self._large = large
-        return large.forward(inputs, record=True)
+        if rows is None:
+            return large.forward(inputs, record=True)
+        return large.forward(inputs, record=True, rows=rows, cache_rows=cache_rows)  # these samples' rows
 
-    def masked(self, large, inputs: ModelInputs, indices: torch.Tensor) -> torch.Tensor:
+    def masked(self, large, inputs: ModelInputs, indices: torch.Tensor, *,
+               rows: torch.Tensor | None = None) -> torch.Tensor:
         self._large = large
-        return large.forward_masked(inputs, indices)
+        if rows is None:
+            return large.forward_masked(inputs, indices)
+        return large.forward_masked(inputs, indices, rows=rows)
 
     def release(self) -> None:
         if self._large is not None:

@@ -10,13 +10,19 @@ Per step (Algorithm 1's line numbers in brackets):
 6. the change D_t (Eq. 9-10) and its per-token map are measured for the next decision          [line 19]
 7. a trace record, and the caller's callback.
 
-A batch has one stage at a time (the switch policy sees every sample's D_t and, for the built-ins, moves
-on only when all are below the threshold); masks are per sample, and both CFG halves of a sample share it.
+Decisions are per sample: each sample of a batch has its own copy of the switch and mask policies and its
+own ``D_t``, so it gets exactly the decisions it would get alone (a batch no longer runs at the pace of its
+slowest prompt). Each step the batch is grouped by decision and every group runs batched: the large model
+on all tokens for the large-only samples, one masked large forward per hybrid mask ratio, and the small
+model once on every sample that needs it; both CFG halves of a sample stay together (model-batch rows ``b``
+and ``B + b``) and share its mask. The K/V cache has one row per sample and half: a sample's rows are
+recorded by its own full large steps and refreshed by its own masked ones.
 There is no method-specific branch here: a new method is a new policy.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from typing import Any, Callable
@@ -25,12 +31,13 @@ import attrs
 import torch
 
 from stitchkit.change import MEASURES, StepTensors
-from stitchkit.errors import NonFiniteError
+from stitchkit.errors import ConfigError, NonFiniteError
 from stitchkit.models.cuda_graphs import CudaGraphs, cuda_graphs_enabled
 from stitchkit.models.stock import stock_forward
 from stitchkit.models.tokens import stitch, token_grid
+from stitchkit.per_sample import SampleMasks, SampleSwitch
 from stitchkit.protocols import ContextProvider, Decision, LoopState, MaskPolicy, ModelInputs, SwitchPolicy
-from stitchkit.trace import StepRecord
+from stitchkit.trace import BatchStep, ModelCall, StepRecord, batch_record
 
 StepCallback = Callable[[dict[str, Any]], None]
 
@@ -90,6 +97,31 @@ def _check_finite(x: torch.Tensor, step: int, model: str) -> torch.Tensor:
     return x
 
 
+@attrs.frozen(kw_only=True)
+class Denoised:
+    """What :func:`denoise` returns: the final latents, one trace per sample (``traces[b][i]`` is sample
+    ``b``'s record of step ``i``), per step the batched model calls it made (:class:`BatchStep`), and the
+    batch's own trace (:func:`stitchkit.trace.batch_record` per step; the sample's trace at batch 1)."""
+
+    latents: torch.Tensor
+    traces: tuple[tuple[StepRecord, ...], ...]
+    steps: tuple[BatchStep, ...]
+    trace: tuple[StepRecord, ...]
+
+
+def _takes_rows(method: Callable) -> bool:
+    try:
+        params = inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return True
+    return "rows" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _key(decision: Decision) -> tuple:
+    """What groups samples: the models that run, and the mask ratio of a hybrid step."""
+    return (decision.large, decision.small, decision.mask_ratio if decision.hybrid else None)
+
+
 @torch.no_grad()
 def denoise(
     *,
@@ -103,68 +135,158 @@ def denoise(
     guidance_scale: float,
     callback: StepCallback | None = None,
     progress: bool = False,
-) -> tuple[torch.Tensor, list[StepRecord]]:
-    """Run the loop from ``latents`` over ``timesteps``; return the final latents and one record per step.
+) -> Denoised:
+    """Run the loop from ``latents`` over ``timesteps``; return the final latents and the traces.
 
     ``prompt_embeds``/``pooled_projections`` hold [uncond, cond] halves when ``guidance_scale > 1``.
-    The scheduler must be freshly set to ``timesteps`` (its step index at the start).
+    The scheduler must be freshly set to ``timesteps`` (its step index at the start); its step must act
+    on each sample alone (every diffusers flow-matching scheduler does), as a batch's samples may be in
+    different stages.
     """
     from tqdm.auto import tqdm
 
     switch, mask, context = policies.switch, policies.mask, policies.context
     guided = guidance_scale > 1.0
     batch = latents.shape[0]
+    halves = 2 if guided else 1
+    cache_rows = batch * halves
+    device = latents.device
     p = models.patch_size
     grid = token_grid(latents.shape[2:], p)  # (rows, columns), or (frames, rows, columns) for a video
     num_tokens = math.prod(grid)
+    num_steps = len(timesteps)
     plain_forward = models.forward
     measure = MEASURES[switch.change_measure]
     # A policy that never masks needs no K/V recording: its large steps are the stock forward.
     may_mask = getattr(switch, "may_mask", True)
-    small_forward = small_forward_fn(models.small, latents.device, models.forward)
+    all_tokens = getattr(context, "computes_all_tokens", False)
+    small_forward = small_forward_fn(models.small, device, models.forward)
 
-    switch.reset(len(timesteps))
-    mask.reset()
+    switches = SampleSwitch(switch, batch, num_steps)  # resets the policy, then one copy per sample
+    masks = SampleMasks(mask, batch)
     context.reset()
-    trace: list[StepRecord] = []
+    traces: list[list[StepRecord]] = [[] for _ in range(batch)]
+    batch_steps: list[BatchStep] = []
     change = change_map = previous = None
+    everyone = list(range(batch))
+
+    def rows_of(samples: list[int]) -> list[int]:
+        return [h * batch + b for h in range(halves) for b in samples]
+
+    def subset(inputs: ModelInputs, samples: list[int]) -> tuple[ModelInputs, torch.Tensor | None]:
+        """The inputs of ``samples`` (both CFG halves), and their cache rows (``None``: the whole batch)."""
+        if samples == everyone:
+            return inputs, None
+        rows = torch.tensor(rows_of(samples), dtype=torch.int64, device=device)
+        return ModelInputs(hidden_states=inputs.hidden_states.index_select(0, rows),
+                           timestep=inputs.timestep.index_select(0, rows),
+                           encoder_hidden_states=inputs.encoder_hidden_states.index_select(0, rows),
+                           pooled_projections=None if inputs.pooled_projections is None
+                           else inputs.pooled_projections.index_select(0, rows)), rows
+
+    def check_rows_supported() -> None:
+        lacking = [f"{type(context).__name__}.{name}()" for name in ("full", "masked")
+                   if not _takes_rows(getattr(context, name))]
+        if lacking:
+            raise ConfigError("context", f"{' and '.join(lacking)} take no rows= argument, which a batch whose "
+                              "samples are in different stages needs",
+                              "add rows=None (and cache_rows=None to full) and pass them to large.forward / "
+                              "large.forward_masked, or generate one prompt at a time")
+
     if may_mask:
         models.masked_large.begin()
     try:
         for i, t in enumerate(tqdm(timesteps, disable=not progress, desc="denoise", leave=False)):
             sigma = float(scheduler.sigmas[i])  # a fresh scheduler: step i uses sigmas[i]
-            state = LoopState(step=i, num_steps=len(timesteps), timestep=float(t), sigma=sigma,
-                              num_tokens=num_tokens, grid=grid, batch_size=batch, change=change,
-                              change_map=change_map)
-            decision: Decision = switch.decide(state)
+            state = LoopState(step=i, num_steps=num_steps, timestep=float(t), sigma=sigma, num_tokens=num_tokens,
+                              grid=grid, batch_size=batch, change=change, change_map=change_map)
+            # Every sample alone: its own policy copy, its own D_t and change map.
+            decisions, states = switches.decide(state)
             model_input = torch.cat([latents] * 2) if guided else latents
             inputs = ModelInputs(hidden_states=model_input, timestep=t.expand(model_input.shape[0]),
                                  encoder_hidden_states=prompt_embeds, pooled_projections=pooled_projections)
-            large_timer, small_timer = _Timer(latents.device), _Timer(latents.device)
-            large_tokens = small_tokens = 0
-            if decision.hybrid:
-                indices = mask.select(attrs.evolve(state, stage=decision.stage), decision.mask_ratio)
-                indices = indices.to(latents.device)  # a policy without a change map builds them on the CPU
+
+            groups: dict[tuple, list[int]] = {}
+            for b, decision in enumerate(decisions):
+                groups.setdefault(_key(decision), []).append(b)
+            calls: list[ModelCall] = []
+            large_ms, small_ms = [0.0] * batch, [0.0] * batch
+            large_tokens, small_tokens = [0] * batch, [0] * batch
+            sample_indices: list[torch.Tensor | None] = [None] * batch
+            prediction = None  # (2B, C, H, W) once every group has written its rows
+
+            def put(samples: list[int], out: torch.Tensor) -> None:
+                nonlocal prediction
+                if samples == everyone:
+                    prediction = out
+                    return
+                if prediction is None:
+                    prediction = model_input.new_empty(model_input.shape)
+                prediction.index_copy_(0, torch.tensor(rows_of(samples), device=device), out)
+
+            def timed(model: str, samples: list[int], tokens: int, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+                timer = _Timer(device)
+                with timer:
+                    out = fn()
+                calls.append(ModelCall(model=model, samples=tuple(samples), tokens=tokens, num_tokens=num_tokens,
+                                       ms=timer.ms))
+                share = large_ms if model == "large" else small_ms
+                for b in samples:
+                    share[b] += timer.ms / len(samples)
+                return _check_finite(out, i, model)
+
+            # The small model once, on every sample that runs it (small-only and hybrid alike).
+            small_samples = [b for b, d in enumerate(decisions) if d.small]
+            small_out = None
+            if small_samples:
+                small_inputs, _ = subset(inputs, small_samples)
+                small_out = timed("small", small_samples, num_tokens, lambda: small_forward(small_inputs))
+                for b in small_samples:
+                    small_tokens[b] = num_tokens
+            small_place = {b: j for j, b in enumerate(small_samples)}
+
+            def small_rows(samples: list[int]) -> torch.Tensor:
+                """``samples``' rows (both halves) of the small model's output."""
+                if samples == small_samples:
+                    return small_out
+                n = len(small_samples)
+                return small_out.index_select(0, torch.tensor(
+                    [h * n + small_place[b] for h in range(halves) for b in samples], device=device))
+
+            for (large, small, ratio), samples in groups.items():
+                if not large:  # small alone: its rows of the small model's output
+                    put(samples, small_rows(samples))
+                    continue
+                sub_inputs, rows = subset(inputs, samples)
+                if not small:  # large alone, every token (and, when masks may follow, these rows' K/V recorded)
+                    if not may_mask:
+                        fn = lambda: plain_forward(models.large, sub_inputs)  # noqa: E731
+                    elif rows is None:
+                        fn = lambda: context.full(models.masked_large, sub_inputs)  # noqa: E731
+                    else:
+                        check_rows_supported()
+                        fn = lambda: context.full(models.masked_large, sub_inputs,  # noqa: E731
+                                                  rows=rows, cache_rows=cache_rows)
+                    put(samples, timed("large", samples, num_tokens, fn))
+                    for b in samples:
+                        large_tokens[b] = num_tokens
+                    continue
+                # Hybrid at this ratio: each sample's own mask, the same size m for all of the group.
+                indices = masks.select(state, states, decisions, samples, ratio, device)
                 model_indices = torch.cat([indices] * 2) if guided else indices  # both CFG halves share it
-                with large_timer:
-                    large_part = context.masked(models.masked_large, inputs, model_indices)
-                with small_timer:
-                    prediction = small_forward(inputs)
-                _check_finite(large_part, i, "large")
-                prediction = stitch(_check_finite(prediction, i, "small"), large_part, model_indices, p)
-                # FullLarge's large model computes every token even though only the masked ones are used.
-                large_tokens = num_tokens if getattr(context, "computes_all_tokens", False) else indices.shape[1]
-                small_tokens = num_tokens
-            elif decision.large:
-                with large_timer:
-                    out = context.full(models.masked_large, inputs) if may_mask else plain_forward(models.large, inputs)
-                prediction = _check_finite(out, i, "large")
-                large_tokens = num_tokens
-            else:
-                with small_timer:
-                    out = small_forward(inputs)
-                prediction = _check_finite(out, i, "small")
-                small_tokens = num_tokens
+                m = indices.shape[1]
+                if rows is None:
+                    fn = lambda: context.masked(models.masked_large, sub_inputs, model_indices)  # noqa: E731
+                else:
+                    check_rows_supported()
+                    fn = lambda: context.masked(models.masked_large, sub_inputs, model_indices,  # noqa: E731
+                                                rows=rows)
+                large_part = timed("large", samples, num_tokens if all_tokens else m, fn)
+                put(samples, stitch(small_rows(samples), large_part, model_indices, p))
+                for j, b in enumerate(samples):
+                    # FullLarge's large model computes every token even though only the masked ones are used.
+                    large_tokens[b] = num_tokens if all_tokens else m
+                    sample_indices[b] = indices[j:j + 1]
 
             if guided:
                 uncond, cond = prediction.chunk(2)
@@ -174,20 +296,30 @@ def denoise(
             current = StepTensors.from_step(latents, next_latents, prediction, sigma)  # x0 of Eq. 10
             change, change_map = measure(previous, current, p)
             previous = current
-            record = StepRecord(
-                step=i, timestep=float(t), sigma=sigma, stage=decision.stage, large_tokens=large_tokens,
-                small_tokens=small_tokens, num_tokens=num_tokens, mask_ratio=large_tokens / num_tokens,
-                change=None if change is None else float(change.max()),
-                large_ms=large_timer.ms, small_ms=small_timer.ms,
-            )
-            trace.append(record)
+            changes = [None] * batch if change is None else [float(c) for c in change.tolist()]
+            records = tuple(StepRecord(
+                step=i, timestep=float(t), sigma=sigma, stage=decisions[b].stage, large_tokens=large_tokens[b],
+                small_tokens=small_tokens[b], num_tokens=num_tokens, mask_ratio=large_tokens[b] / num_tokens,
+                change=changes[b], large_ms=large_ms[b], small_ms=small_ms[b], sample=b,
+            ) for b in everyone)
+            for trace, record in zip(traces, records):
+                trace.append(record)
+            batch_steps.append(BatchStep(step=i, calls=tuple(calls), mixed=len(groups) > 1))
             if callback is not None:
+                uniform = len(groups) == 1
+                hybrid = uniform and decisions[0].hybrid
                 callback({"step": i, "timestep": t, "sigma": sigma, "latents": next_latents, "x0": current.x0,
-                          "prediction": prediction, "tensors": current, "decision": decision, "record": record,
-                          "change_map": change_map, "indices": indices if decision.hybrid else None})
+                          "prediction": prediction, "tensors": current, "change_map": change_map,
+                          "decisions": tuple(decisions), "records": records,
+                          "sample_indices": tuple(sample_indices), "calls": tuple(calls),
+                          # The batch's one decision, record and (B, m) mask, where it has one.
+                          "decision": decisions[0] if uniform else None,
+                          "record": records[0] if batch == 1 else None,
+                          "indices": torch.cat(sample_indices) if hybrid else None})
             latents = next_latents
     finally:
         context.release()
         if may_mask:
             models.masked_large.end()
-    return latents, trace
+    return Denoised(latents=latents, traces=tuple(tuple(t) for t in traces), steps=tuple(batch_steps),
+                    trace=tuple(batch_record(records, step) for records, step in zip(zip(*traces), batch_steps)))

@@ -21,6 +21,10 @@ and per-layer overheads do not shrink with the mask (NOTES-sd3.md measured 0.21 
 supplies measured masked costs ``L_l(M)``, :func:`predict` also gives the *refined* prediction that prices a
 masked step at the profile's ``L_l(M)`` (see :func:`masked_cost`); both are reported.
 
+A batch whose samples are in different stages runs one call per group of samples at a step (see
+``stitchkit.engine``); :func:`predict_from_calls` prices such a run as the calls it made, each at its
+samples' share, so a mixed step costs the sum of its groups.
+
 >>> costs = Costs(large_ms=10.0, small_ms=2.5)
 >>> plan = Plan(steps=50, switch_steps=(10, 30, 40), mask_ratios=(0.4, 0.2))
 >>> p = predict(plan, costs)
@@ -364,3 +368,33 @@ def predict_from_steps(steps: Iterable[tuple[float, bool]], costs: Costs) -> Pre
     small = sum(costs.small_ms for _, ran in steps if ran)
     refined = sum(masked_cost(f, costs) for f, _ in steps) if costs.masked_ms else None
     return _prediction(len(steps) * costs.large_ms, large, small, refined)
+
+
+def predict_from_calls(steps: Iterable[Iterable[tuple[str, float, int]]], costs: Costs, *,
+                       batch: int) -> Prediction:
+    """A batched run priced as the calls it made (``stitchkit.trace.latency_calls``): per step, a list of
+    ``(model, large_fraction or 1, samples)`` calls. A large call on ``k`` samples at fraction ``f`` costs
+    ``k · L_l · f`` (refined: ``k · L_l(f)``), a small call ``k · L_s``: ``costs`` are one sample's, and a
+    call on ``k`` samples is priced as ``k`` of them (no batching gain is assumed). A step whose samples were
+    in different stages is priced as the sum of its groups' calls. The baseline is ``steps · batch · L_l``.
+    At ``batch = 1`` this is :func:`predict_from_steps` of the same run."""
+    steps = [list(calls) for calls in steps]
+    if not (_is_whole(batch) and batch >= 1):
+        raise ConfigError("batch", f"{batch!r} is not a batch size", "a whole number of at least 1")
+    large = small = refined = 0.0
+    for i, calls in enumerate(steps):
+        for j, (model, fraction, samples) in enumerate(calls):
+            if model not in ("large", "small"):
+                raise ConfigError(f"steps[{i}][{j}]", f"unknown model {model!r}", "'large' or 'small'")
+            if not (_is_number(fraction) and 0.0 < fraction <= 1.0):
+                raise ConfigError(f"steps[{i}][{j}]", f"token share {fraction!r} is outside (0, 1]",
+                                  "the share of image tokens the call ran on")
+            if not (_is_whole(samples) and 1 <= samples <= batch):
+                raise ConfigError(f"steps[{i}][{j}]", f"{samples!r} samples in a batch of {batch}",
+                                  "a call runs on 1 to batch samples")
+            if model == "large":
+                large += samples * costs.large_ms * fraction
+                refined += samples * masked_cost(fraction, costs)
+            else:
+                small += samples * costs.small_ms * fraction
+    return _prediction(len(steps) * batch * costs.large_ms, large, small, refined if costs.masked_ms else None)

@@ -24,7 +24,7 @@ import torch
 from stitchkit.engine import Models, Policies, StepCallback, denoise
 from stitchkit.errors import ConfigError
 from stitchkit.registry import Registry, get_registry
-from stitchkit.trace import StepRecord
+from stitchkit.trace import BatchStep, StepRecord
 
 #: What ``mask=`` and ``context=`` default to when neither the call nor a preset names them.
 DEFAULT_MASK = "top-k"
@@ -33,10 +33,14 @@ DEFAULT_CONTEXT = "kv-cache"
 
 @attrs.frozen(kw_only=True)
 class StitchOutput:
-    """``images`` as diffusers returns them for the ``output_type``; ``trace``: one record per step."""
+    """``images`` as diffusers returns them for the ``output_type``; ``trace``: one record per step (for one
+    sample its record; for a batch the summary of :func:`stitchkit.trace.batch_record`); ``traces``: one
+    trace per sample (its own stage and tokens per step); ``steps``: per step, the batched model calls."""
 
     images: Any
     trace: tuple[StepRecord, ...]
+    traces: tuple[tuple[StepRecord, ...], ...] = ()
+    steps: tuple[BatchStep, ...] = ()
 
 
 class StitchPipeline:
@@ -190,12 +194,13 @@ class StitchPipeline:
                                       sigmas=sigmas, mu=mu)
         models = Models(large=adapter.large_transformer, masked_large=self.masked_large, small=self.small,
                         patch_size=adapter.patch_size, forward=self.family.forward)
-        latents, trace = denoise(
+        result = denoise(
             models=models, policies=policies, scheduler=scheduler, timesteps=timesteps, latents=latents,
             prompt_embeds=cond.prompt_embeds, pooled_projections=cond.pooled_projections,
             guidance_scale=cond.guidance_scale, callback=callback, progress=progress,
         )
-        return StitchOutput(images=adapter.decode(latents, output_type), trace=tuple(trace))
+        return StitchOutput(images=adapter.decode(result.latents, output_type), trace=result.trace,
+                            traces=result.traces, steps=result.steps)
 
     def costs(self, *, height: int, width: int, text_tokens: int, guided: bool, num_frames: int | None = None):
         """The pair's per-step costs at this size: its cached profile, else a FLOPs estimate (``.source``)."""

@@ -11,6 +11,13 @@ The engine runs the paper's Algorithm 1 and asks three kinds of plugin for every
 
 Policies hold per-generation state and are reset by the engine at the start of every generation. They see
 only the :class:`LoopState`; they never touch models, except the context provider, whose job that is.
+
+Decisions are per sample. Unless a switch or mask policy class declares ``batched = True``, the engine
+keeps one copy of it per sample of a batch (the object itself for sample 0, ``copy.deepcopy`` of it, taken
+after ``reset``, for the others) and hands each a :class:`LoopState` of that sample alone
+(``batch_size == 1``). So a policy written for one sample works unchanged in a batch, and what a sample gets
+does not depend on the other samples in its batch. The context provider is one object for the batch: the
+K/V cache it manages has one row per sample and CFG half.
 """
 
 from __future__ import annotations
@@ -90,7 +97,9 @@ class SwitchPolicy(Protocol):
     Optional class attributes the engine and tools read: ``may_mask = False`` for a policy that never
     takes a hybrid step (its large steps then need no K/V recording); ``stages``, one of ``"large"``,
     ``"small"``, ``"hybrid"`` per stage (for ``stitchkit.testing`` and ``stitchkit plan``); ``mask_ratios``,
-    checked against Eq. 7-8 before a run.
+    checked against Eq. 7-8 before a run; ``batched = True`` for a policy that decides for the whole batch
+    at once: it is then not copied per sample, sees ``change`` of every sample, and ``decide`` returns one
+    :class:`Decision` for all samples or a sequence of one per sample.
     """
 
     change_measure: str
@@ -110,7 +119,11 @@ class MaskPolicy(Protocol):
         """Forget the last generation."""
 
     def select(self, state: LoopState, ratio: float) -> "torch.Tensor":
-        """Token indices, shape ``(B, m)``, int64, sorted ascending, the same ``m`` for every sample."""
+        """Token indices, shape ``(B, m)``, int64, sorted ascending, the same ``m`` for every sample.
+
+        Copied per sample like a switch policy (``B == 1``) unless the class declares ``batched = True``;
+        a batched mask policy is called once per group of samples sharing a mask ratio, ``state`` holding
+        that group's change maps."""
 
 
 @runtime_checkable
@@ -118,8 +131,14 @@ class ContextProvider(Protocol):
     """Runs the large model and owns the context its masked tokens attend to.
 
     ``large`` is the model family's masked runner (``Family.masked_runner``, e.g.
-    :class:`stitchkit.families.sd3.masked.MaskedTransformer`; any object with the same
-    methods): ``forward(inputs, record=...)`` and ``forward_masked(inputs, indices)``.
+    :class:`stitchkit.families.sd3.masked.MaskedTransformer`; any object with the same methods):
+    ``forward(inputs, record=..., rows=None, cache_rows=None)`` and ``forward_masked(inputs, indices, rows=None)``.
+
+    When the samples of a batch are in different stages, the engine calls ``full``/``masked`` on a subset of
+    the batch's rows and passes ``rows`` (int64, the cache rows those are: sample ``b`` of ``B`` owns rows
+    ``b`` and ``B + b`` with CFG) and, to ``full``, ``cache_rows`` (the cache's row count); a provider hands
+    them on to ``large``. A whole-batch call passes neither, so a provider without these keywords still
+    works one sample at a time, and a batch that needs them refuses it with a one-line ConfigError.
 
     A provider whose masked step runs the large model on every token (the FullLarge ablation) sets the
     class attribute ``computes_all_tokens = True``, so the trace and the latency model count that work.
@@ -128,10 +147,12 @@ class ContextProvider(Protocol):
     def reset(self) -> None:
         """Forget the last generation's context."""
 
-    def full(self, large, inputs: ModelInputs) -> "torch.Tensor":
+    def full(self, large, inputs: ModelInputs, *, rows: "torch.Tensor | None" = None,
+             cache_rows: int | None = None) -> "torch.Tensor":
         """The large model on every token: prediction shaped like ``inputs.hidden_states``."""
 
-    def masked(self, large, inputs: ModelInputs, indices: "torch.Tensor") -> "torch.Tensor":
+    def masked(self, large, inputs: ModelInputs, indices: "torch.Tensor", *,
+               rows: "torch.Tensor | None" = None) -> "torch.Tensor":
         """The large model's prediction for ``indices`` (``(2B, m)``): tokens shaped ``(2B, m, p*p*C)``."""
 
     def release(self) -> None:

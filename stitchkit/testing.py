@@ -13,6 +13,8 @@ policy the way the engine does and check invariants after every step:
 * :func:`mask_policy_machine`: stages entered one after another with a ratio each, ``select`` called with
   arbitrary change maps; after every call the mask is :func:`check_mask`-valid, and, as the policy promises,
   frozen within a stage and/or made of the largest changes.
+* :func:`check_batch_matches_alone`: per-sample ``D_t`` sequences run as one batch through the engine's
+  per-sample layer (:mod:`stitchkit.per_sample`) give every sample the decisions it gets alone.
 
 A policy may declare what each of its stages runs as ``stages``, a tuple of ``"large"``, ``"small"`` and
 ``"hybrid"`` indexed by stage (HybridStitch with one mask: ``("large", "hybrid", "small")``); the switch
@@ -44,6 +46,8 @@ __all__ = [
     "DEFAULT_CHANGES",
     "DEFAULT_RATIOS",
     "STAGE_KINDS",
+    "batch_decisions",
+    "check_batch_matches_alone",
     "check_decision",
     "check_hybrid_never_skipped",
     "check_mask",
@@ -149,6 +153,37 @@ def check_takes_largest(indices: torch.Tensor, change_map: torch.Tensor) -> None
                 f"sample {b}: token change {outside.max().item()} left out "
                 f"while {inside.min().item()} was taken"
             )
+
+
+def batch_decisions(factory: Callable[[], SwitchPolicy], sequences: Sequence[Sequence[float]],
+                    leading_none: int = 1) -> list[list[Decision]]:
+    """Each sample's decisions when ``len(sequences)`` samples run as one batch, as the engine runs them
+    (:class:`stitchkit.per_sample.SampleSwitch`): sample ``b``'s ``D_t`` at step ``i`` is
+    ``sequences[b][i]``, and ``None`` for the first ``leading_none`` steps (nothing compared yet)."""
+    from stitchkit.per_sample import SampleSwitch
+
+    k, num_steps = len(sequences), len(sequences[0])
+    switch = SampleSwitch(factory(), k, num_steps)
+    out: list[list[Decision]] = [[] for _ in range(k)]
+    for i in range(num_steps):
+        change = None if i < leading_none else torch.tensor([seq[i] for seq in sequences], dtype=torch.float32)
+        decided, _ = switch.decide(_loop_state(i, num_steps, (2, 2), k, change=change))
+        for b, decision in enumerate(decided):
+            out[b].append(decision)
+    return out
+
+
+def check_batch_matches_alone(factory: Callable[[], SwitchPolicy], sequences: Sequence[Sequence[float]],
+                              leading_none: int = 1) -> None:
+    """A batch gives every sample the decisions it gets in a batch of one (:func:`batch_decisions`): what a
+    prompt gets must not depend on the prompts beside it."""
+    together = batch_decisions(factory, sequences, leading_none)
+    for b, sequence in enumerate(sequences):
+        alone = batch_decisions(factory, [sequence], leading_none)[0]
+        if together[b] != alone:
+            step = next(i for i, (x, y) in enumerate(zip(together[b], alone)) if x != y)
+            _fail(f"sample {b} of {len(sequences)}: step {step} decided {together[b][step]!r} in the batch "
+                  f"but {alone[step]!r} alone")
 
 
 def _strategy(value: int | st.SearchStrategy) -> st.SearchStrategy:

@@ -76,19 +76,25 @@ class PassState:
         self.mode = Mode.PLAIN
         self.indices: torch.Tensor | None = None  # (B, m), masked mode only
         self.num_tokens = 0  # N, masked mode only
+        #: The cache rows the call's batch rows are (``None``: all of them, in order); record/masked modes.
+        self.rows: torch.Tensor | None = None
+        self.cache_rows = 0  # rows of the cache a recording call with ``rows`` allocates
         self._flat: dict[int, torch.Tensor] = {}
 
     def flat_index(self, length: int) -> torch.Tensor:
-        """The masked tokens' rows in a ``(B * length, ...)`` view of a ``(B, length, ...)`` buffer."""
+        """The masked tokens' rows in a ``(R * length, ...)`` view of a ``(R, length, ...)`` cache."""
         flat = self._flat.get(length)
         if flat is None:
             assert self.indices is not None
-            offsets = torch.arange(self.indices.shape[0], device=self.indices.device) * length
-            flat = self._flat[length] = (self.indices + offsets[:, None]).reshape(-1)
+            rows = self.rows
+            if rows is None:
+                rows = torch.arange(self.indices.shape[0], device=self.indices.device)
+            flat = self._flat[length] = (self.indices + rows[:, None] * length).reshape(-1)
         return flat
 
     def reset(self) -> None:
         self.mode, self.indices, self.num_tokens = Mode.PLAIN, None, 0
+        self.rows, self.cache_rows = None, 0
         self._flat.clear()
 
 
@@ -164,6 +170,8 @@ class KVCacheAttnProcessor:
 
     def _record(self, key, value, text_key, text_value):
         """Store this call's K/V (Algorithm 1, line 6: ``noise, prev_KV <- Large_Model(latent)``)."""
+        if self.state.rows is not None:
+            return self._record_rows(key, value, text_key, text_value)
         n = key.shape[1]
         length = n + (0 if text_key is None else text_key.shape[1])
         shape = (key.shape[0], length, *key.shape[2:])
@@ -175,11 +183,30 @@ class KVCacheAttnProcessor:
         self.value[:, :n].copy_(value)
         return self.key, self.value
 
+    def _record_rows(self, key, value, text_key, text_value):
+        """Store this call's K/V in cache rows ``state.rows`` of a ``state.cache_rows``-row cache; the call
+        attends to its own K/V only, as the stock attention does."""
+        rows = self.state.rows
+        if text_key is not None:
+            key, value = torch.cat([key, text_key], dim=1), torch.cat([value, text_value], dim=1)
+        shape = (self.state.cache_rows, *key.shape[1:])
+        if (self.key is None or self.key.shape != shape or self.key.dtype != key.dtype
+                or self.key.device != key.device or _locked(self.key)):
+            self.key, self.value = key.new_empty(shape), value.new_empty(shape)
+        self.key.index_copy_(0, rows, key)
+        self.value.index_copy_(0, rows, value)
+        return key, value
+
     def _refresh(self, key, value, text_key, text_value):
-        """Write the m fresh image K/V rows into the cache and return the whole of it (Algorithm 1, line 10)."""
+        """Write the m fresh image K/V rows into the cache and return the whole of it (Algorithm 1, line 10).
+
+        With ``state.rows`` the call's batch rows are those rows of the cache: the fresh rows go there and
+        attention reads a gathered copy of those rows (text scratch rows written into the copy)."""
         state = self.state
         batch, _, heads, head_dim = key.shape
         length = state.num_tokens + (0 if text_key is None else text_key.shape[1])
+        if state.rows is not None:
+            return self._refresh_rows(key, value, text_key, text_value, length)
         if self.key is None or self.key.shape != (batch, length, heads, head_dim) or self.key.dtype != key.dtype:
             have = "none" if self.key is None else f"{tuple(self.key.shape)} {self.key.dtype}"
             raise RuntimeError(
@@ -193,6 +220,27 @@ class KVCacheAttnProcessor:
         self.value.view(-1, heads, head_dim).index_copy_(0, rows, value.reshape(-1, heads, head_dim))
         self._write_text(state.num_tokens, text_key, text_value)
         return self.key, self.value
+
+    def _refresh_rows(self, key, value, text_key, text_value, length):
+        state = self.state
+        _, _, heads, head_dim = key.shape
+        if (self.key is None or self.key.shape[1:] != (length, heads, head_dim) or self.key.dtype != key.dtype):
+            have = "none" if self.key is None else f"{tuple(self.key.shape)} {self.key.dtype}"
+            raise RuntimeError(
+                f"the recorded K/V ({have}) does not fit this masked call ((R, {length}, {heads}, {head_dim}) "
+                f"{key.dtype}); record a full forward of these rows with the same latent size and prompt length "
+                "first"
+            )
+        if _locked(self.key):
+            self.key, self.value = self.key.clone(), self.value.clone()
+        rows = state.flat_index(length)
+        self.key.view(-1, heads, head_dim).index_copy_(0, rows, key.reshape(-1, heads, head_dim))
+        self.value.view(-1, heads, head_dim).index_copy_(0, rows, value.reshape(-1, heads, head_dim))
+        sub_key, sub_value = self.key.index_select(0, state.rows), self.value.index_select(0, state.rows)
+        if text_key is not None:
+            sub_key[:, state.num_tokens:].copy_(text_key)
+            sub_value[:, state.num_tokens:].copy_(text_value)
+        return sub_key, sub_value
 
     def _write_text(self, n, text_key, text_value):
         if text_key is not None:
@@ -230,12 +278,13 @@ class MaskedTransformer:
         self._state = PassState()
         self._originals: dict[str, object] | None = None
         self._processors: list[KVCacheAttnProcessor] = []
+        self._recorded: torch.Tensor | None = None  # (rows,) bool on the CPU: which cache rows hold K/V
         #: On CUDA, replay masked forwards from a CUDA graph (``STITCHKIT_CUDA_GRAPHS=0`` turns it off):
         #: with a few hundred tokens a step is bound by Python and kernel launches, not by the GPU.
         self.cuda_graphs = cuda_graphs_enabled()
         # Graphs read the K/V cache by reference: keyed by its buffers, dropped when it is freed.
-        self._graphs = CudaGraphs(lambda x, t, e, p, idx, n_ref: self._masked_body(_inputs(x, t, e, p), idx,
-                                                                                   n_ref.shape[0]),
+        self._graphs = CudaGraphs(lambda x, t, e, p, idx, n_ref, *rows: self._masked_body(
+                                      _inputs(x, t, e, p), idx, n_ref.shape[0], rows[0] if rows else None),
                                   key_extra=lambda: tuple(q.key.data_ptr() if q.key is not None else 0
                                                           for q in self._processors))
 
@@ -271,6 +320,7 @@ class MaskedTransformer:
     def free_cache(self) -> None:
         """Drop the recorded K/V (the memory goes back to the allocator), and the graphs that read it."""
         self._graphs.clear()
+        self._recorded = None
         for processor in self._processors:
             processor.key = processor.value = None
 
@@ -299,18 +349,38 @@ class MaskedTransformer:
     # -- forwards ----------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def forward(self, inputs: ModelInputs, *, record: bool) -> torch.Tensor:
-        """The stock forward on all tokens: ``(B, C, H, W)``. With ``record`` every layer stores its K/V."""
+    def forward(self, inputs: ModelInputs, *, record: bool, rows: torch.Tensor | None = None,
+                cache_rows: int | None = None) -> torch.Tensor:
+        """The stock forward on all tokens: ``(B, C, H, W)``. With ``record`` every layer stores its K/V.
+
+        ``rows`` (int64, distinct): the cache rows the ``B`` batch rows of ``inputs`` are, in a cache of
+        ``cache_rows`` rows (a per-sample cache for a batch whose samples are in different stages; with
+        CFG the cache counts both halves as rows). ``None``: the cache is exactly this call's batch.
+        """
         self._require_begun()
+        if record and rows is not None:
+            if cache_rows is None:
+                raise ValueError("forward(record=True, rows=...) needs cache_rows: the cache's row count")
+            self._check_rows(rows, inputs.hidden_states.shape[0], cache_rows)
+            with self._mode(Mode.RECORD, rows=rows, cache_rows=cache_rows):
+                out = plain_forward(self.model, inputs)
+            if self._recorded is None or self._recorded.shape[0] != cache_rows:
+                self._recorded = torch.zeros(cache_rows, dtype=torch.bool)
+            self._recorded[rows.cpu()] = True
+            return out
+        if record:
+            self._recorded = torch.ones(inputs.hidden_states.shape[0], dtype=torch.bool)
         with self._mode(Mode.RECORD if record else Mode.PLAIN):
             return plain_forward(self.model, inputs)
 
     @torch.no_grad()
-    def forward_masked(self, inputs: ModelInputs, indices: torch.Tensor) -> torch.Tensor:
+    def forward_masked(self, inputs: ModelInputs, indices: torch.Tensor, *,
+                       rows: torch.Tensor | None = None) -> torch.Tensor:
         """The prediction for image tokens ``indices`` (``(B, m)``, distinct per row): ``(B, m, p*p*C)``.
 
         The other tokens are seen through the recorded K/V, which this call refreshes at ``indices``
         (Algorithm 1, line 10). Token ``j`` of row ``b`` is ``patchify(full_prediction)[b, indices[b, j]]``.
+        ``rows``: the cache rows the batch rows are (see :meth:`forward`); ``None``: all, in order.
         """
         self._require_begun()
         if not self.has_cache:
@@ -318,16 +388,24 @@ class MaskedTransformer:
         x = inputs.hidden_states
         n = self.num_tokens(*x.shape[-2:])
         self._check_indices(indices, x.shape[0], n)
+        extra = ()
+        if rows is not None:
+            self._check_rows(rows, x.shape[0], self._processors[0].key.shape[0])
+            if self._recorded is None or not bool(self._recorded[rows.cpu()].all()):
+                raise RuntimeError("forward_masked(rows=...) needs recorded K/V in every one of those rows: "
+                                   "record a full forward of them first")
+            extra = (rows,)
         if x.is_cuda and self.cuda_graphs:
             # n rides along as the length of an empty tensor, so the graph key carries it too.
             return self._graphs(x, inputs.timestep, inputs.encoder_hidden_states, inputs.pooled_projections,
-                                indices, x.new_empty((n, 0)))
-        return self._masked_body(inputs, indices, n)
+                                indices, x.new_empty((n, 0)), *extra)
+        return self._masked_body(inputs, indices, n, rows)
 
-    def _masked_body(self, inputs: ModelInputs, indices: torch.Tensor, n: int) -> torch.Tensor:
+    def _masked_body(self, inputs: ModelInputs, indices: torch.Tensor, n: int,
+                     rows: torch.Tensor | None = None) -> torch.Tensor:
         """The masked forward itself: no host synchronisation, so it can be captured in a CUDA graph."""
         model = self.model
-        with self._mode(Mode.MASKED, indices=indices, num_tokens=n):
+        with self._mode(Mode.MASKED, indices=indices, num_tokens=n, rows=rows):
             # The subset is taken right after pos_embed: the tokens already carry their positions.
             hidden = model.pos_embed(inputs.hidden_states)
             hidden = torch.gather(hidden, 1, indices[..., None].expand(-1, -1, hidden.shape[-1]))
@@ -355,10 +433,19 @@ class MaskedTransformer:
         if bool(bad.any()):
             raise ValueError(f"indices must be distinct token numbers in [0, {n}) in every row")
 
+    @staticmethod
+    def _check_rows(rows: torch.Tensor, batch: int, cache_rows: int) -> None:
+        if rows.dtype != torch.int64 or rows.ndim != 1 or rows.shape[0] != batch:
+            raise ValueError(f"rows must be int64 of shape (B={batch},), got {rows.dtype} {tuple(rows.shape)}")
+        if bool(((rows < 0) | (rows >= cache_rows)).any()) or rows.unique().numel() != batch:
+            raise ValueError(f"rows must be distinct cache rows in [0, {cache_rows})")
+
     @contextlib.contextmanager
-    def _mode(self, mode: Mode, *, indices: torch.Tensor | None = None, num_tokens: int = 0) -> Iterator[None]:
+    def _mode(self, mode: Mode, *, indices: torch.Tensor | None = None, num_tokens: int = 0,
+              rows: torch.Tensor | None = None, cache_rows: int = 0) -> Iterator[None]:
         state = self._state
         state.mode, state.indices, state.num_tokens = mode, indices, num_tokens
+        state.rows, state.cache_rows = rows, cache_rows
         try:
             yield
         finally:
