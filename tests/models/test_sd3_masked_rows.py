@@ -9,7 +9,7 @@ runs other matmul shapes, so bitwise equality is not expected).
 import pytest
 import torch
 
-from stitchkit.models.sd3_masked import MaskedTransformer
+from stitchkit.families.sd3.masked import MaskedTransformer
 from stitchkit.models.tokens import gather_tokens
 from stitchkit.protocols import ModelInputs
 
