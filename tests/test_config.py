@@ -5,7 +5,7 @@ import textwrap
 import pytest
 
 from stitchkit import ConfigError
-from stitchkit.config import ExperimentConfig
+from stitchkit.experiments.config import ExperimentConfig
 
 GOOD = """
 name: demo

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from stitchkit.config import ExperimentConfig
-from stitchkit.experiment import run_experiment
+from stitchkit.experiments.config import ExperimentConfig
+from stitchkit.experiments.runner import run_experiment
 
 
 @click.command("run")

@@ -27,8 +27,8 @@ from typing import Any, Iterable
 import attrs
 import numpy as np
 
-from stitchkit.config import ExperimentConfig, MethodConfig
-from stitchkit.pictures import write_pictures
+from stitchkit.experiments.config import ExperimentConfig, MethodConfig
+from stitchkit.experiments.pictures import write_pictures
 from stitchkit.trace import large_step_equivalents, latency_steps
 
 BASELINE = "large"
@@ -268,7 +268,7 @@ def _quality(config: ExperimentConfig, records: dict[str, list[dict]]) -> dict[s
     """The experiment's quality metrics per method (``metrics:`` in the YAML), from the images on disk."""
     if not config.metrics:
         return {}
-    from stitchkit.quality import score_methods
+    from stitchkit.experiments.metrics.shapes import score_methods
 
     units = {method: [(r["prompt"], image_path(config.output, method, r["prompt_index"], r["seed"])) for r in recs]
              for method, recs in records.items()}

@@ -108,7 +108,7 @@ class ExperimentConfig:
         methods = _methods(data.get("methods"), registry)
         output = Path(_typed(data.get("output", f"runs/{name}"), "output", str))
         pair = _pair(data.get("pair", "tiny-random"))
-        from stitchkit.quality import check_metrics
+        from stitchkit.experiments.metrics.shapes import check_metrics
 
         metrics = check_metrics([_typed(m, f"metrics[{i}]", str)
                                  for i, m in enumerate(_list(data.get("metrics", []), "metrics"))], pair.name)

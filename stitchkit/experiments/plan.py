@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from stitchkit.config import ExperimentConfig
+from stitchkit.experiments.config import ExperimentConfig
 from stitchkit.latency import Costs, Prediction, predict_from_steps
 from stitchkit.protocols import LoopState
 from stitchkit.pipeline import DEFAULT_CONTEXT
@@ -106,7 +106,7 @@ def _records(config: ExperimentConfig, method: str) -> list[dict]:
 
 def experiment_costs(config: ExperimentConfig) -> tuple[Costs, int]:
     """The pair's costs at the experiment's size (profile, else FLOPs estimate) and its image-token count."""
-    from stitchkit.experiment import _size, load_pair
+    from stitchkit.experiments.runner import _size, load_pair
 
     pipe = load_pair(config)
     size = _size(pipe, config)

@@ -48,7 +48,7 @@ def _load(paths: list[Path]):
 def score_methods(config, image_paths: dict[str, list[tuple[str, Path]]], baseline: str) -> dict[str, dict]:
     """``{method: {metric: value}}`` for ``config.metrics``; ``image_paths[method]`` lists (prompt, png)
     units in the same order for every method (the baseline's are the paired reference)."""
-    from stitchkit import metrics as m
+    from stitchkit.experiments.metrics import standins as m
     from stitchkit.shapes.classifier import load_classifier
     from stitchkit.shapes.world import ShapesWorld
 
