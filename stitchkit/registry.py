@@ -35,6 +35,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "stitchkit.policies.full_mask",
     "stitchkit.policies.kv_cache",
     "stitchkit.policies.full_large",
+    # The built-in quality metrics (register_metrics); factories only, their libraries load on first use.
+    "stitchkit.experiments.metrics.builtin",
 )
 
 #: The three kinds of policy, keyed by the section name used in YAML and in ``StitchPipeline(switch=...)``.
@@ -42,7 +44,11 @@ KINDS: dict[str, str] = {
     "switch": "register_switch_policies",
     "mask": "register_mask_policies",
     "context": "register_context_providers",
+    "metric": "register_metrics",
 }
+
+#: What an entry of each kind is called in messages (default: "<kind> policy").
+NOUNS: dict[str, str] = {"metric": "metric"}
 
 #: Keys of a preset that name the other policies it implies (``staticmask-30`` implies ``mask: static``).
 PRESET_POLICY_KEYS = ("mask", "context")
@@ -97,7 +103,7 @@ class Registry:
         known = self.entries[entry.kind]
         if entry.name in known:
             raise ConfigError(
-                f"{entry.kind} policy {entry.name!r}",
+                f"{NOUNS.get(entry.kind, entry.kind + ' policy')} {entry.name!r}",
                 f"registered twice, by {known[entry.name].origin} and by {entry.origin}",
                 "uninstall one plugin or restrict outside plugins with STITCHKIT_PLUGINS",
             )
@@ -111,7 +117,8 @@ class Registry:
         try:
             return self.entries[kind][name]
         except KeyError:
-            raise ConfigError(path, f"unknown {kind} policy {name!r}", "known: " + ", ".join(self.names(kind)))
+            noun = NOUNS.get(kind, f"{kind} policy")
+            raise ConfigError(path, f"unknown {noun} {name!r}", "known: " + ", ".join(self.names(kind)))
 
     def create(self, kind: str, spec: Any, path: str | None = None) -> tuple[Any, dict[str, Any]]:
         """Build a policy from a name, a ``{"kind": name, **params}`` dict, or pass an object through.

@@ -66,7 +66,7 @@ def masked_view(image, grid: tuple[int, int], indices: list[int], dim: float = 0
 
 def write_pictures(config) -> list[Path]:
     """Write grid.png and (when any method took hybrid steps) masks.png; return the paths written."""
-    from stitchkit.experiments.runner import atomic_write, image_path, record_path
+    from stitchkit.experiments.store import atomic_write, image_path, record_path
 
     out_dir, seed = config.output, config.seeds[0]
     written = []

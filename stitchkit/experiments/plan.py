@@ -60,6 +60,12 @@ def _switch_steps(stages: list[int]) -> tuple[int, ...]:
     return tuple(i for i in range(1, len(stages)) if stages[i] != stages[i - 1])
 
 
+def is_fixed_schedule(policy: Any, steps: int, num_tokens: int) -> bool:
+    """Whether ``policy`` walks through all its stages without any D_t (``large``, ``t-stitch``)."""
+    _, stages = _simulate(policy, steps, num_tokens)
+    return len(set(stages)) >= max(1, len(tuple(getattr(policy, "stages", ()) or ())))
+
+
 def plan_method(policy: Any, name: str, steps: int, num_tokens: int, costs: Costs, *,
                 full_large: bool = False) -> list[MethodPlan]:
     """Predictions for one switch policy; ``full_large``: its hybrid steps run the large model on every

@@ -14,41 +14,20 @@ is done. The table is always rebuilt from the records, never from memory.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
-import os
-import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable
 
 import attrs
-import numpy as np
 
 from stitchkit.experiments.config import ExperimentConfig, MethodConfig
-from stitchkit.experiments.pictures import write_pictures
+from stitchkit.experiments.metrics.scoring import build_metrics
+from stitchkit.experiments.reports import BASELINE, write_report
+from stitchkit.experiments.store import atomic_write, image_path, record_path, unit_stem
 from stitchkit.trace import large_step_equivalents, latency_steps
 
-BASELINE = "large"
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def unit_stem(prompt_index: int, seed: int) -> str:
-    return f"p{prompt_index:04d}-s{seed}"
 
 
 def load_pair(config: ExperimentConfig):
@@ -110,9 +89,8 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = True, pipe=None
     from tqdm.auto import tqdm
 
     out_dir = config.output
-    units = [(m, pi, p, s) for m in _ordered(config.methods) for pi, p in enumerate(config.prompts)
-             for s in config.seeds]
-    todo = [u for u in units if not record_path(out_dir, u[0].name, u[1], u[3]).exists()]
+    todo = [u for u in config.units if not record_path(out_dir, u[0].name, u[1], u[3]).exists()]
+    metrics = build_metrics(config)  # built (and their weights checked) before any image is generated
     if todo:
         pipe = pipe or load_pair(config)
         size = _size(pipe, config)
@@ -121,7 +99,10 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = True, pipe=None
         # (the profile too would otherwise time a cold model: 44 ms against 19 ms on the shapes pair).
         _generate(pipe, config, config.methods[0], config.prompts[0], config.seeds[0])
         costs = ensure_profile(pipe, config, size)
-        for method, pi, prompt, seed in tqdm(todo, desc=config.name, disable=not progress):
+        bar = tqdm(todo, desc=config.name, unit="image", disable=not progress)
+        for method, pi, prompt, seed in bar:
+            bar.set_description(f"{config.name}: {method.name}", refresh=False)
+            bar.set_postfix_str(unit_stem(pi, seed), refresh=False)
             out, total_ms, masks = _generate(pipe, config, method, prompt, seed)
             buffer = io.BytesIO()
             out.images[0].save(buffer, format="PNG")
@@ -129,8 +110,7 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = True, pipe=None
             record = _record(method.name, pi, prompt, seed, out, total_ms, costs)
             record["masks"] = masks
             atomic_write(record_path(out_dir, method.name, pi, seed), json.dumps(record).encode())
-    write_results(config)
-    write_pictures(config)
+    write_report(config, metrics=metrics)
     return out_dir
 
 
@@ -183,118 +163,3 @@ def ensure_profile(pipe, config: ExperimentConfig, size: _Size):
                                      num_threads=torch.get_num_threads())
         save_profile(key, costs)
     return costs
-
-
-def _ordered(methods: Iterable[MethodConfig]) -> list[MethodConfig]:
-    """The large-only baseline first (if present), so the speedups are always against finished units."""
-    methods = list(methods)
-    return sorted(methods, key=lambda m: m.name != BASELINE)
-
-
-def record_path(out_dir: Path, method: str, prompt_index: int, seed: int) -> Path:
-    return out_dir / "records" / method / f"{unit_stem(prompt_index, seed)}.json"
-
-
-def image_path(out_dir: Path, method: str, prompt_index: int, seed: int) -> Path:
-    return out_dir / "images" / method / f"{unit_stem(prompt_index, seed)}.png"
-
-
-def _image(out_dir: Path, method: str, prompt_index: int, seed: int) -> np.ndarray:
-    from PIL import Image
-
-    image = Image.open(image_path(out_dir, method, prompt_index, seed)).convert("RGB")
-    return np.asarray(image, dtype=np.float32) / 255.0
-
-
-def load_records(config: ExperimentConfig) -> dict[str, list[dict]]:
-    """Each method's finished units (a unit is done when its record exists), in prompt and seed order."""
-    records = {}
-    for method in config.methods:
-        paths = (record_path(config.output, method.name, pi, seed)
-                 for pi in range(len(config.prompts)) for seed in config.seeds)
-        records[method.name] = [json.loads(path.read_text()) for path in paths if path.exists()]
-    return records
-
-
-@attrs.frozen(kw_only=True)
-class ResultRow:
-    method: str
-    images: int
-    latency_ms: float
-    denoise_ms: float
-    speedup: float | None
-    large_step_equivalents: float
-    mean_abs_diff: float | None
-    predicted_denoise_ms: float
-    prediction_error_pct: float
-
-
-def collect_results(config: ExperimentConfig, records: dict[str, list[dict]]) -> list[ResultRow]:
-    """One row per method, from its records: mean latency, speedup over the large-only run of the same
-    prompts and seeds, large-model step equivalents (Σ large_tokens / N), mean |image − large image|."""
-    out_dir = config.output
-    base = {(r["prompt_index"], r["seed"]): r for r in records.get(BASELINE, [])}
-    rows = []
-    for method in config.methods:
-        recs = records.get(method.name, [])
-        if not recs:
-            continue
-        paired = [r for r in recs if (r["prompt_index"], r["seed"]) in base]
-        measured = statistics.fmean(r["denoise_ms"] for r in recs)
-        predicted = statistics.fmean(r["predicted_denoise_ms"] for r in recs)
-        speedup = diff = None
-        if paired:
-            speedup = (sum(base[(r["prompt_index"], r["seed"])]["latency_ms"] for r in paired)
-                       / sum(r["latency_ms"] for r in paired))
-            diff = statistics.fmean(
-                float(np.abs(_image(out_dir, method.name, r["prompt_index"], r["seed"])
-                             - _image(out_dir, BASELINE, r["prompt_index"], r["seed"])).mean())
-                for r in paired)
-        rows.append(ResultRow(
-            method=method.name, images=len(recs), latency_ms=statistics.fmean(r["latency_ms"] for r in recs),
-            denoise_ms=measured, speedup=speedup,
-            large_step_equivalents=statistics.fmean(r["large_step_equivalents"] for r in recs),
-            mean_abs_diff=diff, predicted_denoise_ms=predicted,
-            prediction_error_pct=100.0 * (predicted - measured) / measured,
-        ))
-    return rows
-
-
-def _fmt(value: Any, digits: int) -> str:
-    return "–" if value is None else (f"{value:.{digits}f}" if isinstance(value, float) else str(value))
-
-
-def _quality(config: ExperimentConfig, records: dict[str, list[dict]]) -> dict[str, dict]:
-    """The experiment's quality metrics per method (``metrics:`` in the YAML), from the images on disk."""
-    if not config.metrics:
-        return {}
-    from stitchkit.experiments.metrics.shapes import score_methods
-
-    units = {method: [(r["prompt"], image_path(config.output, method, r["prompt_index"], r["seed"])) for r in recs]
-             for method, recs in records.items()}
-    return score_methods(config, units, BASELINE)
-
-
-def write_results(config: ExperimentConfig) -> list[ResultRow]:
-    out_dir = config.output
-    records = load_records(config)
-    rows = collect_results(config, records)
-    quality = _quality(config, records)
-    header = [f.name for f in attrs.fields(ResultRow)] + list(config.metrics)
-    digits = {"latency_ms": 1, "denoise_ms": 1, "speedup": 2, "large_step_equivalents": 2, "mean_abs_diff": 4,
-              "predicted_denoise_ms": 1, "prediction_error_pct": 1, "caption_accuracy": 3,
-              "feature_distance": 4, "frechet": 2, "psnr": 2, "ssim": 4}
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(header)
-    for row in rows:
-        values = {**{m: None for m in config.metrics}, **attrs.asdict(row), **quality.get(row.method, {})}
-        lines.append("| " + " | ".join(_fmt(values[h], digits.get(h, 0)) for h in header) + " |")
-        writer.writerow(["" if values[h] is None else values[h] for h in header])
-    atomic_write(out_dir / "results.md", ("\n".join(lines) + "\n").encode())
-    atomic_write(out_dir / "results.csv", buffer.getvalue().encode())
-    trace_lines = [json.dumps({"method": method, "prompt_index": r["prompt_index"], "seed": r["seed"], **step})
-                   for method, recs in records.items() for r in recs for step in r["trace"]]
-    atomic_write(out_dir / "trace.jsonl", ("\n".join(trace_lines) + "\n").encode())
-    return rows

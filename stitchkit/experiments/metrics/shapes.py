@@ -1,82 +1,99 @@
-"""Quality metrics of an experiment's images, for the shapes pair (offline stand-ins, not the real thing).
+"""The shapes pair's offline stand-in metrics, as metric plugins (not the real thing; see ``standins``).
 
 * ``caption_accuracy``: the attribute classifier reads shape, colour, size, position and background back
   from each image; the share with every attribute right (stand-in for the CLIP score);
 * ``feature_distance``: LPIPS' recipe on the classifier's feature maps, against the large model's image of
   the same prompt and seed (stand-in for LPIPS);
 * ``frechet``: Fréchet distance of classifier embeddings against as many images rendered by the shapes
-  world (stand-in for FID);
-* ``psnr``, ``ssim``: against the large model's image.
+  world (stand-in for FID).
 
 They are computed from the PNGs on disk, so a resumed run scores exactly what it wrote.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from functools import cached_property
+from typing import Iterable
 
-import numpy as np
+import attrs
 
 from stitchkit.errors import ConfigError
+from stitchkit.experiments.metrics.base import MetricBatch, weighted_mean
 
-METRICS = ("caption_accuracy", "feature_distance", "frechet", "psnr", "ssim")
-#: Metrics compared with the large-only image of the same prompt and seed.
-PAIRED = ("feature_distance", "psnr", "ssim")
 #: World seed of the real images the Fréchet distance compares against (not a training seed).
 REAL_IMAGES_SEED = 11
+#: The fewest rendered images the Fréchet stand-in compares against.
+MIN_REAL_IMAGES = 64
 
 
-def check_metrics(names, pair_name: str | None) -> tuple[str, ...]:
-    names = tuple(names)
-    for i, name in enumerate(names):
-        if name not in METRICS:
-            raise ConfigError(f"metrics[{i}]", f"unknown metric {name!r}", "known: " + ", ".join(METRICS))
-    if names and pair_name != "shapes":
-        raise ConfigError("metrics", "need the shapes pair's attribute classifier", "use pair: shapes, or no metrics")
-    return names
+@attrs.define
+class _ShapesMetric:
+    """A metric read through the shapes pair's attribute classifier."""
+
+    def check(self, *, pair_name: str | None) -> None:
+        if pair_name != "shapes":
+            raise ConfigError("", f"{self.kind} needs the shapes pair's attribute classifier",
+                              "use pair: shapes, or another metric (psnr, ssim, fid, clip_score, lpips)")
+
+    @cached_property
+    def classifier(self):
+        from stitchkit.shapes.classifier import load_classifier
+
+        return load_classifier()
 
 
-def _load(paths: list[Path]):
-    import torch
-    from PIL import Image
+@attrs.define
+class CaptionAccuracy(_ShapesMetric):
+    kind = "caption_accuracy"
+    label = "caption accuracy (CLIP stand-in)"
+    unit = ""
+    higher_is_better = True
+    needs = frozenset({"image", "prompt"})
+    per_image = True
+    digits = 3
 
-    arrays = [np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 127.5 - 1.0 for p in paths]
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    def score(self, batches: Iterable[MetricBatch]) -> float:
+        from stitchkit.experiments.metrics.standins import caption_accuracy
+
+        total = count = 0.0
+        for b in batches:
+            total += caption_accuracy(self.classifier, b.images, list(b.prompts))["all"] * len(b.images)
+            count += len(b.images)
+        return total / count
 
 
-def score_methods(config, image_paths: dict[str, list[tuple[str, Path]]], baseline: str) -> dict[str, dict]:
-    """``{method: {metric: value}}`` for ``config.metrics``; ``image_paths[method]`` lists (prompt, png)
-    units in the same order for every method (the baseline's are the paired reference)."""
-    from stitchkit.experiments.metrics import standins as m
-    from stitchkit.shapes.classifier import load_classifier
-    from stitchkit.shapes.world import ShapesWorld
+@attrs.define
+class FeatureDistance(_ShapesMetric):
+    kind = "feature_distance"
+    label = "feature distance (LPIPS stand-in)"
+    unit = ""
+    higher_is_better = False
+    needs = frozenset({"image", "large_image"})
+    per_image = True
+    digits = 4
 
-    if not config.metrics:
-        return {}
-    classifier = load_classifier()
-    reference_units = dict(((p, str(path.name)), path) for p, path in image_paths.get(baseline, []))
-    scores: dict[str, dict[str, Any]] = {}
-    real = None
-    for method, units in image_paths.items():
-        if not units:
-            continue
-        images = _load([path for _, path in units])
-        row: dict[str, Any] = {}
-        if "caption_accuracy" in config.metrics:
-            row["caption_accuracy"] = m.caption_accuracy(classifier, images, [p for p, _ in units])["all"]
-        if "frechet" in config.metrics:
-            if real is None:
-                real = ShapesWorld(seed=REAL_IMAGES_SEED).batch(0, max(len(units), 64)).images
-            row["frechet"] = m.frechet_feature_distance(classifier, images, real)
-        refs = [reference_units.get((p, str(path.name))) for p, path in units]
-        if method != baseline and any(name in config.metrics for name in PAIRED) and all(refs):
-            reference = _load(refs)
-            if "feature_distance" in config.metrics:
-                row["feature_distance"] = float(m.feature_distance(classifier, images, reference).mean())
-            if "psnr" in config.metrics:
-                row["psnr"] = float(m.psnr(images, reference).mean())  # inf if every image is identical
-            if "ssim" in config.metrics:
-                row["ssim"] = float(m.ssim(images, reference).mean())
-        scores[method] = row
-    return scores
+    def score(self, batches: Iterable[MetricBatch]) -> float:
+        from stitchkit.experiments.metrics.standins import feature_distance
+
+        return weighted_mean(batches, lambda b: feature_distance(self.classifier, b.images, b.large_images))
+
+
+@attrs.define
+class Frechet(_ShapesMetric):
+    kind = "frechet"
+    label = "Fréchet distance (FID stand-in)"
+    unit = ""
+    higher_is_better = False
+    needs = frozenset({"image", "reference_set"})
+    per_image = False
+    digits = 2
+
+    def score(self, batches: Iterable[MetricBatch]) -> float:
+        import torch
+
+        from stitchkit.experiments.metrics.standins import classifier_features, frechet_distance
+        from stitchkit.shapes.world import ShapesWorld
+
+        features = torch.cat([classifier_features(self.classifier, b.images) for b in batches])
+        real = ShapesWorld(seed=REAL_IMAGES_SEED).batch(0, max(len(features), MIN_REAL_IMAGES)).images
+        return frechet_distance(features, classifier_features(self.classifier, real))
