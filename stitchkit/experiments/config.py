@@ -69,6 +69,8 @@ class MethodConfig:
     context: Any = None
     #: A sweep point's parameters (``{"mask_ratios": [0.2]}``), empty for a method written out by hand.
     params: Mapping[str, Any] = attrs.field(factory=dict)
+    #: The name of the method whose grid this point belongs to (``None``: not a sweep point).
+    sweep_of: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -277,7 +279,8 @@ def _methods(value: Any, registry) -> tuple[MethodConfig, ...]:
                 if spec is not None:  # built once here so each policy's validators speak
                     registry.create(kind, spec, path=f"{where}.{kind}" if point else f"{path}.{kind}")
             methods.append(MethodConfig(name=method_name, switch=switch, mask=data.get("mask"),
-                                        context=data.get("context"), params=point))
+                                        context=data.get("context"), params=point,
+                                        sweep_of=name if "grid" in data else None))
     if not methods:
         raise ConfigError("methods", "is empty", "list at least one method")
     return tuple(methods)

@@ -84,14 +84,22 @@ def _record(method: str, prompt_index: int, prompt: str, seed: int, out, total_m
     }
 
 
-def run_experiment(config: ExperimentConfig, *, progress: bool = True, pipe=None) -> Path:
-    """Run every unit not yet done, then (re)write trace.jsonl and the results table. Returns the folder."""
+def run_experiment(config: ExperimentConfig, *, progress: bool = True, pipe=None, force_new: bool = False) -> Path:
+    """Run every unit not yet done, then (re)write the reports. Returns the folder.
+
+    The folder's config.resolved.yaml must match this config (else refused, or with ``force_new`` a fresh
+    folder is used); environment.json is rewritten whenever units are generated.
+    """
     from tqdm.auto import tqdm
 
+    from stitchkit.experiments.run_folder import claim, write_environment
+
+    metrics = build_metrics(config)  # built (and their weights checked) before any image is generated
+    config = claim(config, force_new=force_new)
     out_dir = config.output
     todo = [u for u in config.units if not record_path(out_dir, u[0].name, u[1], u[3]).exists()]
-    metrics = build_metrics(config)  # built (and their weights checked) before any image is generated
     if todo:
+        write_environment(config)
         pipe = pipe or load_pair(config)
         size = _size(pipe, config)
         check_methods(pipe, config, size)
