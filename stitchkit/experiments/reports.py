@@ -147,7 +147,7 @@ def write_results(config: ExperimentConfig, *, records=None, metrics=None):
 
 
 #: What a report writes, in the order the closing line lists it.
-REPORT_FILES = ("results.md", "results.csv", "trace.jsonl", "grid.png", "masks.png", "frontier.png",
+REPORT_FILES = ("results.md", "results.csv", "trace.jsonl", "grid.png", "grid_prompts.txt", "masks.png", "frontier.png",
                 "switch_steps.png", "change.png")
 
 

@@ -21,6 +21,30 @@ from stitchkit.experiments.metrics.base import MetricBatch, hf_cached
 DEFAULT_MODEL = "openai/clip-vit-large-patch14"
 
 
+def _embeddings(output):
+    """transformers >= 5 returns a model output from ``get_*_features``; its ``pooler_output`` is the
+    projected embedding torchmetrics (written for transformers 4) expects as a tensor."""
+    return getattr(output, "pooler_output", output)
+
+
+class _Features:
+    """A CLIPModel whose ``get_image_features`` / ``get_text_features`` return tensors on every
+    transformers version, as torchmetrics' CLIPScore expects."""
+
+    def __init__(self, model) -> None:
+        self.model, self.config = model, model.config
+
+    def to(self, device):
+        self.model.to(device)
+        return self
+
+    def get_image_features(self, *args, **kwargs):
+        return _embeddings(self.model.get_image_features(*args, **kwargs))
+
+    def get_text_features(self, *args, **kwargs):
+        return _embeddings(self.model.get_text_features(*args, **kwargs))
+
+
 def _is_path(model: str) -> bool:
     return model.startswith(("/", ".", "~")) or Path(model).expanduser().exists()
 
@@ -52,7 +76,7 @@ class CLIPScore:
 
         local = not self.download
         path = str(Path(self.model).expanduser()) if _is_path(self.model) else self.model
-        return (CLIPModel.from_pretrained(path, local_files_only=local).eval(),
+        return (_Features(CLIPModel.from_pretrained(path, local_files_only=local).eval()),
                 CLIPProcessor.from_pretrained(path, local_files_only=local))
 
     def score(self, batches: Iterable[MetricBatch]) -> float:
