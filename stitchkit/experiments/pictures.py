@@ -165,9 +165,9 @@ def mask_rows(config) -> list[dict]:
             masks = data.get("masks") or {}
             if not masks.get("steps"):
                 continue
-            ratios = {r["step"]: r["mask_ratio"] for r in data["trace"]}
+            tokens = masks["grid"][0] * masks["grid"][1]  # the mask's share, also where FullLarge ran everything
             image = _open(image_file)
-            views = [(step, ratios.get(step), masked_view(image, tuple(masks["grid"]), idx))
+            views = [(step, len(idx) / tokens, masked_view(image, tuple(masks["grid"]), idx))
                      for step, idx in _spread(masks["steps"], MASK_VIEWS)]
             found.append({"method": method.name, "index": index, "prompt": prompt, "image": image,
                           "views": views, "hybrid_steps": len(masks["steps"])})

@@ -114,6 +114,7 @@ def write_switch_steps(config, records: dict[str, list[dict]], adaptive: set[str
         ax.set_title(f"{method}: {len(switched)} of {len(firsts)} images switched{median}"
                      + (f"; {never} never" if never else ""), fontsize=9, loc="left")
         ax.set_ylabel("images")
+        ax.yaxis.get_major_locator().set_params(integer=True)
         ax.grid(axis="y", alpha=0.3)
     axes.flat[-1].set_xlabel(f"first switch step (D_t below the first threshold), of {steps} steps")
     fig.suptitle(f"{config.name}: where the adaptive methods left their first stage")
@@ -147,13 +148,14 @@ def write_change(config, records: dict[str, list[dict]]) -> Path | None:
         ax.fill_between(steps[valid], lo, hi, color="tab:blue", alpha=0.25, label="10th–90th percentile")
         ax.plot(steps[valid], mid, color="tab:blue", lw=1.5, label="median")
         ax.set_title(method, fontsize=9)
+        ax.set_yscale("log")  # D_t falls by orders of magnitude; a log axis shows where thresholds bite
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(series):]:
         ax.axis("off")
     for ax in axes[-1]:
         ax.set_xlabel("step")
     for ax in axes[:, 0]:
-        ax.set_ylabel("D_t (Eq. 9)")
+        ax.set_ylabel("D_t (Eq. 9, log scale)")
     axes.flat[0].legend(fontsize=7, loc="upper right")
     fig.suptitle(f"{config.name}: change between consecutive steps, D_t, over {len(config.prompts)} prompts")
     fig.tight_layout()
