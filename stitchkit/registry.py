@@ -35,9 +35,11 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "stitchkit.policies.full_mask",
     "stitchkit.policies.kv_cache",
     "stitchkit.policies.full_large",
-    # The built-in quality metrics (register_metrics); factories only, their libraries load on first use.
-    "stitchkit.experiments.metrics.builtin",
 )
+
+#: Built-in plugins of a kind the loop never needs, registered (and imported) only when that kind is first
+#: looked up: the built-in metrics live in ``stitchkit.experiments``, which the loop must not import.
+LAZY_PLUGINS: dict[str, tuple[str, ...]] = {"metric": ("stitchkit.experiments.metrics.builtin",)}
 
 #: The three kinds of policy, keyed by the section name used in YAML and in ``StitchPipeline(switch=...)``.
 KINDS: dict[str, str] = {
@@ -82,12 +84,26 @@ class Registry:
     def __init__(self, plugin_manager: pluggy.PluginManager) -> None:
         self.plugin_manager = plugin_manager
         self.entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
-        plugins = plugin_manager.get_plugins()
-        for kind, hook_name in KINDS.items():
-            for impl in getattr(plugin_manager.hook, hook_name).get_hookimpls():
-                # One plugin at a time, through pluggy (keyword call, tracing), so a name knows its origin.
-                only = plugin_manager.subset_hook_caller(hook_name, [p for p in plugins if p is not impl.plugin])
-                only(register=self._collector(kind, _origin(plugin_manager, impl.plugin)))
+        self._collected: set[str] = set()
+        for kind in KINDS:
+            if kind not in LAZY_PLUGINS:
+                self._collect(kind)
+
+    def _collect(self, kind: str) -> None:
+        """Call ``kind``'s hook of every plugin (registering its lazy built-ins first), once."""
+        if kind in self._collected:
+            return
+        self._collected.add(kind)
+        pm = self.plugin_manager
+        for name in LAZY_PLUGINS.get(kind, ()):
+            if pm.get_plugin(name) is None:
+                pm.register(importlib.import_module(name), name=name)
+        hook_name = KINDS[kind]
+        plugins = pm.get_plugins()
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():
+            # One plugin at a time, through pluggy (keyword call, tracing), so a name knows its origin.
+            only = pm.subset_hook_caller(hook_name, [p for p in plugins if p is not impl.plugin])
+            only(register=self._collector(kind, _origin(pm, impl.plugin)))
 
     def _collector(self, kind: str, origin: str) -> Callable[..., None]:
         def register(name: str, factory: Callable[..., Any], presets: Mapping[str, Mapping] | None = None):
@@ -110,10 +126,12 @@ class Registry:
         known[entry.name] = entry
 
     def names(self, kind: str) -> list[str]:
+        self._collect(kind)
         return sorted(self.entries[kind])
 
     def entry(self, kind: str, name: str, path: str | None = None) -> Entry:
         path = path or f"{kind}.kind"
+        self._collect(kind)
         try:
             return self.entries[kind][name]
         except KeyError:
@@ -159,7 +177,7 @@ def _origin(pm: pluggy.PluginManager, plugin: object) -> str:
         if dist_plugin is plugin:
             return f"{dist.project_name} (entry point {pm.get_name(plugin)})"
     name = pm.get_name(plugin) or ""
-    if name in DEFAULT_PLUGINS:
+    if name in DEFAULT_PLUGINS or any(name in names for names in LAZY_PLUGINS.values()):
         return "stitchkit (built-in)"
     if name.isdigit() or not name:  # registered without a name: pluggy names it by id()
         kind = plugin if isinstance(plugin, type) else type(plugin)

@@ -236,3 +236,54 @@ def test_clip_score_matches_a_hand_computation_with_clipmodel(tmp_path, monkeypa
         cos = logits.diagonal() / model.logit_scale.exp()
     expected = float((100 * cos.clamp_min(0)).mean())
     assert value == pytest.approx(expected, rel=1e-4, abs=1e-4)
+
+
+# --- the hook: built-ins and an outside plugin go through register_metrics --------------------------------
+
+def test_plugins_command_lists_the_metrics(capsys):
+    from stitchkit.cli import main
+
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    section = out[out.index("metrics:"):]
+    for line in ("  clip_score: model=openai/clip-vit-large-patch14, download=False  [stitchkit (built-in)]",
+                 "  fid: reference=-, features=-, weights=-, download=False",
+                 "  lpips: net=alex, weights=-, download=False", "  psnr: no parameters", "  caption_accuracy:"):
+        assert line in section, line
+
+
+def test_an_outside_metric_plugin_registers_through_the_hook(tmp_path):
+    import attrs
+
+    from stitchkit import hookimpl
+
+    @attrs.define
+    class Brightness:
+        label, unit, higher_is_better, digits = "brightness", "", True, 3
+        needs, per_image = frozenset({"image"}), True
+        scale: float = 1.0
+
+        def check(self, *, pair_name):
+            pass
+
+        def score(self, batches):
+            from stitchkit.experiments.metrics.base import weighted_mean
+
+            return weighted_mean(batches, lambda b: self.scale * (b.images.flatten(1).mean(1) + 1) / 2)
+
+    class Plugin:
+        @hookimpl
+        def register_metrics(self, register):
+            register("brightness", Brightness)
+
+    registry = get_registry(entry_points=False, extra=[Plugin()])
+    assert registry.entry("metric", "brightness").origin.endswith("Plugin")
+    config = ExperimentConfig.from_dict({"prompts": ["a cat"], "methods": ["large"],
+                                         "metrics": [{"kind": "brightness", "scale": 2.0}]},
+                                        base=tmp_path, registry=registry)
+    assert config.metrics[0].kind == "brightness" and config.metrics[0].params == {"scale": 2.0}
+    metric = registry.create("metric", {"kind": "brightness", "scale": 2.0})[0]
+    assert metric.score([MetricBatch(images=torch.zeros(2, 3, 4, 4), prompts=["", ""])]) == pytest.approx(1.0)
+    with pytest.raises(ConfigError, match=r"^metrics\[0\]\.scal: unknown parameter of 'brightness'"):
+        ExperimentConfig.from_dict({"prompts": ["a"], "methods": ["large"],
+                                    "metrics": [{"kind": "brightness", "scal": 2}]}, registry=registry)
