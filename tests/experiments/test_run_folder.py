@@ -109,3 +109,18 @@ def test_first_difference_walks_mappings_and_lists():
     assert first_difference({"a": 1}, {"a": 1, "z": 0}) == ("z", "(absent)", 0)
     assert first_difference({"a": [1]}, {"a": [1, 2]}) == ("a (length)", 1, 2)
     assert first_difference({"a": 1}, {"a": 1}) is None
+
+
+def test_dry_run_prints_units_and_predicted_speedups_and_runs_nothing(tmp_path, capsys):
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(textwrap.dedent(EXPERIMENT))
+    assert main(["run", str(exp), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("tiny: 3 methods × 2 prompts × 1 seed(s) = 6 units (0 already done in ")
+    lines = out.splitlines()
+    large = next(line for line in lines if line.strip().startswith("large "))
+    assert "1.00×" in large and "(fixed schedule)" in large
+    point = next(line for line in lines if line.strip().startswith("hybridstitch-30[mask_ratios=0.25]"))
+    assert "×–" in point and "mask_ratios=[0.25]" in point  # adaptive: a range over first switch steps
+    assert "  t-stitch  p0001-s0  a blue square" in out
+    assert not (tmp_path / "out").exists()
