@@ -152,8 +152,10 @@ def write_change(config, records: dict[str, list[dict]]) -> Path | None:
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(series):]:
         ax.axis("off")
-    for ax in axes[-1]:
-        ax.set_xlabel("step")
+    for i, ax in enumerate(list(axes.flat)[:len(series)]):
+        if i + cols >= len(series):  # nothing drawn below it: it carries the step axis
+            ax.xaxis.set_tick_params(labelbottom=True)
+            ax.set_xlabel("step")
     for ax in axes[:, 0]:
         ax.set_ylabel("D_t (Eq. 9, log scale)")
     axes.flat[0].legend(fontsize=7, loc="upper right")
