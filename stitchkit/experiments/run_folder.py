@@ -38,15 +38,20 @@ def resolved(config) -> dict[str, Any]:
         prompts: Any = dict(config.prompt_source)
     else:
         prompts = list(config.prompts)
+    from stitchkit.registry import get_registry
+
+    registry = get_registry()
     methods = []
     for m in config.methods:
-        entry: dict[str, Any] = {"name": m.name, "switch": _plain(m.switch)}
+        switch, implied = _explicit(registry, "switch", m.switch)
+        entry: dict[str, Any] = {"name": m.name, "switch": switch}
         if m.sweep_of is not None:  # a one-point grid, so that the point's parameters keep their columns
-            entry = {"name": m.sweep_of, "switch": {k: v for k, v in _plain(m.switch).items() if k not in m.params},
+            entry = {"name": m.sweep_of, "switch": {k: v for k, v in switch.items() if k not in m.params},
                      "grid": {k: [_plain(v)] for k, v in m.params.items()}}
         for key in ("mask", "context"):
-            if getattr(m, key) is not None:
-                entry[key] = _plain(getattr(m, key))
+            spec = getattr(m, key) if getattr(m, key) is not None else implied.get(key)
+            if spec is not None:
+                entry[key] = _explicit(registry, key, spec)[0]
         methods.append(entry)
     return {
         "name": config.name,
@@ -58,6 +63,23 @@ def resolved(config) -> dict[str, Any]:
         "methods": methods,
         "allow_unprofitable": config.allow_unprofitable,
     }
+
+
+def _explicit(registry, kind: str, spec: Any) -> tuple[Any, dict[str, Any]]:
+    """A policy spec with its preset expanded and every default written out: ``hybridstitch-30`` becomes
+    ``{kind: hybridstitch, thresholds: [0.5, 0.3], mask_ratios: [0.3], ...}`` (and the mask/context the
+    preset implies), so the resolved file does not depend on what a preset means in this version."""
+    if isinstance(spec, str):
+        name, params = spec, {}
+    elif hasattr(spec, "items") and isinstance(spec.get("kind"), str):
+        params = dict(spec)
+        name = params.pop("kind")
+    else:
+        return _plain(spec), {}
+    entry = registry.entry(kind, name)
+    merged = {**dict(entry.parameters()), **entry.params, **params}
+    implied = {k: merged.pop(k) for k in ("mask", "context") if k in merged}
+    return {"kind": entry.preset_of or name, **_plain(merged)}, implied
 
 
 def _plain(value: Any) -> Any:

@@ -37,12 +37,17 @@ def test_resolved_config_and_environment_are_written(run):
     resolved = yaml.safe_load((out / "config.resolved.yaml").read_text())
     assert resolved["sampler"]["steps"] == 3 and resolved["sampler"]["max_sequence_length"] == 8
     assert [m["name"] for m in resolved["methods"]] == ["large", "t-stitch", "hybridstitch-30"]
-    assert resolved["methods"][2] == {"name": "hybridstitch-30", "switch": {"kind": "hybridstitch-30"},
-                                      "grid": {"mask_ratios": [[0.25]]}}
+    # Presets expanded, defaults written out; a sweep point is a one-point grid (its columns survive).
+    assert resolved["methods"][1]["switch"] == {"kind": "t-stitch", "small_fraction": 0.4}
+    point = resolved["methods"][2]
+    assert point["name"] == "hybridstitch-30" and point["grid"] == {"mask_ratios": [[0.25]]}
+    assert point["switch"]["kind"] == "hybridstitch" and point["switch"]["thresholds"] == [0.5, 0.3]
+    assert "mask_ratios" not in point["switch"]
     # The resolved file is itself an experiment: loading it gives back the same configuration.
     again = ExperimentConfig.from_yaml(out / "config.resolved.yaml")
     assert again.prompts == ("a red circle", "a blue square") and again.output == out
-    assert again.methods == ExperimentConfig.from_yaml(run / "exp.yaml").methods
+    assert [m.name for m in again.methods] == [m.name for m in ExperimentConfig.from_yaml(run / "exp.yaml").methods]
+    assert again.methods[2].params == {"mask_ratios": [0.25]}
     env = json.loads((out / "environment.json").read_text())
     import torch
 
