@@ -246,9 +246,9 @@ def test_plugins_command_lists_the_metrics(capsys):
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out
     section = out[out.index("metrics:"):]
-    for line in ("  clip_score: model=openai/clip-vit-large-patch14, download=False  [stitchkit (built-in)]",
-                 "  fid: reference=-, features=-, weights=-, download=False",
-                 "  lpips: net=alex, weights=-, download=False", "  psnr: no parameters", "  caption_accuracy:"):
+    for line in ("  clip_score: model=openai/clip-vit-large-patch14, download=False, device=-  [stitchkit (built-in)]",
+                 "  fid: reference=-, features=-, weights=-, download=False, device=-",
+                 "  lpips: net=alex, weights=-, download=False, device=-", "  psnr: no parameters", "  caption_accuracy:"):
         assert line in section, line
 
 

@@ -76,6 +76,13 @@ def weighted_mean(batches: Iterable[MetricBatch], per_batch) -> float:
     return total / count if count else float("nan")
 
 
+def pick_device(device: str | None) -> str:
+    """The device a metric's network runs on: the one given, else CUDA when there is one."""
+    import torch
+
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def hf_cached(repo_id: str) -> bool:
     """Whether a Hugging Face model is in the user's cache (no network)."""
     try:

@@ -16,7 +16,7 @@ from typing import Iterable
 import attrs
 
 from stitchkit.errors import ConfigError
-from stitchkit.experiments.metrics.base import MetricBatch, hf_cached
+from stitchkit.experiments.metrics.base import MetricBatch, hf_cached, pick_device
 
 DEFAULT_MODEL = "openai/clip-vit-large-patch14"
 
@@ -53,6 +53,7 @@ def _is_path(model: str) -> bool:
 class CLIPScore:
     model: str = DEFAULT_MODEL
     download: bool = False
+    device: str | None = None  # default: CUDA when there is one
 
     kind = "clip_score"
     label = "CLIP score"
@@ -83,8 +84,10 @@ class CLIPScore:
         import torch
         from torchmetrics.multimodal.clip_score import CLIPScore as _CLIPScore
 
-        metric = _CLIPScore(model_name_or_path=self._load)
-        with torch.no_grad():
+        device = pick_device(self.device)
+        metric = _CLIPScore(model_name_or_path=self._load).to(device)
+        with torch.no_grad():  # torchmetrics moves the model to the images' device
             for b in batches:
-                metric.update(((b.images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8), list(b.prompts))
+                pixels = ((b.images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+                metric.update(pixels.to(device), list(b.prompts))
             return float(metric.compute())

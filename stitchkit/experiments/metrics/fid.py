@@ -20,7 +20,7 @@ from typing import Iterable
 import attrs
 
 from stitchkit.errors import ConfigError
-from stitchkit.experiments.metrics.base import MetricBatch
+from stitchkit.experiments.metrics.base import MetricBatch, pick_device
 from stitchkit.experiments.metrics.weights import file_weights
 
 INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
@@ -60,6 +60,7 @@ class FID:
     features: str | None = None
     weights: str | None = None
     download: bool = False
+    device: str | None = None  # default: CUDA when there is one
 
     kind = "fid"
     label = "FID"
@@ -102,22 +103,23 @@ class FID:
         import numpy as np
         import torch
 
-        metric = self._metric()
+        device = pick_device(self.device)
+        metric = self._metric().to(device)
         size = None
         with torch.no_grad():
             for b in batches:
                 size = tuple(b.images.shape[-2:])
-                metric.update((b.images + 1) / 2, real=False)
+                metric.update(((b.images + 1) / 2).to(device), real=False)
             reference = Path(self.reference).expanduser()
             if reference.suffix == ".npz":
                 stats = np.load(reference)
                 mu, sigma = (torch.as_tensor(stats[k], dtype=torch.float64) for k in ("mu", "sigma"))
                 n = int(stats["n"]) if "n" in stats else 2
                 # torchmetrics keeps sums; these give back exactly mu and sigma in its compute().
-                metric.real_features_sum = n * mu
-                metric.real_features_cov_sum = (n - 1) * sigma + n * torch.outer(mu, mu)
-                metric.real_features_num_samples = torch.tensor(n)
+                metric.real_features_sum = (n * mu).to(device)
+                metric.real_features_cov_sum = ((n - 1) * sigma + n * torch.outer(mu, mu)).to(device)
+                metric.real_features_num_samples = torch.tensor(n, device=device)
             else:
                 for real in reference_images(reference, size):
-                    metric.update(real, real=True)
+                    metric.update(real.to(device), real=True)
             return float(metric.compute())

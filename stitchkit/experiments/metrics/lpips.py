@@ -19,7 +19,7 @@ from typing import Iterable
 import attrs
 
 from stitchkit.errors import ConfigError
-from stitchkit.experiments.metrics.base import MetricBatch, weighted_mean
+from stitchkit.experiments.metrics.base import MetricBatch, pick_device, weighted_mean
 from stitchkit.experiments.metrics.weights import file_weights
 
 #: torchvision's checkpoint file names (what torch.hub caches them as).
@@ -87,6 +87,7 @@ class LPIPS:
     net: str = "alex"
     weights: str | None = None
     download: bool = False
+    device: str | None = None  # default: CUDA when there is one
 
     kind = "lpips"
     label = "LPIPS vs large"
@@ -108,6 +109,7 @@ class LPIPS:
 
         weights = file_weights("lpips", self.weights, CHECKPOINTS[self.net], self.download,
                                f"{self.net} backbone weights")
-        network = lpips_network(self.net, weights)
+        device = pick_device(self.device)
+        network = lpips_network(self.net, weights).to(device)
         with torch.no_grad():  # images in [-1, 1], as LPIPS expects
-            return weighted_mean(batches, lambda b: network(b.images, b.large_images).flatten())
+            return weighted_mean(batches, lambda b: network(b.images.to(device), b.large_images.to(device)).flatten())
