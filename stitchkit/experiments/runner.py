@@ -1,11 +1,12 @@
 """Run an experiment: every method × prompt × seed, with outputs written atomically and reruns resuming.
 
-Layout of the output folder::
+Layout of the output folder (paths: :mod:`~stitchkit.experiments.store`)::
 
-    images/<method>/p<prompt>-s<seed>.png   the generated image
+    images/<method>/p<prompt>-s<seed>.png   the generated image (<prompt>: the index in the prompt source)
     records/<method>/p<prompt>-s<seed>.json one unit's measurements and its per-step trace
-    trace.jsonl                             every step of every unit, one JSON object a line
-    results.md, results.csv                 one row per method
+    config.resolved.yaml, environment.json  what ran, and where (:mod:`~stitchkit.experiments.run_folder`)
+    trace.jsonl, results.md, results.csv    the reports (:mod:`~stitchkit.experiments.reports`), with the
+    grid.png, masks.png, *.png plots        pictures and plots, all rebuilt from the records
 
 A unit (method, prompt, seed) is done when its record exists; records are written last and atomically
 (temp file + ``os.replace``), so an interrupted run loses at most the unit in flight and a rerun skips what
@@ -18,16 +19,15 @@ import io
 import json
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import attrs
 
 from stitchkit.experiments.config import ExperimentConfig, MethodConfig
 from stitchkit.experiments.metrics.scoring import build_metrics
-from stitchkit.experiments.reports import BASELINE, write_report
+from stitchkit.experiments.reports import write_report
 from stitchkit.experiments.store import atomic_write, image_path, record_path, unit_stem
 from stitchkit.trace import large_step_equivalents, latency_steps
-
 
 
 def load_pair(config: ExperimentConfig):
