@@ -75,12 +75,15 @@ def write_frontier(config, rows, quality: dict[str, dict], metrics: dict[str, An
     cols = min(3, len(panels))
     nrows = math.ceil(len(panels) / cols)
     fig, axes = _figure(nrows, cols, 5.2 * cols, 4.2 * nrows)
+    number = {r.method: i for i, r in enumerate(rows, 1)}
+    key = "\n".join(f"{i}  {m}" for m, i in number.items() if m in speed)
+    fig.text(1.0, 0.5, "methods\n" + key, fontsize=8, va="center", ha="left", family="monospace")
     for ax, (name, label, higher) in zip(axes.flat, panels):
         methods = [m for m in speed if values[m].get(name) is not None and math.isfinite(values[m][name])]
         points = [(speed[m], values[m][name]) for m in methods]
         ax.scatter([p[0] for p in points], [p[1] for p in points], color="tab:blue", zorder=3)
-        for m, (x, y) in zip(methods, points):
-            ax.annotate(m, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        for m, (x, y) in zip(methods, points):  # numbers, not names: names of close points overlap
+            ax.annotate(str(number[m]), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=8)
         front = pareto_front(points, bool(higher))
         ax.plot([points[i][0] for i in front], [points[i][1] for i in front], color="tab:red", lw=1.2,
                 zorder=2, label="Pareto front")

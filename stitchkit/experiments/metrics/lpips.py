@@ -102,6 +102,11 @@ class LPIPS:
             raise ConfigError("net", f"unknown LPIPS backbone {self.net!r}", "one of " + ", ".join(CHECKPOINTS))
 
     def check(self, *, pair_name: str | None) -> None:
+        from torchmetrics.functional.image import lpips as tm_lpips
+
+        if not all(hasattr(tm_lpips, name) for name in ("_get_tv_model_features", "_NoTrainLpips")):
+            raise ConfigError("", "lpips: this torchmetrics version lays out its LPIPS differently",
+                              "install torchmetrics 1.4-1.9, the versions this plugin is written against")
         file_weights("lpips", self.weights, CHECKPOINTS[self.net], self.download, f"{self.net} backbone weights")
 
     def score(self, batches: Iterable[MetricBatch]) -> float:
