@@ -16,6 +16,7 @@ from stitchkit.errors import ConfigError, NonFiniteError
 #: Subcommand modules; each exposes ``command``, a ``click.Command``.
 COMMANDS = (
     "stitchkit.commands.run",
+    "stitchkit.commands.report",
     "stitchkit.commands.plugins",
     "stitchkit.commands.plan",
     "stitchkit.commands.profile",

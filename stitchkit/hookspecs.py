@@ -76,6 +76,17 @@ def register_pairs(register: Register) -> None:
     """
 
 
+@hookspec
+def register_metrics(register: Register) -> None:
+    """Register quality metrics for experiments (``metrics:`` in the YAML).
+
+    Call ``register(kind, factory)``; ``factory(**params)`` returns an object following
+    :class:`stitchkit.experiments.metrics.base.Metric`: what it needs (the image, the prompt, the large
+    model's image of the same unit, a reference set), whether it is per image or per set, and ``check`` to
+    refuse a run before any image is generated when its weights are missing.
+    """
+
+
 __all__: list[Any] = [
     "ENTRY_POINT_GROUP",
     "PROJECT",
@@ -84,6 +95,7 @@ __all__: list[Any] = [
     "hookspec",
     "register_context_providers",
     "register_mask_policies",
+    "register_metrics",
     "register_model_families",
     "register_pairs",
     "register_switch_policies",

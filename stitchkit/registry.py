@@ -47,12 +47,20 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "stitchkit.policies.full_large",
 ) + _builtin_families()
 
+#: Built-in plugins of a kind the loop never needs, registered (and imported) only when that kind is first
+#: looked up: the built-in metrics live in ``stitchkit.experiments``, which the loop must not import.
+LAZY_PLUGINS: dict[str, tuple[str, ...]] = {"metric": ("stitchkit.experiments.metrics.builtin",)}
+
 #: The three kinds of policy, keyed by the section name used in YAML and in ``StitchPipeline(switch=...)``.
 KINDS: dict[str, str] = {
     "switch": "register_switch_policies",
     "mask": "register_mask_policies",
     "context": "register_context_providers",
+    "metric": "register_metrics",
 }
+
+#: What an entry of each kind is called in messages (default: "<kind> policy").
+NOUNS: dict[str, str] = {"metric": "metric"}
 
 #: Keys of a preset that name the other policies it implies (``staticmask-30`` implies ``mask: static``).
 PRESET_POLICY_KEYS = ("mask", "context")
@@ -97,18 +105,27 @@ class Registry:
     def __init__(self, plugin_manager: pluggy.PluginManager) -> None:
         self.plugin_manager = plugin_manager
         self.entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
-        plugins = plugin_manager.get_plugins()
-        for kind, hook_name in KINDS.items():
-            for impl in getattr(plugin_manager.hook, hook_name).get_hookimpls():
-                # One plugin at a time, through pluggy (keyword call, tracing), so a name knows its origin.
-                only = plugin_manager.subset_hook_caller(hook_name, [p for p in plugins if p is not impl.plugin])
-                only(register=self._collector(kind, _origin(plugin_manager, impl.plugin)))
+        self._collected: set[str] = set()
+        for kind in KINDS:
+            if kind not in LAZY_PLUGINS:
+                self._collect(kind)
         #: Model families (``Family``) and pairs by name, with where each came from.
         self.families: dict[str, Any] = {}
         self.pairs: dict[str, PairEntry] = {}
         self._origins: dict[tuple[str, str], str] = {}
         self._call_each("register_model_families", self._add_family)
         self._call_each("register_pairs", self._add_pair)
+
+    def _collect(self, kind: str) -> None:
+        """Call ``kind``'s hook of every plugin (registering its lazy built-ins first), once."""
+        if kind in self._collected:
+            return
+        self._collected.add(kind)
+        pm = self.plugin_manager
+        for name in LAZY_PLUGINS.get(kind, ()):
+            if pm.get_plugin(name) is None:
+                pm.register(importlib.import_module(name), name=name)
+        self._call_each(KINDS[kind], lambda origin: self._collector(kind, origin))
 
     def _call_each(self, hook_name: str, make_register: Callable[[str], Callable[..., None]]) -> None:
         """Call ``hook_name`` one plugin at a time, handing each a ``register`` that knows its origin."""
@@ -195,21 +212,24 @@ class Registry:
         known = self.entries[entry.kind]
         if entry.name in known:
             raise ConfigError(
-                f"{entry.kind} policy {entry.name!r}",
+                f"{NOUNS.get(entry.kind, entry.kind + ' policy')} {entry.name!r}",
                 f"registered twice, by {known[entry.name].origin} and by {entry.origin}",
                 "uninstall one plugin or restrict outside plugins with STITCHKIT_PLUGINS",
             )
         known[entry.name] = entry
 
     def names(self, kind: str) -> list[str]:
+        self._collect(kind)
         return sorted(self.entries[kind])
 
     def entry(self, kind: str, name: str, path: str | None = None) -> Entry:
         path = path or f"{kind}.kind"
+        self._collect(kind)
         try:
             return self.entries[kind][name]
         except KeyError:
-            raise ConfigError(path, f"unknown {kind} policy {name!r}", "known: " + ", ".join(self.names(kind)))
+            noun = NOUNS.get(kind, f"{kind} policy")
+            raise ConfigError(path, f"unknown {noun} {name!r}", "known: " + ", ".join(self.names(kind)))
 
     def create(self, kind: str, spec: Any, path: str | None = None) -> tuple[Any, dict[str, Any]]:
         """Build a policy from a name, a ``{"kind": name, **params}`` dict, or pass an object through.
@@ -250,7 +270,7 @@ def _origin(pm: pluggy.PluginManager, plugin: object) -> str:
         if dist_plugin is plugin:
             return f"{dist.project_name} (entry point {pm.get_name(plugin)})"
     name = pm.get_name(plugin) or ""
-    if name in DEFAULT_PLUGINS:
+    if name in DEFAULT_PLUGINS or any(name in names for names in LAZY_PLUGINS.values()):
         return "stitchkit (built-in)"
     if name.isdigit() or not name:  # registered without a name: pluggy names it by id()
         kind = plugin if isinstance(plugin, type) else type(plugin)

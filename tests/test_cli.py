@@ -52,15 +52,26 @@ def test_run_writes_images_trace_and_table_and_resumes(tmp_path):
     assert {"method", "step", "stage", "large_tokens", "change", "large_ms"} <= set(json.loads(lines[0]))
     from PIL import Image
 
-    grid = Image.open(out / "grid.png")  # 3 methods x 2 prompts, 96 px cells with 2 px gaps, 120 px labels
-    assert grid.size == (120 + 2 * 96 + 2, 3 * 96 + 2 * 2)
-    masks = Image.open(out / "masks.png")  # one row: hybridstitch-30's image, then one view per hybrid step
+    from stitchkit.experiments import pictures as pic
+
+    grid = Image.open(out / "grid.png")  # 3 methods x 2 prompts, 96 px cells with 2 px gaps, 120 px labels,
+    captions = pic.caption_height(96, ["a red circle", "a blue square"])  # a title, captions under the columns
+    assert grid.size == (120 + 2 * 96 + 2, pic.HEADER + 3 * 96 + 3 * 2 + captions)
+    assert (out / "grid_prompts.txt").read_text() == "p0000\ta red circle\np0001\ta blue square\n"
+    masks = Image.open(out / "masks.png")  # per prompt, hybridstitch-30's image, then one view per hybrid step
     record = json.loads((out / "records" / "hybridstitch-30" / "p0000-s0.json").read_text())
     hybrid_steps = [r["step"] for r in record["trace"] if 0 < r["mask_ratio"] < 1]
     assert [s for s, _ in record["masks"]["steps"]] == hybrid_steps
-    assert masks.size == (120 + (1 + len(hybrid_steps)) * 98 - 2, 96)
+    views = min(len(hybrid_steps), pic.MASK_VIEWS)
+    row = pic.LINE + 96 + 2 + pic.LINE + 4  # step numbers above, prompt below
+    assert masks.size == (max(640, 160 + (1 + views) * 98 - 2), pic.HEADER + pic.LINE + 2 * row)
     table = (out / "results.md").read_text()
     assert "| hybridstitch-30 |" in table and "| large | 2 |" in table
+    for name in ("frontier.png", "switch_steps.png", "change.png", "config.resolved.yaml", "environment.json"):
+        assert (out / name).exists(), name
+    closing = first.stdout.strip().splitlines()[-1]
+    assert closing.startswith("wrote ") and "/out/: results.md, results.csv, trace.jsonl, grid.png" in closing
+    assert "masks.png, frontier.png, switch_steps.png, change.png" in closing and "/../" not in closing
     # A rerun with everything done generates nothing: the record files are untouched.
     records = sorted((out / "records").rglob("*.json"))
     stamps = [p.stat().st_mtime_ns for p in records]

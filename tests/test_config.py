@@ -5,7 +5,7 @@ import textwrap
 import pytest
 
 from stitchkit import ConfigError
-from stitchkit.config import ExperimentConfig
+from stitchkit.experiments.config import ExperimentConfig
 
 GOOD = """
 name: demo
@@ -50,8 +50,9 @@ def test_good_file_structures_into_frozen_classes(tmp_path):
         ("mask: static", "mask: statik", "methods[1].mask: unknown mask policy 'statik'; known: "),
         ("{name: hs,", "{name: large,", "methods[1].name: duplicate method name 'large'"),
         ("mask_ratios: [0.3]}", "mask_ratios: [0.3], bogus: 2}", "methods[2].switch.bogus: unknown parameter"),
-        ("seeds: [0, 1]", "seeds: [0, 1]\nmetrics: [fid]", "metrics[0]: unknown metric 'fid'; known: caption_accuracy"),
-        ("seeds: [0, 1]", "seeds: [0, 1]\nmetrics: [psnr]", "metrics: need the shapes pair's attribute classifier"),
+        ("seeds: [0, 1]", "seeds: [0, 1]\nmetrics: [fidd]", "metrics[0]: unknown metric 'fidd'; known: caption_accuracy"),
+        ("seeds: [0, 1]", "seeds: [0, 1]\nmetrics: [caption_accuracy]",
+         "metrics[0]: caption_accuracy needs the shapes pair's attribute classifier"),
     ],
 )
 def test_errors_carry_the_path(tmp_path, old, new, message):

@@ -48,8 +48,8 @@ def test_runs_from_the_api(installed, tiny_pair):
 
 
 def test_runs_from_yaml(installed, tmp_path):
-    from stitchkit.config import ExperimentConfig
-    from stitchkit.experiment import run_experiment
+    from stitchkit.experiments.config import ExperimentConfig
+    from stitchkit.experiments.runner import run_experiment
 
     exp = tmp_path / "e.yaml"
     exp.write_text(textwrap.dedent("""

@@ -5,7 +5,7 @@ import textwrap
 import pytest
 
 from stitchkit.latency import Costs
-from stitchkit.plan_experiment import plan_from_records, plan_method
+from stitchkit.experiments.plan import plan_from_records, plan_method
 from stitchkit.registry import get_registry
 
 COSTS = Costs(large_ms=10.0, small_ms=2.0)

@@ -16,8 +16,8 @@ from stitchkit.commands.plan import parse_floats
 def command(experiment: str, thresholds: str, quiet: bool) -> None:
     """Run the large model alone over the experiment's prompts and print D_t quantiles per step."""
     from stitchkit.calibrate import collect_changes, first_step_below, quantile_table
-    from stitchkit.config import ExperimentConfig
-    from stitchkit.experiment import load_pair
+    from stitchkit.experiments.config import ExperimentConfig
+    from stitchkit.experiments.runner import load_pair
 
     config = ExperimentConfig.from_yaml(experiment)
     wanted = parse_floats("--thresholds", thresholds)

@@ -134,8 +134,8 @@ def show_plan(plan: Plan, costs: Costs, *, as_json: bool = False,
 
 
 def _show_experiment(path: str, as_json: bool) -> None:
-    from stitchkit.config import ExperimentConfig
-    from stitchkit.plan_experiment import plan_experiment
+    from stitchkit.experiments.config import ExperimentConfig
+    from stitchkit.experiments.plan import plan_experiment
 
     costs, plans = plan_experiment(ExperimentConfig.from_yaml(path))
     unit = "ms" if costs.source != "flops-estimate" else "large steps (FLOPs estimate: no profile cached)"

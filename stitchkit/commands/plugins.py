@@ -1,10 +1,13 @@
-"""``stitchkit plugins``: every registered policy, its parameters with defaults, and where it came from."""
+"""``stitchkit plugins``: every registered policy and metric, its parameters with defaults, and its origin."""
 
 from __future__ import annotations
 
 import click
 
 from stitchkit.registry import KINDS, get_registry
+
+#: Section titles; a kind not listed (an outside hook's) is shown as "<kind> plugins".
+TITLES = {"switch": "switch policies", "mask": "mask policies", "context": "context policies", "metric": "metrics"}
 
 
 def _value(value) -> str:
@@ -13,11 +16,11 @@ def _value(value) -> str:
 
 @click.command("plugins")
 def command() -> None:
-    """List every switch policy, mask policy and context provider with parameters, defaults and origin;
-    then the model families and the pairs by name."""
+    """List every switch policy, mask policy, context provider and metric with parameters, defaults and
+    origin; then the model families and the pairs by name."""
     registry = get_registry()
     for kind in KINDS:
-        click.echo(f"{kind} policies:")
+        click.echo(f"{TITLES.get(kind, kind + ' plugins')}:")
         for name in registry.names(kind):
             entry = registry.entry(kind, name)
             params = ", ".join(f"{p}={_value(d)}" for p, d in entry.parameters()) or "no parameters"

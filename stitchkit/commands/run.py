@@ -1,11 +1,55 @@
-"""``stitchkit run EXPERIMENT.yaml``: every method × prompt × seed, then the results table."""
+"""``stitchkit run EXPERIMENT.yaml``: every method × prompt × seed, then the reports."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import click
 
-from stitchkit.config import ExperimentConfig
-from stitchkit.experiment import run_experiment
+from stitchkit.experiments.config import ExperimentConfig
+from stitchkit.experiments.runner import run_experiment
+
+
+def closing_line(out_dir: Path, written: list[Path]) -> str:
+    """``wrote runs/quickstart/: results.md, ..., images/, records/`` with a normalised, relative path."""
+    folder = Path(os.path.normpath(os.path.abspath(out_dir)))
+    try:
+        shown = os.path.relpath(folder)
+        shown = shown if not shown.startswith("..") else str(folder)
+    except ValueError:  # another drive
+        shown = str(folder)
+    names = [p.name for p in written if p.exists()]
+    extra = [f"{d}/" for d in ("images", "records") if (folder / d).is_dir()]
+    extra += [f for f in ("config.resolved.yaml", "environment.json") if (folder / f).exists()]
+    return f"wrote {shown}/: " + ", ".join(names + extra)
+
+
+def dry_run(config: ExperimentConfig) -> None:
+    """The expanded units and each method's speedup predicted by the latency model; runs nothing."""
+    from stitchkit.experiments.plan import plan_experiment
+    from stitchkit.experiments.store import record_path
+
+    units = config.units
+    done = sum(record_path(config.output, m.name, pi, s).exists() for m, pi, _, s in units)
+    click.echo(f"{config.name}: {len(config.methods)} methods × {len(config.prompts)} prompts × "
+               f"{len(config.seeds)} seed(s) = {len(units)} units ({done} already done in {os.path.normpath(config.output)})")
+    costs, plans = plan_experiment(config)
+    by_method: dict[str, list] = {}
+    for plan in plans:
+        by_method.setdefault(plan.method, []).append(plan)
+    source = "profiled costs" if costs.source != "flops-estimate" else "FLOPs estimate (no profile cached)"
+    click.echo(f"predicted speedup vs large-only (latency model, Eq. 3-6, {source}):")
+    width = max(len(m.name) for m in config.methods)
+    for method in config.methods:
+        speedups = [p.prediction.refined_speedup or p.prediction.speedup for p in by_method.get(method.name, [])]
+        basis = by_method[method.name][0].basis if len(speedups) == 1 else "first switch at 10 %…60 % of the steps"
+        shown = f"{speedups[0]:.2f}×" if len(speedups) == 1 else f"{min(speedups):.2f}×–{max(speedups):.2f}×"
+        params = ", ".join(f"{k}={v}" for k, v in method.params.items())
+        click.echo(f"  {method.name:<{width}}  {shown:>13}  ({basis}){'  ' + params if params else ''}")
+    click.echo("units:")
+    for m, pi, prompt, s in units:
+        click.echo(f"  {m.name}  p{pi:04d}-s{s}  {prompt}")
 
 
 @click.command("run")
@@ -13,14 +57,21 @@ from stitchkit.experiment import run_experiment
 @click.option("--output", "-o", type=click.Path(file_okay=False), default=None,
               help="Output folder (default: the experiment's `output`).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def command(experiment: str, output: str | None, quiet: bool) -> None:
+@click.option("--dry-run", is_flag=True, help="Print the expanded units and predicted speedups; run nothing.")
+@click.option("--force-new", is_flag=True,
+              help="If the output folder holds a run of another configuration, continue into a new folder.")
+def command(experiment: str, output: str | None, quiet: bool, dry_run: bool, force_new: bool) -> None:
     """Run an experiment; a rerun resumes where the last one stopped."""
     import attrs
-    from pathlib import Path
+
+    from stitchkit.experiments.reports import REPORT_FILES
 
     config = ExperimentConfig.from_yaml(experiment)
     if output is not None:
         config = attrs.evolve(config, output=Path(output))
-    out_dir = run_experiment(config, progress=not quiet)
+    if dry_run:
+        globals()["dry_run"](config)
+        return
+    out_dir = run_experiment(config, progress=not quiet, force_new=force_new)
     click.echo((out_dir / "results.md").read_text().rstrip())
-    click.echo(f"wrote {out_dir}/ (images/, trace.jsonl, results.md, results.csv)")
+    click.echo(closing_line(out_dir, [out_dir / name for name in REPORT_FILES]))

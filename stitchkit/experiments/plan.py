@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from stitchkit.config import ExperimentConfig
+from stitchkit.experiments.config import ExperimentConfig
 from stitchkit.latency import Costs, Prediction, predict_from_steps
 from stitchkit.protocols import LoopState
 from stitchkit.pipeline import DEFAULT_CONTEXT
@@ -58,6 +58,12 @@ def _simulate(policy: Any, steps: int, num_tokens: int) -> tuple[list[tuple[floa
 
 def _switch_steps(stages: list[int]) -> tuple[int, ...]:
     return tuple(i for i in range(1, len(stages)) if stages[i] != stages[i - 1])
+
+
+def is_fixed_schedule(policy: Any, steps: int, num_tokens: int) -> bool:
+    """Whether ``policy`` walks through all its stages without any D_t (``large``, ``t-stitch``)."""
+    _, stages = _simulate(policy, steps, num_tokens)
+    return len(set(stages)) >= max(1, len(tuple(getattr(policy, "stages", ()) or ())))
 
 
 def plan_method(policy: Any, name: str, steps: int, num_tokens: int, costs: Costs, *,
@@ -106,7 +112,7 @@ def _records(config: ExperimentConfig, method: str) -> list[dict]:
 
 def experiment_costs(config: ExperimentConfig) -> tuple[Costs, int]:
     """The pair's costs at the experiment's size (profile, else FLOPs estimate) and its image-token count."""
-    from stitchkit.experiment import _size, load_pair
+    from stitchkit.experiments.runner import _size, load_pair
 
     pipe = load_pair(config)
     size = _size(pipe, config)

@@ -8,13 +8,14 @@ a typo must not silently fall back to a default.
     name: quickstart
     pair: tiny-random            # or {large: <hub id or folder>, small: <...>, dtype: bfloat16, device: cuda}
     sampler: {steps: 20, guidance_scale: 4.0, height: 64, width: 64, max_sequence_length: 8}
-    prompts: ["a red circle", ...]   # or prompts_file: prompts.txt (one per line, relative to the YAML)
+    prompts: ["a red circle", ...]   # or prompts_file: prompts.txt, or {from: FILE, sample: N, seed: S}
     seeds: [0, 1]
-    metrics: [caption_accuracy, feature_distance, frechet, psnr, ssim]   # shapes pair only
+    metrics: [psnr, ssim, {kind: clip_score, model: PATH}]   # metric plugins (stitchkit plugins)
     methods:
       - large                        # a switch policy or preset name
       - {name: hs30-static, switch: hybridstitch-30, mask: static}
       - {switch: {kind: hybridstitch, thresholds: [0.5, 0.3], mask_ratios: [0.3]}}
+      - {switch: hybridstitch-30, grid: {mask_ratios: [[0.2], [0.3]]}}   # a sweep: one method a point
     output: runs/quickstart          # relative to the YAML file
 """
 
@@ -66,6 +67,22 @@ class MethodConfig:
     switch: Any
     mask: Any = None
     context: Any = None
+    #: A sweep point's parameters (``{"mask_ratios": [0.2]}``), empty for a method written out by hand.
+    params: Mapping[str, Any] = attrs.field(factory=dict)
+    #: The name of the method whose grid this point belongs to (``None``: not a sweep point).
+    sweep_of: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class MetricConfig:
+    """One metric plugin: its registered kind, the column it fills, and the parameters its factory takes."""
+
+    kind: str
+    params: Mapping[str, Any] = attrs.field(factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.kind
 
 
 @attrs.frozen(kw_only=True)
@@ -78,8 +95,26 @@ class ExperimentConfig:
     methods: tuple[MethodConfig, ...]
     output: Path
     allow_unprofitable: bool = False
-    metrics: tuple[str, ...] = ()
+    metrics: tuple[MetricConfig, ...] = ()
     source: Path | None = None
+    #: Each prompt's index in its source: it names the unit (``p0042-s0``). Default: 0, 1, 2, ...
+    prompt_indices: tuple[int, ...] = attrs.field()
+    #: ``{from: ABSOLUTE PATH, sample, seed, field}`` when the prompts came from a file.
+    prompt_source: Mapping[str, Any] | None = None
+
+    @prompt_indices.default
+    def _indices(self) -> tuple[int, ...]:
+        return tuple(range(len(self.prompts)))
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.metrics)
+
+    @property
+    def units(self) -> list[tuple["MethodConfig", int, str, int]]:
+        """(method, prompt index, prompt, seed) of every unit, the large-only baseline's first."""
+        return [(m, pi, p, s) for m in ordered_methods(self.methods) for pi, p in zip(self.prompt_indices, self.prompts)
+                for s in self.seeds]
 
     @classmethod
     def from_yaml(cls, path: str | Path, registry=None) -> "ExperimentConfig":
@@ -100,24 +135,32 @@ class ExperimentConfig:
         data = _mapping(data, "", "the experiment file must be a mapping of fields")
         _only(data, "", ("name", "pair", "sampler", "prompts", "prompts_file", "seeds", "methods", "output",
                          "allow_unprofitable", "metrics"))
+        from stitchkit.experiments.prompts import read_prompts
+
         name = _typed(data.get("name", source.stem if source else "experiment"), "name", str)
-        prompts = _prompts(data, base)
+        prompts = read_prompts(data, base)
         seeds = tuple(_typed(s, f"seeds[{i}]", int) for i, s in enumerate(_list(data.get("seeds", [0]), "seeds")))
         if not seeds:
             raise ConfigError("seeds", "is empty", "give at least one integer seed")
         methods = _methods(data.get("methods"), registry)
         output = Path(_typed(data.get("output", f"runs/{name}"), "output", str))
         pair = _pair(data.get("pair", "tiny-random"))
-        from stitchkit.quality import check_metrics
-
-        metrics = check_metrics([_typed(m, f"metrics[{i}]", str)
-                                 for i, m in enumerate(_list(data.get("metrics", []), "metrics"))], pair.name)
+        metrics = _metrics(data.get("metrics", []), pair, registry, base)
         return cls(
             name=name, pair=pair, sampler=_sampler(data.get("sampler", {})), metrics=metrics,
-            prompts=prompts, seeds=seeds, methods=methods, output=output if output.is_absolute() else base / output,
+            prompts=prompts.prompts, prompt_indices=prompts.indices, prompt_source=prompts.source, seeds=seeds, methods=methods, output=output if output.is_absolute() else base / output,
             allow_unprofitable=_typed(data.get("allow_unprofitable", False), "allow_unprofitable", bool),
             source=source,
         )
+
+
+#: The method every speedup and paired metric is measured against.
+BASELINE = "large"
+
+
+def ordered_methods(methods) -> list[MethodConfig]:
+    """The large-only baseline first (if present), so the speedups are always against finished units."""
+    return sorted(methods, key=lambda m: m.name != BASELINE)
 
 
 # -- field helpers: each raises a one-line ConfigError with the field's path -----------------------------
@@ -154,21 +197,6 @@ def _positive(value: Any, path: str, kind: type) -> Any:
     if value <= 0:
         raise ConfigError(path, f"must be positive, got {value}")
     return value
-
-
-def _prompts(data: Mapping[str, Any], base: Path) -> tuple[str, ...]:
-    if "prompts" in data and "prompts_file" in data:
-        raise ConfigError("prompts_file", "given together with prompts", "use one of the two")
-    if "prompts_file" in data:
-        file = base / _typed(data["prompts_file"], "prompts_file", str)
-        if not file.is_file():
-            raise ConfigError("prompts_file", f"no such file: {file}", "a text file with one prompt per line")
-        prompts = [line.strip() for line in file.read_text().splitlines() if line.strip()]
-    else:
-        prompts = [_typed(p, f"prompts[{i}]", str) for i, p in enumerate(_list(data.get("prompts"), "prompts"))]
-    if not prompts:
-        raise ConfigError("prompts", "is empty", "give at least one prompt")
-    return tuple(prompts)
 
 
 def _pair(value: Any) -> PairConfig:
@@ -226,22 +254,67 @@ def _methods(value: Any, registry) -> tuple[MethodConfig, ...]:
         path = f"methods[{i}]"
         if isinstance(item, str):
             item = {"switch": item}
-        data = _mapping(item, path, "a policy name or {name, switch, mask, context}")
-        _only(data, path, ("name", "switch", "mask", "context"))
+        data = _mapping(item, path, "a policy name or {name, switch, mask, context, grid}")
+        _only(data, path, ("name", "switch", "mask", "context", "grid"))
         if "switch" not in data:
             raise ConfigError(f"{path}.switch", "missing", "known: " + ", ".join(registry.names("switch")))
         name = data.get("name", _method_name(data["switch"]))
         if name is None:
             raise ConfigError(f"{path}.name", "missing", "name a method whose switch is a parameter mapping")
         name = _typed(name, f"{path}.name", str)
-        if name in seen:
-            raise ConfigError(f"{path}.name", f"duplicate method name {name!r}", "give each method its own name")
-        seen.add(name)
-        for kind in ("switch", "mask", "context"):  # built once here so each policy's validators speak
-            if data.get(kind) is not None:
-                registry.create(kind, data[kind], path=f"{path}.{kind}")
-        methods.append(MethodConfig(name=name, switch=data["switch"], mask=data.get("mask"),
-                                    context=data.get("context")))
+        points: list[tuple[str, str, Any, dict]] = [(name, path, data["switch"], {})]
+        if "grid" in data:
+            from stitchkit.experiments.sweeps import expand_grid, point_name, switch_kind_and_params
+
+            kind, params = switch_kind_and_params(data["switch"], path)
+            points = [(point_name(name, point), f"{path}.grid[{point_name(name, point)}]",
+                       {"kind": kind, **params, **point}, point)
+                      for point in expand_grid(data["grid"], f"{path}.grid")]
+        for method_name, where, switch, point in points:
+            if method_name in seen:
+                raise ConfigError(f"{path}.name", f"duplicate method name {method_name!r}",
+                                  "give each method its own name")
+            seen.add(method_name)
+            for kind, spec in (("switch", switch), ("mask", data.get("mask")), ("context", data.get("context"))):
+                if spec is not None:  # built once here so each policy's validators speak
+                    registry.create(kind, spec, path=f"{where}.{kind}" if point else f"{path}.{kind}")
+            methods.append(MethodConfig(name=method_name, switch=switch, mask=data.get("mask"),
+                                        context=data.get("context"), params=point,
+                                        sweep_of=name if "grid" in data else None))
     if not methods:
         raise ConfigError("methods", "is empty", "list at least one method")
     return tuple(methods)
+
+
+def _metrics(value: Any, pair: PairConfig, registry, base: Path) -> tuple[MetricConfig, ...]:
+    """Each metric built once through the registry and asked whether it can run here (weights, pair),
+    so that a run without a metric's weights is refused before any image is generated."""
+    if registry is None:
+        from stitchkit.registry import get_registry
+
+        registry = get_registry()
+    metrics, seen = [], set()
+    for i, item in enumerate(_list(value, "metrics")):
+        path = f"metrics[{i}]"
+        if isinstance(item, str):
+            item = {"kind": item}
+        data = dict(_mapping(item, path, "a metric name or {kind: NAME, ...parameters}"))
+        kind = data.pop("kind", None)
+        if not isinstance(kind, str):
+            raise ConfigError(f"{path}.kind", "missing or not a string", "known: " + ", ".join(registry.names("metric")))
+        for key in ("model", "reference", "features", "weights"):  # paths are relative to the YAML
+            if isinstance(data.get(key), str) and not Path(data[key]).expanduser().is_absolute() \
+                    and (base / data[key]).exists():
+                data[key] = str((base / data[key]).resolve())
+        metric, _ = registry.create("metric", {"kind": kind, **data} if data else kind, path=path)
+        if kind in seen:
+            raise ConfigError(f"{path}.kind", f"duplicate metric {kind!r}", "list each metric once")
+        seen.add(kind)
+        check = getattr(metric, "check", None)
+        if check is not None:
+            try:
+                check(pair_name=pair.name)
+            except ConfigError as err:
+                raise err.at(path) from None
+        metrics.append(MetricConfig(kind=kind, params=data))
+    return tuple(metrics)

@@ -1,0 +1,1 @@
+"""Quality metrics of an experiment's images."""

@@ -1,0 +1,191 @@
+"""The run's plots, drawn with matplotlib from its records and results (rebuilt by ``stitchkit report``).
+
+* ``frontier.png``: speedup against each quality metric, one point per method, the Pareto front drawn
+  (the paper's Fig. 6);
+* ``switch_steps.png``: per adaptive method, a histogram of the first step where it left its first stage
+  (the paper's Fig. 8: where D_t fell below the first threshold);
+* ``change.png``: D_t (Eq. 9) per step, the median and the 10th–90th percentile band over the units, per
+  method.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stitchkit.experiments.store import atomic_write
+
+DPI = 110
+
+
+def _figure(nrows: int, ncols: int, width: float, height: float, **kwargs):
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(nrows, ncols, figsize=(width, height), squeeze=False, **kwargs)
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write(path, buffer.getvalue())
+    return path
+
+
+def pareto_front(points: list[tuple[float, float]], higher_is_better: bool) -> list[int]:
+    """Indices of the points no other point beats on both axes (speedup higher; metric by its direction),
+    sorted by speedup."""
+    sign = 1.0 if higher_is_better else -1.0
+    front = []
+    for i, (x, y) in enumerate(points):
+        dominated = any((x2 >= x and sign * y2 >= sign * y) and (x2 > x or sign * y2 > sign * y)
+                        for j, (x2, y2) in enumerate(points) if j != i)
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def first_switch_step(trace: list[dict]) -> int | None:
+    """The first step whose stage differs from step 0's (``None``: the unit never switched)."""
+    return next((r["step"] for r in trace if r["stage"] != trace[0]["stage"]), None)
+
+
+def write_frontier(config, rows, quality: dict[str, dict], metrics: dict[str, Any]) -> Path | None:
+    """frontier.png: one panel per quality metric (else mean |image − large|), speedup on x."""
+    from stitchkit.experiments.reports import COLUMNS, human_header
+
+    panels = [(name, human_header(m.label, m.unit, m.higher_is_better), m.higher_is_better)
+              for name, m in metrics.items()]
+    values = {r.method: {**quality.get(r.method, {}), "mean_abs_diff": r.mean_abs_diff} for r in rows}
+    if not panels:
+        panels = [("mean_abs_diff", human_header(*COLUMNS["mean_abs_diff"]), False)]
+    speed = {r.method: r.speedup for r in rows if r.speedup is not None}
+    panels = [p for p in panels if any(values[m].get(p[0]) is not None for m in speed)]
+    if not panels:
+        return None
+    cols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / cols)
+    fig, axes = _figure(nrows, cols, 5.2 * cols, 4.2 * nrows)
+    number = {r.method: i for i, r in enumerate(rows, 1)}
+    key = "\n".join(f"{i}  {m}" for m, i in number.items() if m in speed)
+    fig.text(1.0, 0.5, "methods\n" + key, fontsize=8, va="center", ha="left", family="monospace")
+    for ax, (name, label, higher) in zip(axes.flat, panels):
+        methods = [m for m in speed if values[m].get(name) is not None and math.isfinite(values[m][name])]
+        points = [(speed[m], values[m][name]) for m in methods]
+        ax.scatter([p[0] for p in points], [p[1] for p in points], color="tab:blue", zorder=3)
+        for m, (x, y) in zip(methods, points):  # numbers, not names: names of close points overlap
+            ax.annotate(str(number[m]), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=8)
+        front = pareto_front(points, bool(higher))
+        ax.plot([points[i][0] for i in front], [points[i][1] for i in front], color="tab:red", lw=1.2,
+                zorder=2, label="Pareto front")
+        ax.set_xlabel("speedup vs large-only (×) →")
+        ax.set_ylabel(label)
+        ax.set_title(label.rstrip(" ↑↓"))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(f"{config.name}: speed against quality, one point per method "
+                 f"({len(config.prompts)} prompts × {len(config.seeds)} seeds)")
+    fig.tight_layout()
+    return _save(fig, config.output / "frontier.png")
+
+
+def write_switch_steps(config, records: dict[str, list[dict]], adaptive: set[str]) -> Path | None:
+    """switch_steps.png: a histogram of the first switch step of each adaptive method's units."""
+    steps = config.sampler.steps
+    data = {m: [first_switch_step(r["trace"]) for r in recs] for m, recs in records.items()
+            if m in adaptive and recs}
+    if not data:
+        return None
+    fig, axes = _figure(len(data), 1, 7.0, 1.6 * len(data) + 0.8, sharex=True)
+    bins = np.arange(-0.5, steps + 0.5, 1.0)
+    for ax, (method, firsts) in zip(axes.flat, data.items()):
+        switched = [s for s in firsts if s is not None]
+        ax.hist(switched, bins=bins, color="tab:blue", edgecolor="white")
+        never = len(firsts) - len(switched)
+        median = f", median {np.median(switched):g}" if switched else ""
+        ax.set_title(f"{method}: {len(switched)} of {len(firsts)} images switched{median}"
+                     + (f"; {never} never" if never else ""), fontsize=9, loc="left")
+        ax.set_ylabel("images")
+        ax.yaxis.get_major_locator().set_params(integer=True)
+        ax.grid(axis="y", alpha=0.3)
+    axes.flat[-1].set_xlabel(f"first switch step (D_t below the first threshold), of {steps} steps")
+    fig.suptitle(f"{config.name}: where the adaptive methods left their first stage")
+    fig.tight_layout()
+    return _save(fig, config.output / "switch_steps.png")
+
+
+def write_change(config, records: dict[str, list[dict]]) -> Path | None:
+    """change.png: D_t per step, median and 10th-90th percentile band over the units, per method."""
+    series = {}
+    for method, recs in records.items():
+        table = [[r["change"] for r in rec["trace"]] for rec in recs if rec["trace"]]
+        if not table:
+            continue
+        length = max(len(t) for t in table)
+        values = np.full((len(table), length), np.nan)
+        for i, t in enumerate(table):
+            values[i, :len(t)] = [np.nan if v is None else v for v in t]
+        if np.isfinite(values).any():
+            series[method] = values
+    if not series:
+        return None
+    cols = min(3, len(series))
+    nrows = math.ceil(len(series) / cols)
+    fig, axes = _figure(nrows, cols, 4.4 * cols, 3.0 * nrows, sharex=True, sharey=True)
+    for ax, (method, values) in zip(axes.flat, series.items()):
+        steps = np.arange(values.shape[1])
+        valid = np.isfinite(values).any(axis=0)
+        with np.errstate(all="ignore"):
+            lo, mid, hi = (np.nanpercentile(values[:, valid], q, axis=0) for q in (10, 50, 90))
+        ax.fill_between(steps[valid], lo, hi, color="tab:blue", alpha=0.25, label="10th–90th percentile")
+        ax.plot(steps[valid], mid, color="tab:blue", lw=1.5, label="median")
+        ax.set_title(method, fontsize=9)
+        ax.set_yscale("log")  # D_t falls by orders of magnitude; a log axis shows where thresholds bite
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(series):]:
+        ax.axis("off")
+    for i, ax in enumerate(list(axes.flat)[:len(series)]):
+        if i + cols >= len(series):  # nothing drawn below it: it carries the step axis
+            ax.xaxis.set_tick_params(labelbottom=True)
+            ax.set_xlabel("step")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("D_t (Eq. 9, log scale)")
+    axes.flat[0].legend(fontsize=7, loc="upper right")
+    fig.suptitle(f"{config.name}: change between consecutive steps, D_t, over {len(config.prompts)} prompts")
+    fig.tight_layout()
+    return _save(fig, config.output / "change.png")
+
+
+def adaptive_methods(config, records: dict[str, list[dict]]) -> set[str]:
+    """Methods whose switch policy reads D_t: driven without any D_t, it does not visit every stage."""
+    from stitchkit.experiments.plan import is_fixed_schedule
+    from stitchkit.registry import get_registry
+
+    registry = get_registry()
+    out = set()
+    for method in config.methods:
+        recs = records.get(method.name)
+        if not recs or not recs[0]["trace"]:
+            continue
+        policy, _ = registry.create("switch", method.switch)
+        if not is_fixed_schedule(policy, config.sampler.steps, recs[0]["trace"][0]["num_tokens"]):
+            out.add(method.name)
+    return out
+
+
+def write_plots(config, records: dict[str, list[dict]], rows, quality, metrics) -> list[Path]:
+    written = [write_frontier(config, rows, quality, metrics),
+               write_switch_steps(config, records, adaptive_methods(config, records)),
+               write_change(config, records)]
+    return [p for p in written if p is not None]

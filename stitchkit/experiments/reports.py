@@ -1,0 +1,165 @@
+"""The reports of a run, rebuilt from its records and images alone (``stitchkit report RUN_DIR``).
+
+``results.md`` / ``results.csv``: one row per method, the paper's Table 1 columns (latency, speedup, each
+quality metric) plus large-step equivalents and the latency model's prediction and its error. The CSV keeps
+machine names (``latency_ms``); the Markdown table has human headers with units and an arrow saying which
+way is better. Then the pictures (:mod:`~stitchkit.experiments.pictures`) and plots
+(:mod:`~stitchkit.experiments.plots`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+
+from stitchkit.experiments.config import BASELINE, ExperimentConfig
+from stitchkit.experiments.store import atomic_write, image_path, load_records
+
+
+def _image(out_dir: Path, method: str, prompt_index: int, seed: int) -> np.ndarray:
+    from PIL import Image
+
+    image = Image.open(image_path(out_dir, method, prompt_index, seed)).convert("RGB")
+    return np.asarray(image, dtype=np.float32) / 255.0
+
+
+@attrs.frozen(kw_only=True)
+class ResultRow:
+    method: str
+    images: int
+    latency_ms: float
+    denoise_ms: float
+    speedup: float | None
+    large_step_equivalents: float
+    mean_abs_diff: float | None
+    predicted_denoise_ms: float
+    prediction_error_pct: float
+
+
+def collect_results(config: ExperimentConfig, records: dict[str, list[dict]]) -> list[ResultRow]:
+    """One row per method, from its records: mean latency, speedup over the large-only run of the same
+    prompts and seeds, large-model step equivalents (Σ large_tokens / N), mean |image − large image|."""
+    out_dir = config.output
+    base = {(r["prompt_index"], r["seed"]): r for r in records.get(BASELINE, [])}
+    rows = []
+    for method in config.methods:
+        recs = records.get(method.name, [])
+        if not recs:
+            continue
+        paired = [r for r in recs if (r["prompt_index"], r["seed"]) in base]
+        measured = statistics.fmean(r["denoise_ms"] for r in recs)
+        predicted = statistics.fmean(r["predicted_denoise_ms"] for r in recs)
+        speedup = diff = None
+        if paired:
+            speedup = (sum(base[(r["prompt_index"], r["seed"])]["latency_ms"] for r in paired)
+                       / sum(r["latency_ms"] for r in paired))
+            diff = statistics.fmean(
+                float(np.abs(_image(out_dir, method.name, r["prompt_index"], r["seed"])
+                             - _image(out_dir, BASELINE, r["prompt_index"], r["seed"])).mean())
+                for r in paired)
+        rows.append(ResultRow(
+            method=method.name, images=len(recs), latency_ms=statistics.fmean(r["latency_ms"] for r in recs),
+            denoise_ms=measured, speedup=speedup,
+            large_step_equivalents=statistics.fmean(r["large_step_equivalents"] for r in recs),
+            mean_abs_diff=diff, predicted_denoise_ms=predicted,
+            prediction_error_pct=100.0 * (predicted - measured) / measured,
+        ))
+    return rows
+
+
+def _fmt(value: Any, digits: int) -> str:
+    return "–" if value is None else (f"{value:.{digits}f}" if isinstance(value, float) else str(value))
+
+
+#: Human header, unit and which way is better (``True``: higher) of each fixed column of results.md.
+COLUMNS: dict[str, tuple[str, str, bool | None]] = {
+    "method": ("method", "", None),
+    "images": ("images", "", None),
+    "latency_ms": ("latency", "ms", False),
+    "denoise_ms": ("denoising", "ms", False),
+    "speedup": ("speedup vs large", "×", True),
+    "large_step_equivalents": ("large-step equivalents", "steps", False),
+    "mean_abs_diff": ("mean |image − large|", "", False),
+    "predicted_denoise_ms": ("predicted denoising", "ms", None),
+    "prediction_error_pct": ("prediction error", "%", None),
+}
+DIGITS = {"latency_ms": 1, "denoise_ms": 1, "speedup": 2, "large_step_equivalents": 2, "mean_abs_diff": 4,
+          "predicted_denoise_ms": 1, "prediction_error_pct": 1}
+
+
+def human_header(label: str, unit: str, higher_is_better: bool | None) -> str:
+    """``latency (ms) ↓``: the label, its unit, and an arrow pointing the better way."""
+    unit = f" ({unit})" if unit else ""
+    arrow = "" if higher_is_better is None else (" ↑" if higher_is_better else " ↓")
+    return f"{label}{unit}{arrow}"
+
+
+def _param_columns(config: ExperimentConfig) -> list[str]:
+    """Every swept parameter, in the order first met: its own column of results.csv."""
+    names: list[str] = []
+    for method in config.methods:
+        names += [k for k in method.params if k not in names]
+    return names
+
+
+def write_results(config: ExperimentConfig, *, records=None, metrics=None):
+    """results.md (human headers with units and arrows), results.csv (machine names) and trace.jsonl."""
+    from stitchkit.experiments.metrics.scoring import build_metrics, score_methods
+    from stitchkit.experiments.sweeps import format_value
+
+    out_dir = config.output
+    records = load_records(config) if records is None else records
+    metrics = build_metrics(config) if metrics is None else metrics
+    rows = collect_results(config, records)
+    quality = score_methods(config, records, BASELINE, metrics)
+    params = _param_columns(config)
+    fixed = [f.name for f in attrs.fields(ResultRow)]
+    header = fixed[:1] + params + fixed[1:] + list(metrics)
+    humans = [human_header(*COLUMNS[h]) if h in COLUMNS else h for h in fixed[:1] + params + fixed[1:]]
+    humans += [human_header(m.label, m.unit, m.higher_is_better) for m in metrics.values()]
+    digits = {**DIGITS, **{name: m.digits for name, m in metrics.items()}}
+    lines = ["| " + " | ".join(humans) + " |", "|" + "---|" * len(header)]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    by_name = {m.name: m for m in config.methods}
+    for row in rows:
+        point = by_name[row.method].params
+        values = {**{m: None for m in metrics}, **{k: point.get(k) for k in params}, **attrs.asdict(row),
+                  **quality.get(row.method, {})}
+        lines.append("| " + " | ".join(format_value(values[h]) if h in params and values[h] is not None
+                                       else _fmt(values[h], digits.get(h, 0)) for h in header) + " |")
+        writer.writerow(["" if values[h] is None else (json.dumps(values[h]) if isinstance(values[h], (list, dict))
+                                                       else values[h]) for h in header])
+    atomic_write(out_dir / "results.md", ("\n".join(lines) + "\n").encode())
+    atomic_write(out_dir / "results.csv", buffer.getvalue().encode())
+    trace_lines = [json.dumps({"method": method, "prompt_index": r["prompt_index"], "seed": r["seed"], **step})
+                   for method, recs in records.items() for r in recs for step in r["trace"]]
+    atomic_write(out_dir / "trace.jsonl", ("\n".join(trace_lines) + "\n").encode())
+    return rows, quality, metrics
+
+
+#: What a report writes, in the order the closing line lists it.
+REPORT_FILES = ("results.md", "results.csv", "trace.jsonl", "grid.png", "grid_prompts.txt", "masks.png", "frontier.png",
+                "switch_steps.png", "change.png")
+
+
+def write_report(config: ExperimentConfig, *, metrics=None) -> list[Path]:
+    """Every report file from the run folder's records and images; returns the paths written."""
+    from stitchkit.experiments.pictures import write_pictures
+
+    records = load_records(config)
+    rows, quality, metrics = write_results(config, records=records, metrics=metrics)
+    written = [config.output / name for name in ("results.md", "results.csv", "trace.jsonl")]
+    written += write_pictures(config)
+    from stitchkit.experiments.plots import write_plots
+
+    written += write_plots(config, records, rows, quality, metrics)
+    return written

@@ -1,0 +1,173 @@
+"""Run an experiment: every method × prompt × seed, with outputs written atomically and reruns resuming.
+
+Layout of the output folder (paths: :mod:`~stitchkit.experiments.store`)::
+
+    images/<method>/p<prompt>-s<seed>.png   the generated image (<prompt>: the index in the prompt source)
+    records/<method>/p<prompt>-s<seed>.json one unit's measurements and its per-step trace
+    config.resolved.yaml, environment.json  what ran, and where (:mod:`~stitchkit.experiments.run_folder`)
+    trace.jsonl, results.md, results.csv    the reports (:mod:`~stitchkit.experiments.reports`), with the
+    grid.png, masks.png, *.png plots        pictures and plots, all rebuilt from the records
+
+A unit (method, prompt, seed) is done when its record exists; records are written last and atomically
+(temp file + ``os.replace``), so an interrupted run loses at most the unit in flight and a rerun skips what
+is done. The table is always rebuilt from the records, never from memory.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from stitchkit.experiments.config import ExperimentConfig, MethodConfig
+from stitchkit.experiments.metrics.scoring import build_metrics
+from stitchkit.experiments.reports import write_report
+from stitchkit.experiments.store import atomic_write, image_path, record_path, unit_stem
+from stitchkit.trace import large_step_equivalents, latency_steps
+
+
+def load_pair(config: ExperimentConfig):
+    """The StitchPipeline the experiment's ``pair`` names."""
+    import torch
+
+    from stitchkit.pairs import load_pair_pipeline
+    from stitchkit.pipeline import StitchPipeline
+
+    pair = config.pair
+    if pair.name is not None:
+        return load_pair_pipeline(pair.name)
+    return StitchPipeline.from_pretrained(pair.large, pair.small, torch_dtype=getattr(torch, pair.dtype),
+                                          device=pair.device)
+
+
+def _generate(pipe, config: ExperimentConfig, method: MethodConfig, prompt: str, seed: int, *, save: bool = True):
+    import torch
+
+    s = config.sampler
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    masks: dict[str, Any] = {"grid": None, "steps": []}
+
+    def keep_mask(step: dict) -> None:  # the tokens the large model recomputed, for the mask picture
+        if step["indices"] is not None:
+            p = pipe.adapter.patch_size
+            masks["grid"] = [step["latents"].shape[-2] // p, step["latents"].shape[-1] // p]
+            masks["steps"].append([step["step"], step["indices"][0].tolist()])
+
+    start = time.perf_counter()
+    out = pipe(prompt, height=s.height, width=s.width, num_inference_steps=s.steps,
+               guidance_scale=s.guidance_scale, negative_prompt=s.negative_prompt,
+               max_sequence_length=s.max_sequence_length, generator=generator, output_type="pil",
+               switch=method.switch, mask=method.mask, context=method.context,
+               allow_unprofitable=config.allow_unprofitable, callback=keep_mask)
+    total_ms = (time.perf_counter() - start) * 1000.0
+    return out, total_ms, masks
+
+
+def _record(method: str, prompt_index: int, prompt: str, seed: int, out, total_ms: float, costs) -> dict[str, Any]:
+    from stitchkit.latency import predict_from_steps
+
+    trace = out.trace
+    # The latency model (Eq. 3-6) priced with the profiled costs, over this run's actual steps and masks.
+    prediction = predict_from_steps(latency_steps(trace), costs)
+    return {
+        "method": method, "prompt_index": prompt_index, "prompt": prompt, "seed": seed,
+        "latency_ms": total_ms,
+        "denoise_ms": sum(r.large_ms + r.small_ms for r in trace),
+        "predicted_denoise_ms": prediction.refined_predicted_ms or prediction.predicted_ms,
+        "paper_predicted_denoise_ms": prediction.predicted_ms,
+        "large_step_equivalents": large_step_equivalents(trace),
+        "trace": [r.to_dict() for r in trace],
+    }
+
+
+def run_experiment(config: ExperimentConfig, *, progress: bool = True, pipe=None, force_new: bool = False) -> Path:
+    """Run every unit not yet done, then (re)write the reports. Returns the folder.
+
+    The folder's config.resolved.yaml must match this config (else refused, or with ``force_new`` a fresh
+    folder is used); environment.json is rewritten whenever units are generated.
+    """
+    from tqdm.auto import tqdm
+
+    from stitchkit.experiments.run_folder import claim, write_environment
+
+    metrics = build_metrics(config)  # built (and their weights checked) before any image is generated
+    config = claim(config, force_new=force_new)
+    out_dir = config.output
+    todo = [u for u in config.units if not record_path(out_dir, u[0].name, u[1], u[3]).exists()]
+    if todo:
+        write_environment(config)
+        pipe = pipe or load_pair(config)
+        size = _size(pipe, config)
+        check_methods(pipe, config, size)
+        # One untimed generation first: the first call pays for allocations and lazy initialisation
+        # (the profile too would otherwise time a cold model: 44 ms against 19 ms on the shapes pair).
+        _generate(pipe, config, config.methods[0], config.prompts[0], config.seeds[0])
+        costs = ensure_profile(pipe, config, size)
+        bar = tqdm(todo, desc=config.name, unit="image", disable=not progress)
+        for method, pi, prompt, seed in bar:
+            bar.set_description(f"{config.name}: {method.name}", refresh=False)
+            bar.set_postfix_str(unit_stem(pi, seed), refresh=False)
+            out, total_ms, masks = _generate(pipe, config, method, prompt, seed)
+            buffer = io.BytesIO()
+            out.images[0].save(buffer, format="PNG")
+            atomic_write(image_path(out_dir, method.name, pi, seed), buffer.getvalue())
+            record = _record(method.name, pi, prompt, seed, out, total_ms, costs)
+            record["masks"] = masks
+            atomic_write(record_path(out_dir, method.name, pi, seed), json.dumps(record).encode())
+    write_report(config, metrics=metrics)
+    return out_dir
+
+
+@attrs.frozen(kw_only=True)
+class _Size:
+    height: int
+    width: int
+    text_tokens: int
+    guided: bool
+
+
+def _size(pipe, config: ExperimentConfig) -> _Size:
+    """The image size and text length every unit of this experiment runs at (one prompt encoded to see)."""
+    import torch
+
+    s = config.sampler
+    default = pipe.adapter.default_size()
+    with torch.no_grad():
+        cond = pipe.adapter.encode(guidance_scale=s.guidance_scale, num_images_per_prompt=1,
+                                   max_sequence_length=s.max_sequence_length, prompt=config.prompts[0],
+                                   prompt_2=None, prompt_3=None)
+    return _Size(height=s.height or default, width=s.width or default, text_tokens=cond.prompt_embeds.shape[1],
+                 guided=cond.guided)
+
+
+def check_methods(pipe, config: ExperimentConfig, size: _Size) -> None:
+    """Refuse, before anything runs, every method whose masks break Eq. 7-8 for this pair and size."""
+    for i, method in enumerate(config.methods):
+        pipe.check_plan(method.switch, height=size.height, width=size.width, text_tokens=size.text_tokens,
+                        guided=size.guided, allow_unprofitable=config.allow_unprofitable,
+                        path=f"methods[{i}].switch")
+
+
+def ensure_profile(pipe, config: ExperimentConfig, size: _Size):
+    """The pair's measured costs at this size: the cached profile, or one measured now and cached."""
+    import torch
+
+    from stitchkit.profile import ProfileKey, cpu_threads, load_profile, profile_transformers, save_profile
+
+    vae = pipe.adapter.vae_scale_factor
+    dtype = str(pipe.adapter.dtype).removeprefix("torch.")
+    device = pipe.adapter.device.type
+    key = ProfileKey(pair=pipe.pair_id, height=size.height, width=size.width, dtype=dtype, device=device,
+                     batch=2 if size.guided else 1, text_tokens=size.text_tokens, threads=cpu_threads(device))
+    costs = load_profile(key)
+    if costs is None:
+        costs = profile_transformers(pipe.adapter.large_transformer, pipe.small, latent_height=size.height // vae,
+                                     latent_width=size.width // vae, text_tokens=size.text_tokens,
+                                     batch=key.batch, dtype=getattr(torch, dtype), device=device,
+                                     num_threads=torch.get_num_threads())
+        save_profile(key, costs)
+    return costs

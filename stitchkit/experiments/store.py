@@ -1,0 +1,47 @@
+"""The run folder's layout: where a unit's image and record live, and how files are written.
+
+Its own module so that the runner, the reports and the pictures all read one layout and none of them
+imports another (the runner used to import the pictures and the pictures the runner).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def unit_stem(prompt_index: int, seed: int) -> str:
+    return f"p{prompt_index:04d}-s{seed}"
+
+
+def record_path(out_dir: Path, method: str, prompt_index: int, seed: int) -> Path:
+    return out_dir / "records" / method / f"{unit_stem(prompt_index, seed)}.json"
+
+
+def image_path(out_dir: Path, method: str, prompt_index: int, seed: int) -> Path:
+    return out_dir / "images" / method / f"{unit_stem(prompt_index, seed)}.png"
+
+
+def load_records(config) -> dict[str, list[dict]]:
+    """Each method's finished units (a unit is done when its record exists), in prompt and seed order."""
+    records = {}
+    for method in config.methods:
+        paths = (record_path(config.output, method.name, pi, seed)
+                 for pi in config.prompt_indices for seed in config.seeds)
+        records[method.name] = [json.loads(path.read_text()) for path in paths if path.exists()]
+    return records
