@@ -1,4 +1,4 @@
-"""The experiment side is a layer above the loop: the engine, pipeline, policies, models and adapters never
+"""The experiment side is a layer above the loop: the engine, pipeline, policies, models and model families never
 import ``stitchkit.experiments``, not even when they build the plugin registry."""
 
 import os
@@ -7,8 +7,8 @@ import sys
 
 CODE = r"""
 import sys
-import stitchkit.engine, stitchkit.pipeline, stitchkit.adapters.sd3, stitchkit.adapters.shapes
-import stitchkit.models.sd3_masked, stitchkit.models.tokens
+import stitchkit.engine, stitchkit.pipeline, stitchkit.families.sd3, stitchkit.families.shapes
+import stitchkit.families.wan, stitchkit.families.sd3.masked, stitchkit.models.tokens
 from stitchkit.registry import DEFAULT_PLUGINS, get_registry
 registry = get_registry(entry_points=False)
 registry.names("switch"); registry.create("switch", "hybridstitch-30"); registry.create("mask", "static")
