@@ -20,6 +20,11 @@ consecutive ones. Algorithm 1's line 19 differences the latents instead, but bet
 thresholds (0.25-0.6) would fire at once and the large model would run for one step only. ``"latent"`` and
 ``"output"`` remain available through ``change``.
 
+Why a separate ``mask_measure``: the switch reads one number per step (``D_t``), the top-k mask ranks tokens
+by a per-token change map (line 23, ``Topk(diff)``). The paper's literal reading takes both from line 19's
+latent difference; the x0 reading takes both from Eq. 9-10. ``mask_measure`` (default ``None``: the same
+measure as ``change``, today's behaviour) lets the two be mixed, e.g. ``change="x0", mask_measure="latent"``.
+
 Presets (§4.1, Tables 1-3): ``hybridstitch-10/-20/-30/-40``, multi-mask ``hybridstitch-20-10``,
 ``-30-10`` and ``-40-30``, and the ablations of Table 2, ``staticmask-N`` (mask chosen once per stage) and
 ``fulllarge-N`` (the large model on every token in the hybrid stage, only the masked part stitched).
@@ -35,7 +40,7 @@ from typing import Any
 import attrs
 
 import stitchkit
-from stitchkit.change import check_measure
+from stitchkit.change import check_measure, check_measure_or_none
 from stitchkit.errors import ConfigError
 from stitchkit.protocols import Decision, LoopState
 
@@ -90,6 +95,8 @@ class HybridStitch:
     )
     mask_ratios: tuple[float, ...] = attrs.field(default=(0.3,), converter=_as_tuple, validator=_mask_ratios)
     change: str = attrs.field(default="x0", validator=check_measure)
+    #: The measure of the per-token change map the mask ranks; ``None``: ``change``'s.
+    mask_measure: str | None = attrs.field(default=None, validator=check_measure_or_none)
 
     _stage: int = attrs.field(init=False, default=0, repr=False, eq=False)
 

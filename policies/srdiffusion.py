@@ -69,7 +69,7 @@ import attrs
 import torch
 
 import stitchkit
-from stitchkit.change import check_measure
+from stitchkit.change import check_measure_or_none
 from stitchkit.errors import ConfigError
 from stitchkit.protocols import Decision, LoopState
 
@@ -90,11 +90,6 @@ def _rule(instance: object, attribute: attrs.Attribute, value: object) -> None:
         raise ConfigError(attribute.name, f"unknown rule {value!r}", "known: " + ", ".join(RULES))
 
 
-def _measure_or_none(instance: object, attribute: attrs.Attribute, value: object) -> None:
-    if value is not None:
-        check_measure(instance, attribute, value)
-
-
 def _step_or_none(instance: object, attribute: attrs.Attribute, value: object) -> None:
     if value is None:
         return
@@ -111,7 +106,7 @@ class SRDiffusion:
 
     threshold: float = attrs.field(default=0.01, validator=_positive)
     rule: str = attrs.field(default="fastvideo", validator=_rule)
-    change: str | None = attrs.field(default=None, validator=_measure_or_none)
+    change: str | None = attrs.field(default=None, validator=check_measure_or_none)
     min_switch_step: int | None = attrs.field(default=5, validator=_step_or_none)
     max_switch_step: int | None = attrs.field(default=30, validator=_step_or_none)
 

@@ -50,6 +50,7 @@ __all__ = [
     "StepTensors",
     "change_map",
     "check_measure",
+    "check_measure_or_none",
     "measure",
     "measure_names",
     "relative_l1",
@@ -164,3 +165,9 @@ def measure(name: str, path: str = "change") -> Measure:
 def check_measure(instance: object, attribute: "attrs.Attribute", value: object) -> None:
     """attrs validator: ``value`` names a known measure, else a :class:`ConfigError` at the field's name."""
     measure(value, attribute.name)  # type: ignore[arg-type]
+
+
+def check_measure_or_none(instance: object, attribute: "attrs.Attribute", value: object) -> None:
+    """attrs validator: ``None`` (take the policy's default measure) or a known measure's name."""
+    if value is not None:
+        measure(value, attribute.name)  # type: ignore[arg-type]

@@ -114,6 +114,8 @@ def denoise(
     grid = (latents.shape[-2] // p, latents.shape[-1] // p)
     num_tokens = grid[0] * grid[1]
     measure = MEASURES[switch.change_measure]
+    # The mask's change map may come from another measure than D_t (a policy's ``mask_measure``).
+    map_measure = MEASURES[getattr(switch, "mask_measure", None) or switch.change_measure]
     # A policy that never masks needs no K/V recording: its large steps are the stock forward.
     may_mask = getattr(switch, "may_mask", True)
     small_forward = small_forward_fn(models.small, latents.device)
@@ -168,6 +170,8 @@ def denoise(
 
             current = StepTensors.from_step(latents, next_latents, prediction, sigma)  # x0 of Eq. 10
             change, change_map = measure(previous, current, p)
+            if map_measure is not measure:
+                change_map = map_measure(previous, current, p)[1]
             previous = current
             record = StepRecord(
                 step=i, timestep=float(t), sigma=sigma, stage=decision.stage, large_tokens=large_tokens,

@@ -90,7 +90,8 @@ class SwitchPolicy(Protocol):
     Optional class attributes the engine and tools read: ``may_mask = False`` for a policy that never
     takes a hybrid step (its large steps then need no K/V recording); ``stages``, one of ``"large"``,
     ``"small"``, ``"hybrid"`` per stage (for ``stitchkit.testing`` and ``stitchkit plan``); ``mask_ratios``,
-    checked against Eq. 7-8 before a run.
+    checked against Eq. 7-8 before a run; ``mask_measure``, the measure of the per-token change map a mask
+    policy ranks (``None`` or absent: ``change_measure``'s).
     """
 
     change_measure: str
