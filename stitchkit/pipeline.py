@@ -14,7 +14,7 @@ installed for one generation and restored after it (also on error).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 import attrs
 import torch
@@ -188,7 +188,8 @@ class StitchPipeline:
             negative_prompt_embeds=negative_prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
             negative_pooled_prompt_embeds=negative_pooled_prompt_embeds, clip_skip=clip_skip,
         )
-        self.check_plan(policies.switch, height=height, width=width, text_tokens=cond.prompt_embeds.shape[1],
+        self.check_plan(policies.switch, context=policies.context, height=height, width=width,
+                        text_tokens=cond.prompt_embeds.shape[1],
                         guided=cond.guided, allow_unprofitable=allow_unprofitable)
         latents = adapter.prepare_latents(batch_size=batch * num_images_per_prompt, height=height, width=width,
                                           dtype=cond.prompt_embeds.dtype, generator=generator, latents=latents)
@@ -218,15 +219,17 @@ class StitchPipeline:
             device=self.adapter.device.type)
 
     def check_plan(self, switch: Any, *, height: int, width: int, text_tokens: int, guided: bool,
-                   allow_unprofitable: bool = False, path: str = "switch") -> tuple[str, ...]:
-        """Refuse (or with ``allow_unprofitable`` warn about) mask ratios that break Eq. 7-8 for this pair."""
+                   allow_unprofitable: bool = False, path: str = "switch", context: Any = None) -> tuple[str, ...]:
+        """Refuse (or with ``allow_unprofitable`` warn about) mask ratios that break Eq. 7-8 for this pair;
+        ``context`` (else the preset's, else the default) decides whether a hybrid step computes every token."""
         from stitchkit.validation import check_switch_policy
 
-        policy = switch if not isinstance(switch, (str, Mapping)) else self.registry.create("switch", switch)[0]
-        if not getattr(policy, "mask_ratios", None):
+        policies = self.resolve_policies(switch, None, context)
+        if not getattr(policies.switch, "mask_ratios", None):
             return ()
         costs = self.costs(height=height, width=width, text_tokens=text_tokens, guided=guided)
-        return check_switch_policy(policy, costs, allow_unprofitable=allow_unprofitable, path=path)
+        return check_switch_policy(policies.switch, costs, allow_unprofitable=allow_unprofitable, path=path,
+                                   computes_all_tokens=getattr(policies.context, "computes_all_tokens", False))
 
     # -- conveniences -----------------------------------------------------------------------------------
     def to(self, device: str | torch.device) -> "StitchPipeline":
