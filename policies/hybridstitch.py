@@ -27,7 +27,8 @@ measure as ``change``, today's behaviour) lets the two be mixed, e.g. ``change="
 
 Presets (§4.1, Tables 1-3): ``hybridstitch-10/-20/-30/-40``, multi-mask ``hybridstitch-20-10``,
 ``-30-10`` and ``-40-30``, and the ablations of Table 2, ``staticmask-N`` (mask chosen once per stage) and
-``fulllarge-N`` (the large model on every token in the hybrid stage, only the masked part stitched).
+``fulllarge-N`` (the large model on every token in the hybrid stage, only the masked part stitched). Every
+preset carries the paper's sampler settings (50 steps at 768 × 768, :mod:`stitchkit.sampler`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import stitchkit
 from stitchkit.change import check_measure, check_measure_or_none
 from stitchkit.errors import ConfigError
 from stitchkit.protocols import Decision, LoopState
+from stitchkit.sampler import PAPER_SAMPLER
 
 
 def _as_tuple(value: Any) -> Any:
@@ -160,17 +162,20 @@ def _presets() -> dict[str, dict[str, Any]]:
     }
     presets: dict[str, dict[str, Any]] = {}
     for size, thresholds in single.items():
-        params = {"thresholds": thresholds, "mask_ratios": (size / 100,)}
+        params = {"thresholds": thresholds, "mask_ratios": (size / 100,), "sampler": PAPER_SAMPLER}
         presets[f"hybridstitch-{size}"] = params
         presets[f"staticmask-{size}"] = {**params, "mask": "static"}  # Table 2, StaticMask
         presets[f"fulllarge-{size}"] = {**params, "context": "full-large"}  # Table 2, FullLarge
     for sizes, thresholds in multi.items():
         name = "hybridstitch-" + "-".join(str(s) for s in sizes)
-        presets[name] = {"thresholds": thresholds, "mask_ratios": tuple(s / 100 for s in sizes)}
+        presets[name] = {"thresholds": thresholds, "mask_ratios": tuple(s / 100 for s in sizes),
+                         "sampler": PAPER_SAMPLER}
     return presets
 
 
-#: Preset name -> parameters (plus the reserved keys ``mask`` / ``context`` naming the policies implied).
+#: Preset name -> parameters (plus the reserved keys ``mask`` / ``context`` naming the policies implied, and
+#: ``sampler``: the paper's 50 steps at 768², §4.1, which the thresholds were chosen for; see
+#: :mod:`stitchkit.sampler`).
 PRESETS: dict[str, dict[str, Any]] = _presets()
 
 

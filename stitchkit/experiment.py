@@ -69,6 +69,7 @@ def _generate(pipe, config: ExperimentConfig, method: MethodConfig, prompt: str,
     import torch
 
     s = config.sampler
+    sampler = ran_sampler(pipe, config)  # explicit, so that what ran is what the record says
     generator = torch.Generator(device="cpu").manual_seed(seed)
     masks: dict[str, Any] = {"grid": None, "steps": []}
 
@@ -79,13 +80,28 @@ def _generate(pipe, config: ExperimentConfig, method: MethodConfig, prompt: str,
             masks["steps"].append([step["step"], step["indices"][0].tolist()])
 
     start = time.perf_counter()
-    out = pipe(prompt, height=s.height, width=s.width, num_inference_steps=s.steps,
+    out = pipe(prompt, height=sampler["height"], width=sampler["width"], num_inference_steps=sampler["steps"],
                guidance_scale=s.guidance_scale, negative_prompt=s.negative_prompt,
                max_sequence_length=s.max_sequence_length, generator=generator, output_type="pil",
                switch=method.switch, mask=method.mask, context=method.context,
                allow_unprofitable=config.allow_unprofitable, callback=keep_mask)
     total_ms = (time.perf_counter() - start) * 1000.0
     return out, total_ms, masks
+
+
+def ran_sampler(pipe, config: ExperimentConfig) -> dict[str, Any]:
+    """The sampler settings every unit runs with, the pair's default size filled in."""
+    s = config.sampler
+    default = pipe.adapter.default_size()
+    return {"steps": s.steps, "height": s.height or default, "width": s.width or default,
+            "guidance_scale": s.guidance_scale}
+
+
+def sampler_label(sampler: dict[str, Any] | None) -> str:
+    """``20 steps 64x64 cfg 3`` (a results row's ``sampler`` cell)."""
+    if not sampler:
+        return "–"
+    return f"{sampler['steps']} steps {sampler['height']}x{sampler['width']} cfg {sampler['guidance_scale']:g}"
 
 
 def _record(method: str, prompt_index: int, prompt: str, seed: int, out, total_ms: float, costs) -> dict[str, Any]:
@@ -128,6 +144,7 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = True, pipe=None
             atomic_write(image_path(out_dir, method.name, pi, seed), buffer.getvalue())
             record = _record(method.name, pi, prompt, seed, out, total_ms, costs)
             record["masks"] = masks
+            record["sampler"] = ran_sampler(pipe, config)
             atomic_write(record_path(out_dir, method.name, pi, seed), json.dumps(record).encode())
     write_results(config)
     write_pictures(config)
@@ -227,6 +244,7 @@ class ResultRow:
     mean_abs_diff: float | None
     predicted_denoise_ms: float
     prediction_error_pct: float
+    sampler: str = "–"
 
 
 def collect_results(config: ExperimentConfig, records: dict[str, list[dict]]) -> list[ResultRow]:
@@ -256,6 +274,7 @@ def collect_results(config: ExperimentConfig, records: dict[str, list[dict]]) ->
             large_step_equivalents=statistics.fmean(r["large_step_equivalents"] for r in recs),
             mean_abs_diff=diff, predicted_denoise_ms=predicted,
             prediction_error_pct=100.0 * (predicted - measured) / measured,
+            sampler=" / ".join(sorted({sampler_label(r.get("sampler")) for r in recs})),
         ))
     return rows
 

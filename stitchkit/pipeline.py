@@ -23,6 +23,7 @@ from stitchkit.adapters.sd3 import SD3Adapter, check_pair
 from stitchkit.engine import Models, Policies, StepCallback, denoise
 from stitchkit.errors import ConfigError
 from stitchkit.registry import Registry, get_registry
+from stitchkit.sampler import largest_size, preset_sampler, resolve_sampler
 from stitchkit.trace import StepRecord
 
 #: What ``mask=`` and ``context=`` default to when neither the call nor a preset names them.
@@ -132,7 +133,7 @@ class StitchPipeline:
         prompt_3: str | list[str] | None = None,
         height: int | None = None,
         width: int | None = None,
-        num_inference_steps: int = 28,
+        num_inference_steps: int | None = None,
         sigmas: list[float] | None = None,
         guidance_scale: float = 7.0,
         negative_prompt: str | list[str] | None = None,
@@ -162,11 +163,17 @@ class StitchPipeline:
 
         A HybridStitch-like policy (one with ``mask_ratios``) is checked against Eq. 7-8 first and refused
         with a :class:`ConfigError` when its masks cannot pay off; ``allow_unprofitable=True`` (ablations)
-        makes that a warning."""
+        makes that a warning. ``num_inference_steps``/``height``/``width`` left unset take a preset's sampler
+        settings (the paper's presets: 50 steps at 768², §4.1), else 28 steps at the pair's default size;
+        setting other ones with such a preset warns once (:class:`stitchkit.sampler.PresetSamplerWarning`)."""
         policies = self.resolve_policies(switch, mask, context)
         adapter = self.adapter
-        default = adapter.default_size()
-        height, width = height or default, width or default
+        # A paper preset brings its steps and size where the call gives none (stitchkit.sampler).
+        sampler = resolve_sampler(
+            preset_sampler(self.registry, switch), steps=num_inference_steps, height=height, width=width,
+            default_size=adapter.default_size(),
+            max_size=largest_size(adapter.large_transformer.config, adapter.patch_size, adapter.vae_scale_factor))
+        num_inference_steps, height, width = sampler.steps, sampler.height, sampler.width
         adapter.check_inputs(
             prompt=prompt, prompt_2=prompt_2, prompt_3=prompt_3, height=height, width=width,
             negative_prompt=negative_prompt, negative_prompt_2=negative_prompt_2,

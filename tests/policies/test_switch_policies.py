@@ -56,7 +56,7 @@ def registered() -> dict[str, tuple[object, dict]]:
 
 def build(name: str, **overrides):
     factory, params = registered()[name]
-    params = {k: v for k, v in {**params, **overrides}.items() if k not in ("mask", "context")}
+    params = {k: v for k, v in {**params, **overrides}.items() if k not in ("mask", "context", "sampler")}
     return factory(**params)
 
 
@@ -101,14 +101,15 @@ def test_every_kind_and_preset_is_registered():
 
 
 def test_presets_are_the_papers():
+    paper = {"sampler": {"steps": 50, "height": 768, "width": 768}}  # §4.1
     assert PRESETS == {
-        "hybridstitch-10": {"thresholds": (0.3, 0.25), "mask_ratios": (0.1,)},
-        "hybridstitch-20": {"thresholds": (0.35, 0.25), "mask_ratios": (0.2,)},
-        "hybridstitch-30": {"thresholds": (0.5, 0.3), "mask_ratios": (0.3,)},
-        "hybridstitch-40": {"thresholds": (0.4, 0.3), "mask_ratios": (0.4,)},
-        "hybridstitch-20-10": {"thresholds": (0.5, 0.3, 0.2), "mask_ratios": (0.2, 0.1)},
-        "hybridstitch-30-10": {"thresholds": (0.5, 0.3, 0.2), "mask_ratios": (0.3, 0.1)},
-        "hybridstitch-40-30": {"thresholds": (0.6, 0.5, 0.3), "mask_ratios": (0.4, 0.3)},
+        "hybridstitch-10": {"thresholds": (0.3, 0.25), "mask_ratios": (0.1,), **paper},
+        "hybridstitch-20": {"thresholds": (0.35, 0.25), "mask_ratios": (0.2,), **paper},
+        "hybridstitch-30": {"thresholds": (0.5, 0.3), "mask_ratios": (0.3,), **paper},
+        "hybridstitch-40": {"thresholds": (0.4, 0.3), "mask_ratios": (0.4,), **paper},
+        "hybridstitch-20-10": {"thresholds": (0.5, 0.3, 0.2), "mask_ratios": (0.2, 0.1), **paper},
+        "hybridstitch-30-10": {"thresholds": (0.5, 0.3, 0.2), "mask_ratios": (0.3, 0.1), **paper},
+        "hybridstitch-40-30": {"thresholds": (0.6, 0.5, 0.3), "mask_ratios": (0.4, 0.3), **paper},
         **{f"staticmask-{n}": {**PRESETS[f"hybridstitch-{n}"], "mask": "static"} for n in (10, 20, 30, 40)},
         **{
             f"fulllarge-{n}": {**PRESETS[f"hybridstitch-{n}"], "context": "full-large"}
