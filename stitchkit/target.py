@@ -135,10 +135,11 @@ def candidates(problem: Problem, chosen: Sequence[float]) -> list[float]:
     placeholder = list(chosen) + [_NEVER / (j + 1) for j in range(len(problem.knobs) - k)]
     seen: list[float] = []
     for r, unit in zip(problem.replays(placeholder), problem.units):
-        if len(r.transitions) != k:
+        if len(r.transitions) < k:
             continue  # this unit never reaches stage k with these values
-        handed = problem.store.handed(unit, r.transitions)
-        start = r.transitions[-1] + 1 if k else 0
+        prefix = r.transitions[:k]  # (a rule may still leave stage k by itself, e.g. max_switch_step)
+        handed = problem.store.handed(unit, prefix)
+        start = prefix[-1] + 1 if k else 0
         d = [x for x in handed[start:] if x is not None]
         seen += d
         if knob.param == "threshold":  # SRDiffusion's drop rules compare tanh(D_{t-1}) - tanh(D_t)
