@@ -112,12 +112,12 @@ def prepare(config: ExperimentConfig, method_name: str, *, units: int, pipe=None
     return problem, setup
 
 
-def method_yaml(setup: Setup, problem: Problem, values) -> str:
-    """The method line to paste into the experiment's ``methods:``."""
+def method_yaml(setup: Setup, problem: Problem, values, name: str | None = None) -> str:
+    """The method line to paste into the experiment's ``methods:`` (named ``name``, else as the method)."""
     import yaml
 
     switch = {**setup.base, **with_values(problem.knobs, values)}
-    item: dict[str, Any] = {"name": setup.method.name, "switch": switch}
+    item: dict[str, Any] = {"name": name or setup.method.name, "switch": switch}
     for key in ("mask", "context"):
         if getattr(setup.method, key) is not None:
             item[key] = getattr(setup.method, key)

@@ -75,3 +75,18 @@ def test_cli_prints_thresholds_and_the_yaml(tmp_path, capsys):
     assert item["switch"]["thresholds"][0] > item["switch"]["thresholds"][1] > 0
     assert main(["calibrate", str(exp), "--method", "large", "--target-speedup", "1.3"]) == 2
     assert main(["calibrate", str(exp), "--method", "hs"]) == 2
+
+
+def test_match_tunes_a_baseline_to_another_methods_quality(config, shapes_pipe):
+    from stitchkit.match import match_quality, metric_score
+    from stitchkit.target import candidates
+
+    problem, setup = prepare(config, "sr", units=2, pipe=shapes_pipe, costs=Costs(large_ms=10.0, small_ms=3.0))
+    found, mine, theirs = match_quality(problem, setup, "hs", "psnr")
+    assert mine >= theirs
+    assert found.values[0] in candidates(problem, [])
+    # the score is the experiment's metric on the images a real run with that threshold makes
+    policy = problem.build(found.values)
+    large = [setup.generate(u, "large", output_type="pil").images[0] for u in setup.units]
+    images = [(u[0], setup.generate(u, policy, output_type="pil").images[0]) for u in setup.units]
+    assert metric_score(config, "psnr", images, large) == pytest.approx(mine)

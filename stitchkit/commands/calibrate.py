@@ -25,12 +25,14 @@ from stitchkit.errors import ConfigError
 @click.option("--match", "match", default=None, metavar="METHOD",
               help="Tune --method's threshold until its quality (--metric) matches METHOD's.")
 @click.option("--metric", default=None, metavar="NAME", help="The quality metric --match compares.")
+@click.option("--name", "name", default=None, metavar="NAME",
+              help="The method's name in the printed YAML line (default: --method's).")
 @click.option("--units", type=int, default=8, show_default=True,
               help="Calibration units: the first N prompt x seed pairs of the experiment.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def command(experiment: str, thresholds: str, method: str | None, target_speedup: float | None,
-            target_large_steps: float | None, match: str | None, metric: str | None, units: int,
-            quiet: bool) -> None:
+            target_large_steps: float | None, match: str | None, metric: str | None, name: str | None,
+            units: int, quiet: bool) -> None:
     """Without --method: run the large model alone over the experiment's prompts and print D_t quantiles
     per step. With --method: search its thresholds on replayed traces and print the YAML to paste."""
     from stitchkit.config import ExperimentConfig
@@ -47,10 +49,10 @@ def command(experiment: str, thresholds: str, method: str | None, target_speedup
                           "--target-speedup X, --target-large-steps E, or --match METHOD --metric NAME")
     if (match is None) != (metric is None):
         raise ConfigError("--metric" if metric is None else "--match", "missing", "--match and --metric go together")
-    _calibrate(config, method, target_speedup, target_large_steps, match, metric, units)
+    _calibrate(config, method, target_speedup, target_large_steps, match, metric, units, name)
 
 
-def _calibrate(config, method, target_speedup, target_large_steps, match, metric, units) -> None:
+def _calibrate(config, method, target_speedup, target_large_steps, match, metric, units, name) -> None:
     from stitchkit.calibration import method_yaml, prepare
     from stitchkit.target import Target, search, shortest
 
@@ -85,7 +87,7 @@ def _calibrate(config, method, target_speedup, target_large_steps, match, metric
                f"one full run of the experiment's {full_units} units is about {full_units * per_run:.1f} s "
                f"({per_run:.2f} s per generation measured here)")
     click.echo("# paste into methods:")
-    click.echo(method_yaml(setup, problem, values))
+    click.echo(method_yaml(setup, problem, values, name=name))
 
 
 def _quantiles(config, thresholds: str, quiet: bool) -> None:
