@@ -112,11 +112,12 @@ class Replayed:
 
 
 def replay(policy: Any, store: TraceStore | None, unit: Hashable, *, num_steps: int, num_tokens: int,
-           computes_all_tokens: bool = False) -> Replayed:
+           computes_all_tokens: bool = False, stop_at_stage: int | None = None) -> Replayed:
     """Drive ``policy`` through one generation on the recorded D_t (``store=None``: a rule that reads none).
 
     The D_t at step ``i`` comes from the run of the switches decided before ``i``, so it is exactly what
-    the policy would have seen in a real run; the final stage reads nothing.
+    the policy would have seen in a real run; the final stage reads nothing. ``stop_at_stage``: stop on
+    entering that stage (its runs are not recorded; ``steps`` then ends at the entry step).
     """
     policy.reset(num_steps)
     last = len(policy.stages) - 1
@@ -133,6 +134,8 @@ def replay(policy: Any, store: TraceStore | None, unit: Hashable, *, num_steps: 
         if decision.stage != stage:
             prefix, stage = prefix + (i,), decision.stage
         steps.append(_step_cost(decision, num_tokens, computes_all_tokens))
+        if stop_at_stage is not None and stage >= stop_at_stage:
+            break
     return Replayed(transitions=prefix, steps=tuple(steps))
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from stitchkit.errors import ConfigError
 from stitchkit.latency import Costs
-from stitchkit.replay import Summary, TraceStore, replay, summarize
+from stitchkit.replay import Summary, TraceStore, replay, scheduled_like, summarize
 
 #: A threshold no D_t reaches: stands for "not yet chosen" while an earlier knob is searched.
 _NEVER = 1e-300
@@ -100,6 +100,28 @@ class Problem:
     def summary(self, values: Sequence[float]) -> Summary:
         return summarize(self.replays(values), self.costs)
 
+    def bounds(self, chosen: Sequence[float]) -> tuple[Summary, Summary] | None:
+        """Before the last knob's runs are recorded: the predictions if its transition came as early as
+        it can (the step after its stage is entered) and if it never came. ``None`` with one knob."""
+        k = len(chosen)
+        if k == 0:
+            return None
+        placeholder = list(chosen) + [_NEVER / (j + 1) for j in range(len(self.knobs) - k)]
+        policy = self.build(placeholder)
+        fast, slow = [], []
+        for unit in self.units:
+            r = replay(policy, self.store, unit, num_steps=self.num_steps, num_tokens=self.num_tokens,
+                       computes_all_tokens=self.computes_all_tokens, stop_at_stage=k)
+            if len(r.transitions) < k:  # never reaches the last knob's stage: exact already
+                fast.append(r)
+                slow.append(r)
+                continue
+            for out, transitions in ((fast, r.transitions + (r.transitions[-1] + 1,)), (slow, r.transitions)):
+                transitions = tuple(t for t in transitions if t < self.num_steps)
+                out.append(replay(scheduled_like(policy, transitions), None, unit, num_steps=self.num_steps,
+                                  num_tokens=self.num_tokens, computes_all_tokens=self.computes_all_tokens))
+        return summarize(fast, self.costs), summarize(slow, self.costs)
+
 
 @attrs.frozen(kw_only=True)
 class Found:
@@ -170,6 +192,10 @@ def search(problem: Problem, target: Target) -> Found:
 
     def solve(chosen: list[float]) -> None:
         nonlocal best
+        if len(chosen) == len(problem.knobs) - 1 and (bounds := problem.bounds(chosen)) is not None:
+            fast, slow = (target.excess(b) for b in bounds)
+            if fast < 0 or (best is not None and slow > best[0]):
+                return  # cannot reach the target, or cannot beat the best: record nothing for it
         values = candidates(problem, chosen)
         if len(chosen) < len(problem.knobs) - 1:
             for v in _distinct(problem, chosen, values):
