@@ -91,11 +91,12 @@ class Problem:
     def reads_changes(self) -> bool:
         return self.knobs[0].param != "small_fraction"
 
-    def replays(self, values: Sequence[float]):
+    def replays(self, values: Sequence[float], stop_at_stage: int | None = None):
         policy = self.build(values)
         store = self.store if self.reads_changes else None
         return [replay(policy, store, u, num_steps=self.num_steps, num_tokens=self.num_tokens,
-                       computes_all_tokens=self.computes_all_tokens) for u in self.units]
+                       computes_all_tokens=self.computes_all_tokens, stop_at_stage=stop_at_stage)
+                for u in self.units]
 
     def summary(self, values: Sequence[float]) -> Summary:
         return summarize(self.replays(values), self.costs)
@@ -176,12 +177,13 @@ def candidates(problem: Problem, chosen: Sequence[float]) -> list[float]:
 
 
 def _distinct(problem: Problem, chosen: Sequence[float], values: list[float]) -> list[float]:
-    """One candidate (the middle one) per distinct set of switch steps of knob ``len(chosen)``."""
+    """One candidate (the middle one) per distinct set of switch steps of knob ``len(chosen)``; the replay
+    stops when the next stage is entered, so no run of that stage is recorded for it."""
     rest = len(problem.knobs) - len(chosen) - 1
     groups: dict[tuple, list[float]] = {}
     for v in values:
-        key = tuple(r.transitions for r in problem.replays(list(chosen) + [v] + [_NEVER / (j + 1)
-                                                                               for j in range(rest)]))
+        placeholder = list(chosen) + [v] + [_NEVER / (j + 1) for j in range(rest)]
+        key = tuple(r.transitions for r in problem.replays(placeholder, stop_at_stage=len(chosen) + 1))
         groups.setdefault(key, []).append(v)
     return [g[len(g) // 2] for g in groups.values()]
 
