@@ -176,8 +176,8 @@ def _size(pipe, config: ExperimentConfig) -> _Size:
 def check_methods(pipe, config: ExperimentConfig, size: _Size) -> None:
     """Refuse, before anything runs, every method whose masks break Eq. 7-8 for this pair and size."""
     for i, method in enumerate(config.methods):
-        pipe.check_plan(method.switch, context=method.context, height=size.height, width=size.width, text_tokens=size.text_tokens,
-                        guided=size.guided, allow_unprofitable=config.allow_unprofitable,
+        pipe.check_plan(method.switch, context=method.context, height=size.height, width=size.width,
+                        text_tokens=size.text_tokens, guided=size.guided, allow_unprofitable=config.allow_unprofitable,
                         path=f"methods[{i}].switch")
 
 
