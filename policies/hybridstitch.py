@@ -21,9 +21,15 @@ consecutive ones. Algorithm 1's line 19 differences the latents instead, but bet
 thresholds (0.25-0.6) would fire at once and the large model would run for one step only. ``"latent"`` and
 ``"output"`` remain available through ``change``.
 
+Why a separate ``mask_measure``: the switch reads one number per step (``D_t``), the top-k mask ranks tokens
+by a per-token change map (line 23, ``Topk(diff)``). The paper's literal reading takes both from line 19's
+latent difference; the x0 reading takes both from Eq. 9-10. ``mask_measure`` (default ``None``: the same
+measure as ``change``, today's behaviour) lets the two be mixed, e.g. ``change="x0", mask_measure="latent"``.
+
 Presets (§4.1, Tables 1-3): ``hybridstitch-10/-20/-30/-40``, multi-mask ``hybridstitch-20-10``,
 ``-30-10`` and ``-40-30``, and the ablations of Table 2, ``staticmask-N`` (mask chosen once per stage) and
-``fulllarge-N`` (the large model on every token in the hybrid stage, only the masked part stitched).
+``fulllarge-N`` (the large model on every token in the hybrid stage, only the masked part stitched). Every
+preset carries the paper's sampler settings (50 steps at 768 × 768, :mod:`stitchkit.sampler`).
 """
 
 from __future__ import annotations
@@ -36,9 +42,10 @@ from typing import Any
 import attrs
 
 import stitchkit
-from stitchkit.change import check_measure
+from stitchkit.change import check_measure, check_measure_or_none
 from stitchkit.errors import ConfigError
 from stitchkit.protocols import Decision, LoopState
+from stitchkit.sampler import PAPER_SAMPLER
 
 
 def _as_tuple(value: Any) -> Any:
@@ -91,6 +98,8 @@ class HybridStitch:
     )
     mask_ratios: tuple[float, ...] = attrs.field(default=(0.3,), converter=_as_tuple, validator=_mask_ratios)
     change: str = attrs.field(default="x0", validator=check_measure)
+    #: The measure of the per-token change map the mask ranks; ``None``: ``change``'s.
+    mask_measure: str | None = attrs.field(default=None, validator=check_measure_or_none)
 
     _stage: int = attrs.field(init=False, default=0, repr=False, eq=False)
 
@@ -154,17 +163,20 @@ def _presets() -> dict[str, dict[str, Any]]:
     }
     presets: dict[str, dict[str, Any]] = {}
     for size, thresholds in single.items():
-        params = {"thresholds": thresholds, "mask_ratios": (size / 100,)}
+        params = {"thresholds": thresholds, "mask_ratios": (size / 100,), "sampler": PAPER_SAMPLER}
         presets[f"hybridstitch-{size}"] = params
         presets[f"staticmask-{size}"] = {**params, "mask": "static"}  # Table 2, StaticMask
         presets[f"fulllarge-{size}"] = {**params, "context": "full-large"}  # Table 2, FullLarge
     for sizes, thresholds in multi.items():
         name = "hybridstitch-" + "-".join(str(s) for s in sizes)
-        presets[name] = {"thresholds": thresholds, "mask_ratios": tuple(s / 100 for s in sizes)}
+        presets[name] = {"thresholds": thresholds, "mask_ratios": tuple(s / 100 for s in sizes),
+                         "sampler": PAPER_SAMPLER}
     return presets
 
 
-#: Preset name -> parameters (plus the reserved keys ``mask`` / ``context`` naming the policies implied).
+#: Preset name -> parameters (plus the reserved keys ``mask`` / ``context`` naming the policies implied, and
+#: ``sampler``: the paper's 50 steps at 768², §4.1, which the thresholds were chosen for; see
+#: :mod:`stitchkit.sampler`).
 PRESETS: dict[str, dict[str, Any]] = _presets()
 
 

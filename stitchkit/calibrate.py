@@ -2,8 +2,10 @@
 
 The paper's thresholds (§4.1) were chosen for SD3.5 Large / SD3 Medium; another pair's D_t (Eq. 9-10)
 falls at its own pace. ``stitchkit calibrate EXPERIMENT.yaml`` runs the large model alone over the
-experiment's prompts and seeds and prints, per step, quantiles of every change measure (and of
-SRDiffusion's d_{t-1} - d_t), from which a switch step — and so a threshold — can be read off.
+experiment's prompts and seeds and prints, per step, quantiles of every change measure (and of the drop
+tanh(D_{t-1}) - tanh(D_t) of the output measure, what SRDiffusion's ``xdit`` and ``tanh-drop`` rules compare),
+from which a switch step — and so a threshold — can be read off. ``--method M --target-...`` (in
+:mod:`stitchkit.calibration`) does the reading off itself.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def collect_changes(pipe, config, *, progress: bool = False) -> dict[str, np.nda
 
 
 def srdiffusion_drops(output_changes: np.ndarray) -> np.ndarray:
-    """SRDiffusion's switching quantity d_{t-1} - d_t with d_t = tanh(output change)."""
+    """The tanh-drop d_{t-1} - d_t with d_t = tanh(output change) (SRDiffusion's ``xdit``/``tanh-drop`` rules)."""
     d = np.tanh(output_changes)
     drops = np.full_like(d, np.nan)
     drops[:, 1:] = d[:, :-1] - d[:, 1:]
@@ -52,7 +54,7 @@ def srdiffusion_drops(output_changes: np.ndarray) -> np.ndarray:
 
 def quantile_table(changes: dict[str, np.ndarray]) -> list[str]:
     columns = {f"{name} D_t": values for name, values in changes.items()}
-    columns["srdiffusion d_(t-1)-d_t"] = srdiffusion_drops(changes["output"])
+    columns["tanh(output) d_(t-1)-d_t"] = srdiffusion_drops(changes["output"])
     head = "step " + " ".join(f"{name:>30}" for name in columns)
     sub = "     " + " ".join(f"{'p10 / p50 / p90':>30}" for _ in columns)
     lines = [head, sub]

@@ -9,8 +9,13 @@ The paper is ambiguous about what ``D_t`` compares, and the choice decides when 
 * ``"latent"``: Algorithm 1, line 19: ``diff = prev_latent - latent``, the relative L1 distance of the
   latents before and after the scheduler step. It needs no earlier step, but for an Euler step it is about
   ``|sigma_next - sigma| * |v| / |x|``, i.e. tiny from the start.
-* ``"output"``: what SRDiffusion's own code compares, the relative L1 distance of consecutive (guided)
-  model outputs.
+* ``"x0-prev"``: the same x0 difference over the *older* x0, ``mean|X_t - X_{t+1}| / mean|X_{t+1}|``: what
+  the FastVideo re-implementation of SRDiffusion's switch compares (``rule="fastvideo"`` of
+  :mod:`stitchkit.policies.srdiffusion`, which cites the lines).
+* ``"output"``: the relative L1 distance of consecutive (guided) model outputs over the older one. The
+  xDiT re-implementation of SRDiffusion compares raw transformer outputs this way (there is no official
+  SRDiffusion code; under CFG xDiT compares single calls, which this per-step measure does not: see
+  ``rule="xdit"``).
 
 A measure is a function ``(prev, cur, patch_size) -> (change, change_map)`` over two :class:`StepTensors`
 (``prev`` is ``None`` at the first step). ``change`` is ``D_t`` per sample, shape ``(B,)`` float32;
@@ -45,6 +50,7 @@ __all__ = [
     "StepTensors",
     "change_map",
     "check_measure",
+    "check_measure_or_none",
     "measure",
     "measure_names",
     "relative_l1",
@@ -128,8 +134,17 @@ def _latent(prev: StepTensors | None, cur: StepTensors, patch_size: int):
     return relative_l1(delta, cur.next_latents), change_map(delta, patch_size)
 
 
+def _x0_prev(prev: StepTensors | None, cur: StepTensors, patch_size: int):
+    """Consecutive x0 predictions over the older one, ``mean|X_t - X_{t+1}| / mean|X_{t+1}|`` (FastVideo's
+    SRDiffusion measure, before its ``tanh``)."""
+    if prev is None:
+        return None, None
+    delta = cur.x0 - prev.x0
+    return relative_l1(delta, prev.x0), change_map(delta, patch_size)
+
+
 def _output(prev: StepTensors | None, cur: StepTensors, patch_size: int):
-    """SRDiffusion's code: relative L1 of consecutive model outputs, ``|out_t - out_{t-1}| / |out_{t-1}|``."""
+    """Consecutive (guided) model outputs over the older one, ``|out_t - out_{t-1}| / |out_{t-1}|``."""
     if prev is None:
         return None, None
     delta = cur.output - prev.output
@@ -137,7 +152,7 @@ def _output(prev: StepTensors | None, cur: StepTensors, patch_size: int):
 
 
 #: Every change measure by name. Policies name theirs in ``change_measure``.
-MEASURES: dict[str, Measure] = {"x0": _x0, "latent": _latent, "output": _output}
+MEASURES: dict[str, Measure] = {"x0": _x0, "x0-prev": _x0_prev, "latent": _latent, "output": _output}
 
 
 def measure_names() -> tuple[str, ...]:
@@ -158,3 +173,9 @@ def measure(name: str, path: str = "change") -> Measure:
 def check_measure(instance: object, attribute: "attrs.Attribute", value: object) -> None:
     """attrs validator: ``value`` names a known measure, else a :class:`ConfigError` at the field's name."""
     measure(value, attribute.name)  # type: ignore[arg-type]
+
+
+def check_measure_or_none(instance: object, attribute: "attrs.Attribute", value: object) -> None:
+    """attrs validator: ``None`` (take the policy's default measure) or a known measure's name."""
+    if value is not None:
+        measure(value, attribute.name)  # type: ignore[arg-type]

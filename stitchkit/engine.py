@@ -157,6 +157,8 @@ def denoise(
     num_steps = len(timesteps)
     plain_forward = models.forward
     measure = MEASURES[switch.change_measure]
+    # The mask's change map may come from another measure than D_t (a policy's ``mask_measure``).
+    map_measure = MEASURES[getattr(switch, "mask_measure", None) or switch.change_measure]
     # A policy that never masks needs no K/V recording: its large steps are the stock forward.
     may_mask = getattr(switch, "may_mask", True)
     all_tokens = getattr(context, "computes_all_tokens", False)
@@ -295,6 +297,8 @@ def denoise(
 
             current = StepTensors.from_step(latents, next_latents, prediction, sigma)  # x0 of Eq. 10
             change, change_map = measure(previous, current, p)
+            if map_measure is not measure:
+                change_map = map_measure(previous, current, p)[1]
             previous = current
             changes = [None] * batch if change is None else [float(c) for c in change.tolist()]
             records = tuple(StepRecord(

@@ -34,7 +34,8 @@ def register_switch_policies(register: Register) -> None:
     following :class:`stitchkit.protocols.SwitchPolicy`; its keyword parameters and defaults are what
     ``stitchkit plugins`` lists and what YAML may set. ``presets`` maps extra names to parameter dicts
     (``{"hybridstitch-30": {"mask_ratios": [0.3], ...}}``); a preset may also name the mask and context
-    policies it implies with the reserved keys ``mask`` and ``context``.
+    policies it implies with the reserved keys ``mask`` and ``context``, and the sampler settings its
+    thresholds were chosen for with ``sampler: {steps, height, width}`` (:mod:`stitchkit.sampler`).
     """
 
 

@@ -16,7 +16,7 @@ installed for one generation and restored after it (also on error).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 import attrs
 import torch
@@ -24,6 +24,7 @@ import torch
 from stitchkit.engine import Models, Policies, StepCallback, denoise
 from stitchkit.errors import ConfigError
 from stitchkit.registry import Registry, get_registry
+from stitchkit.sampler import largest_size, preset_sampler, resolve_sampler
 from stitchkit.trace import BatchStep, StepRecord
 
 #: What ``mask=`` and ``context=`` default to when neither the call nor a preset names them.
@@ -125,7 +126,7 @@ class StitchPipeline:
         prompt_3: str | list[str] | None = None,
         height: int | None = None,
         width: int | None = None,
-        num_inference_steps: int = 28,
+        num_inference_steps: int | None = None,
         sigmas: list[float] | None = None,
         guidance_scale: float = 7.0,
         negative_prompt: str | list[str] | None = None,
@@ -156,13 +157,19 @@ class StitchPipeline:
 
         A HybridStitch-like policy (one with ``mask_ratios``) is checked against Eq. 7-8 first and refused
         with a :class:`ConfigError` when its masks cannot pay off; ``allow_unprofitable=True`` (ablations)
-        makes that a warning. ``num_frames``: for a video family, the frames to generate (its default if
-        unset); an image family refuses it."""
+        makes that a warning. ``num_inference_steps``/``height``/``width`` left unset take a preset's sampler
+        settings (the paper's presets: 50 steps at 768², §4.1), else 28 steps at the pair's default size;
+        setting other ones with such a preset warns once (:class:`stitchkit.sampler.PresetSamplerWarning`).
+        ``num_frames``: for a video family, the frames to generate (its default if unset); an image family
+        refuses it."""
         policies = self.resolve_policies(switch, mask, context)
         adapter = self.adapter
-        default = adapter.default_size()
-        default_height, default_width = default if isinstance(default, tuple) else (default, default)
-        height, width = height or default_height, width or default_width
+        # A paper preset brings its steps and size where the call gives none (stitchkit.sampler).
+        sampler = resolve_sampler(
+            preset_sampler(self.registry, switch), steps=num_inference_steps, height=height, width=width,
+            default_size=adapter.default_size(),
+            max_size=largest_size(adapter.large_transformer.config, adapter.patch_size, adapter.vae_scale_factor))
+        num_inference_steps, height, width = sampler.steps, sampler.height, sampler.width
         adapter.check_inputs(
             prompt=prompt, prompt_2=prompt_2, prompt_3=prompt_3, height=height, width=width,
             negative_prompt=negative_prompt, negative_prompt_2=negative_prompt_2,
@@ -184,8 +191,9 @@ class StitchPipeline:
             negative_prompt_embeds=negative_prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
             negative_pooled_prompt_embeds=negative_pooled_prompt_embeds, clip_skip=clip_skip,
         )
-        self.check_plan(policies.switch, height=height, width=width, text_tokens=cond.prompt_embeds.shape[1],
-                        guided=cond.guided, allow_unprofitable=allow_unprofitable, num_frames=num_frames)
+        self.check_plan(policies.switch, context=policies.context, height=height, width=width,
+                        text_tokens=cond.prompt_embeds.shape[1], guided=cond.guided,
+                        allow_unprofitable=allow_unprofitable, num_frames=num_frames)
         latents = adapter.prepare_latents(batch_size=batch * num_images_per_prompt, height=height, width=width,
                                           num_frames=num_frames, dtype=cond.prompt_embeds.dtype,
                                           generator=generator, latents=latents)
@@ -214,16 +222,18 @@ class StitchPipeline:
             device=self.adapter.device.type, flops=self.family.flops)
 
     def check_plan(self, switch: Any, *, height: int, width: int, text_tokens: int, guided: bool,
-                   allow_unprofitable: bool = False, path: str = "switch",
+                   allow_unprofitable: bool = False, path: str = "switch", context: Any = None,
                    num_frames: int | None = None) -> tuple[str, ...]:
-        """Refuse (or with ``allow_unprofitable`` warn about) mask ratios that break Eq. 7-8 for this pair."""
+        """Refuse (or with ``allow_unprofitable`` warn about) mask ratios that break Eq. 7-8 for this pair;
+        ``context`` (else the preset's, else the default) decides whether a hybrid step computes every token."""
         from stitchkit.validation import check_switch_policy
 
-        policy = switch if not isinstance(switch, (str, Mapping)) else self.registry.create("switch", switch)[0]
-        if not getattr(policy, "mask_ratios", None):
+        policies = self.resolve_policies(switch, None, context)
+        if not getattr(policies.switch, "mask_ratios", None):
             return ()
         costs = self.costs(height=height, width=width, text_tokens=text_tokens, guided=guided, num_frames=num_frames)
-        return check_switch_policy(policy, costs, allow_unprofitable=allow_unprofitable, path=path)
+        return check_switch_policy(policies.switch, costs, allow_unprofitable=allow_unprofitable, path=path,
+                                   computes_all_tokens=getattr(policies.context, "computes_all_tokens", False))
 
     # -- conveniences -----------------------------------------------------------------------------------
     def to(self, device: str | torch.device) -> "StitchPipeline":

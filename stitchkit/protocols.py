@@ -97,9 +97,10 @@ class SwitchPolicy(Protocol):
     Optional class attributes the engine and tools read: ``may_mask = False`` for a policy that never
     takes a hybrid step (its large steps then need no K/V recording); ``stages``, one of ``"large"``,
     ``"small"``, ``"hybrid"`` per stage (for ``stitchkit.testing`` and ``stitchkit plan``); ``mask_ratios``,
-    checked against Eq. 7-8 before a run; ``batched = True`` for a policy that decides for the whole batch
-    at once: it is then not copied per sample, sees ``change`` of every sample, and ``decide`` returns one
-    :class:`Decision` for all samples or a sequence of one per sample.
+    checked against Eq. 7-8 before a run; ``mask_measure``, the measure of the per-token change map a mask
+    policy ranks (``None`` or absent: ``change_measure``'s); ``batched = True`` for a policy that decides for
+    the whole batch at once: it is then not copied per sample, sees ``change`` of every sample, and ``decide``
+    returns one :class:`Decision` for all samples or a sequence of one per sample.
     """
 
     change_measure: str

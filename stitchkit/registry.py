@@ -64,6 +64,9 @@ NOUNS: dict[str, str] = {"metric": "metric"}
 
 #: Keys of a preset that name the other policies it implies (``staticmask-30`` implies ``mask: static``).
 PRESET_POLICY_KEYS = ("mask", "context")
+#: A preset's sampler settings (``{steps, height, width}``): read by :mod:`stitchkit.sampler`, never a
+#: parameter of the policy, and not settable from a call or a YAML method.
+PRESET_SAMPLER_KEY = "sampler"
 
 
 @attrs.frozen(kw_only=True)
@@ -248,7 +251,7 @@ class Registry:
             if not isinstance(name, str):
                 raise ConfigError(f"{path}.kind", "missing or not a string", "known: " + ", ".join(self.names(kind)))
         entry = self.entry(kind, name, f"{path}.kind" if isinstance(spec, Mapping) else path)
-        merged = {**entry.params, **params}
+        merged = {**{k: v for k, v in entry.params.items() if k != PRESET_SAMPLER_KEY}, **params}
         implied = {k: merged.pop(k) for k in PRESET_POLICY_KEYS if k in merged}
         allowed = {name for name, _ in entry.parameters()}
         for key in merged:

@@ -45,6 +45,15 @@ def test_x0_measure_against_hand_computed_values():
     assert cmap.tolist() == [[1.0, 0.0, 0.0, 0.0], [1.5, 1.5, 1.5, 1.5]]
 
 
+def test_x0_prev_measure_divides_by_the_older_x0():
+    change, cmap = measure("x0-prev")(PREV, CUR, 1)
+    # FastVideo's SRDiffusion measure: same |dx0| as above, over mean|x0_prev|
+    # sample 0: 0.25 / (6/4) = 1/6; sample 1: 1.5 / 2 = 0.75
+    assert change.tolist() == pytest.approx([1 / 6, 0.75])
+    assert cmap.tolist() == [[1.0, 0.0, 0.0, 0.0], [1.5, 1.5, 1.5, 1.5]]
+    assert measure("x0-prev")(None, CUR, 1) == (None, None)
+
+
 def test_latent_measure_needs_no_previous_step():
     change, cmap = measure("latent")(None, CUR, 1)
     # sample 0: |next - latents| = [[0.5, 0, 0, 1]] -> 0.375; mean|next| = 8.5/4 = 2.125
@@ -119,9 +128,9 @@ def test_change_map_refuses_latents_not_divisible_by_the_patch():
 
 
 def test_measure_names_and_unknown_measure():
-    assert measure_names() == ("latent", "output", "x0")
+    assert measure_names() == ("latent", "output", "x0", "x0-prev")
     with pytest.raises(ConfigError) as err:
         measure("noise")
-    assert str(err.value) == "change: unknown change measure 'noise'; known: latent, output, x0"
+    assert str(err.value) == "change: unknown change measure 'noise'; known: latent, output, x0, x0-prev"
     with pytest.raises(ConfigError, match=r"^switch\.change: unknown change measure \[1\]"):
         measure([1], "switch.change")

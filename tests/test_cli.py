@@ -29,7 +29,13 @@ def test_plugins_lists_policies_with_defaults_and_origin(capsys):
     out = capsys.readouterr().out
     assert "t-stitch: small_fraction=0.4" in out
     assert "hybridstitch-30 (preset of hybridstitch" in out and "[stitchkit (built-in)]" in out
-    assert "staticmask-30 (preset of hybridstitch, mask=static)" in out
+    assert "staticmask-30 (preset of hybridstitch, mask=static, sampler=50 steps at 768x768)" in out
+    # the SRDiffusion variants with their defaults
+    assert ("srdiffusion-fastvideo (preset of srdiffusion): threshold=0.01, rule=fastvideo, change=x0-prev, "
+            "min_switch_step=5, max_switch_step=30") in out
+    assert ("srdiffusion-xdit (preset of srdiffusion): threshold=0.01, rule=xdit, change=output, "
+            "min_switch_step=5, max_switch_step=30") in out
+    assert "srdiffusion-tanh-drop (preset of srdiffusion): threshold=0.005, rule=tanh-drop" in out
 
 
 def test_run_writes_images_trace_and_table_and_resumes(tmp_path):
@@ -72,6 +78,11 @@ def test_run_writes_images_trace_and_table_and_resumes(tmp_path):
     closing = first.stdout.strip().splitlines()[-1]
     assert closing.startswith("wrote ") and "/out/: results.md, results.csv, trace.jsonl, grid.png" in closing
     assert "masks.png, frontier.png, switch_steps.png, change.png" in closing and "/../" not in closing
+    # every row records the sampler it ran with; the paper preset warned once that it is not the paper's
+    assert record["sampler"] == {"steps": 4, "height": 64, "width": 64, "guidance_scale": 3.0}
+    assert table.count("| 4 steps 64x64 cfg 3 |") == 3
+    assert first.stderr.count("PresetSamplerWarning: hybridstitch-30: its thresholds are the paper's for 50 "
+                              "steps at 768x768; this run uses 4 steps at 64x64") == 1
     # A rerun with everything done generates nothing: the record files are untouched.
     records = sorted((out / "records").rglob("*.json"))
     stamps = [p.stat().st_mtime_ns for p in records]

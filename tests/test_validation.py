@@ -57,3 +57,32 @@ def test_run_refuses_with_the_method_path(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("stitchkit run: error: methods[1].switch.mask_ratios[0]: 0.99 breaks Eq. 7")
     assert not (tmp_path / "out" / "records").exists()
+
+
+def test_full_large_context_is_priced_at_every_token():
+    # Eq. 6 with M = 1: a hybrid step costs Ll + Ls = 10 + 2.5 = 12.5 > Ll = 10, i.e. Eq. 7 reads
+    # 1 < 1 − 2.5/10 = 0.75, false: refused although 0.3 < 0.75 passes for a context that masks.
+    costs = Costs(large_ms=10.0, small_ms=2.5)
+    assert check_switch_policy(_Policy(0.3), costs) == ()
+    with pytest.raises(ConfigError) as err:
+        check_switch_policy(_Policy(0.3), costs, computes_all_tokens=True)
+    assert str(err.value) == (
+        "switch.mask_ratios[0]: 0.3 is priced as 1 because the context computes every token, and 1 breaks "
+        "Eq. 7; it must be below 1 − Ls/Ll = 0.75 (a hybrid step costs Ll + Ls = 12.5 against Ll = 10); "
+        "set allow_unprofitable for ablations")
+    with pytest.warns(UnprofitablePlanWarning, match="computes every token"):
+        problems = check_switch_policy(_Policy(0.3), costs, computes_all_tokens=True, allow_unprofitable=True)
+    assert len(problems) == 1
+
+
+def test_pipeline_prices_the_full_large_preset_and_an_explicit_context(stitch_pipe):
+    with pytest.raises(ConfigError, match=r"^switch.mask_ratios\[0\]: 0.3 is priced as 1"):
+        stitch_pipe(**ARGS, switch="fulllarge-30")
+    with pytest.raises(ConfigError, match="is priced as 1"):
+        stitch_pipe(**ARGS, switch="hybridstitch-30", context="full-large")
+    # the same mask with the K/V cache passes; the preset's context can be overridden
+    assert stitch_pipe.check_plan("fulllarge-30", context="kv-cache", height=64, width=64, text_tokens=8,
+                                  guided=False) == ()
+    with pytest.warns(UnprofitablePlanWarning, match="computes every token"):
+        out = stitch_pipe(**ARGS, switch="fulllarge-30", allow_unprofitable=True)
+    assert len(out.trace) == 4

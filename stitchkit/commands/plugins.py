@@ -25,6 +25,9 @@ def command() -> None:
             entry = registry.entry(kind, name)
             params = ", ".join(f"{p}={_value(d)}" for p, d in entry.parameters()) or "no parameters"
             implied = {k: v for k, v in entry.params.items() if k in ("mask", "context")}
+            sampler = entry.params.get("sampler")
+            if sampler:  # the setting the preset's thresholds were chosen for
+                implied["sampler"] = f"{sampler['steps']} steps at {sampler['height']}x{sampler['width']}"
             extra = f" (preset of {entry.preset_of}" + "".join(f", {k}={v}" for k, v in implied.items()) + ")" \
                 if entry.preset_of else ""
             click.echo(f"  {name}{extra}: {params}  [{entry.origin}]")

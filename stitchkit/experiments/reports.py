@@ -41,6 +41,7 @@ class ResultRow:
     mean_abs_diff: float | None
     predicted_denoise_ms: float
     prediction_error_pct: float
+    sampler: str = "–"
 
 
 def collect_results(config: ExperimentConfig, records: dict[str, list[dict]]) -> list[ResultRow]:
@@ -70,8 +71,16 @@ def collect_results(config: ExperimentConfig, records: dict[str, list[dict]]) ->
             large_step_equivalents=statistics.fmean(r["large_step_equivalents"] for r in recs),
             mean_abs_diff=diff, predicted_denoise_ms=predicted,
             prediction_error_pct=100.0 * (predicted - measured) / measured,
+            sampler=" / ".join(sorted({sampler_label(r.get("sampler")) for r in recs})),
         ))
     return rows
+
+
+def sampler_label(sampler: dict[str, Any] | None) -> str:
+    """``20 steps 64x64 cfg 3`` (a results row's ``sampler`` cell)."""
+    if not sampler:
+        return "–"
+    return f"{sampler['steps']} steps {sampler['height']}x{sampler['width']} cfg {sampler['guidance_scale']:g}"
 
 
 def _fmt(value: Any, digits: int) -> str:
@@ -89,6 +98,7 @@ COLUMNS: dict[str, tuple[str, str, bool | None]] = {
     "mean_abs_diff": ("mean |image − large|", "", False),
     "predicted_denoise_ms": ("predicted denoising", "ms", None),
     "prediction_error_pct": ("prediction error", "%", None),
+    "sampler": ("sampler", "", None),
 }
 DIGITS = {"latency_ms": 1, "denoise_ms": 1, "speedup": 2, "large_step_equivalents": 2, "mean_abs_diff": 4,
           "predicted_denoise_ms": 1, "prediction_error_pct": 1}

@@ -48,6 +48,7 @@ def _generate(pipe, config: ExperimentConfig, method: MethodConfig, prompt: str,
     import torch
 
     s = config.sampler
+    sampler = ran_sampler(pipe, config)  # explicit, so that what ran is what the record says
     generator = torch.Generator(device="cpu").manual_seed(seed)
     masks: dict[str, Any] = {"grid": None, "steps": []}
 
@@ -58,13 +59,21 @@ def _generate(pipe, config: ExperimentConfig, method: MethodConfig, prompt: str,
             masks["steps"].append([step["step"], step["indices"][0].tolist()])
 
     start = time.perf_counter()
-    out = pipe(prompt, height=s.height, width=s.width, num_inference_steps=s.steps,
+    out = pipe(prompt, height=sampler["height"], width=sampler["width"], num_inference_steps=sampler["steps"],
                guidance_scale=s.guidance_scale, negative_prompt=s.negative_prompt,
                max_sequence_length=s.max_sequence_length, generator=generator, output_type="pil",
                switch=method.switch, mask=method.mask, context=method.context,
                allow_unprofitable=config.allow_unprofitable, callback=keep_mask)
     total_ms = (time.perf_counter() - start) * 1000.0
     return out, total_ms, masks
+
+
+def ran_sampler(pipe, config: ExperimentConfig) -> dict[str, Any]:
+    """The sampler settings every unit runs with, the pair's default size filled in."""
+    s = config.sampler
+    default = pipe.adapter.default_size()
+    return {"steps": s.steps, "height": s.height or default, "width": s.width or default,
+            "guidance_scale": s.guidance_scale}
 
 
 def _record(method: str, prompt_index: int, prompt: str, seed: int, out, total_ms: float, costs) -> dict[str, Any]:
@@ -117,6 +126,7 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = True, pipe=None
             atomic_write(image_path(out_dir, method.name, pi, seed), buffer.getvalue())
             record = _record(method.name, pi, prompt, seed, out, total_ms, costs)
             record["masks"] = masks
+            record["sampler"] = ran_sampler(pipe, config)
             atomic_write(record_path(out_dir, method.name, pi, seed), json.dumps(record).encode())
     write_report(config, metrics=metrics)
     return out_dir
@@ -147,7 +157,8 @@ def _size(pipe, config: ExperimentConfig) -> _Size:
 def check_methods(pipe, config: ExperimentConfig, size: _Size) -> None:
     """Refuse, before anything runs, every method whose masks break Eq. 7-8 for this pair and size."""
     for i, method in enumerate(config.methods):
-        pipe.check_plan(method.switch, height=size.height, width=size.width, text_tokens=size.text_tokens,
+        pipe.check_plan(method.switch, context=method.context, height=size.height, width=size.width,
+                        text_tokens=size.text_tokens,
                         guided=size.guided, allow_unprofitable=config.allow_unprofitable,
                         path=f"methods[{i}].switch")
 

@@ -18,6 +18,7 @@ from stitchkit.errors import ConfigError
 from stitchkit.policies import baselines, hybridstitch, srdiffusion, tstitch
 from stitchkit.policies.baselines import Large, Small
 from stitchkit.policies.hybridstitch import PRESETS, HybridStitch
+from stitchkit.policies.srdiffusion import PRESETS as SR_PRESETS
 from stitchkit.policies.srdiffusion import SRDiffusion
 from stitchkit.policies.tstitch import TStitch
 from stitchkit.protocols import Decision, LoopState, SwitchPolicy
@@ -55,7 +56,7 @@ def registered() -> dict[str, tuple[object, dict]]:
 
 def build(name: str, **overrides):
     factory, params = registered()[name]
-    params = {k: v for k, v in {**params, **overrides}.items() if k not in ("mask", "context")}
+    params = {k: v for k, v in {**params, **overrides}.items() if k not in ("mask", "context", "sampler")}
     return factory(**params)
 
 
@@ -95,19 +96,20 @@ def stage_list(policy, changes, num_steps=None) -> list[int]:
 
 def test_every_kind_and_preset_is_registered():
     assert sorted(registered()) == sorted(
-        ["large", "small", "t-stitch", "srdiffusion", "hybridstitch", *PRESETS]
+        ["large", "small", "t-stitch", "srdiffusion", "hybridstitch", *PRESETS, *SR_PRESETS]
     )
 
 
 def test_presets_are_the_papers():
+    paper = {"sampler": {"steps": 50, "height": 768, "width": 768}}  # §4.1
     assert PRESETS == {
-        "hybridstitch-10": {"thresholds": (0.3, 0.25), "mask_ratios": (0.1,)},
-        "hybridstitch-20": {"thresholds": (0.35, 0.25), "mask_ratios": (0.2,)},
-        "hybridstitch-30": {"thresholds": (0.5, 0.3), "mask_ratios": (0.3,)},
-        "hybridstitch-40": {"thresholds": (0.4, 0.3), "mask_ratios": (0.4,)},
-        "hybridstitch-20-10": {"thresholds": (0.5, 0.3, 0.2), "mask_ratios": (0.2, 0.1)},
-        "hybridstitch-30-10": {"thresholds": (0.5, 0.3, 0.2), "mask_ratios": (0.3, 0.1)},
-        "hybridstitch-40-30": {"thresholds": (0.6, 0.5, 0.3), "mask_ratios": (0.4, 0.3)},
+        "hybridstitch-10": {"thresholds": (0.3, 0.25), "mask_ratios": (0.1,), **paper},
+        "hybridstitch-20": {"thresholds": (0.35, 0.25), "mask_ratios": (0.2,), **paper},
+        "hybridstitch-30": {"thresholds": (0.5, 0.3), "mask_ratios": (0.3,), **paper},
+        "hybridstitch-40": {"thresholds": (0.4, 0.3), "mask_ratios": (0.4,), **paper},
+        "hybridstitch-20-10": {"thresholds": (0.5, 0.3, 0.2), "mask_ratios": (0.2, 0.1), **paper},
+        "hybridstitch-30-10": {"thresholds": (0.5, 0.3, 0.2), "mask_ratios": (0.3, 0.1), **paper},
+        "hybridstitch-40-30": {"thresholds": (0.6, 0.5, 0.3), "mask_ratios": (0.4, 0.3), **paper},
         **{f"staticmask-{n}": {**PRESETS[f"hybridstitch-{n}"], "mask": "static"} for n in (10, 20, 30, 40)},
         **{
             f"fulllarge-{n}": {**PRESETS[f"hybridstitch-{n}"], "context": "full-large"}
@@ -120,7 +122,7 @@ def test_presets_are_the_papers():
 def test_every_registered_policy_follows_the_protocol(name):
     policy = build(name)
     assert isinstance(policy, SwitchPolicy)
-    assert policy.change_measure in ("x0", "latent", "output")
+    assert policy.change_measure in ("x0", "x0-prev", "latent", "output")
     assert attrs.has(type(policy))
 
 
@@ -167,7 +169,9 @@ MACHINE_CASES = {name: {} for name in sorted(registered())} | {
     "t-stitch(small_fraction=1)": {"name": "t-stitch", "small_fraction": 1.0},
     "srdiffusion(rule=paper)": {"name": "srdiffusion", "rule": "paper", "threshold": 0.3},
     "srdiffusion(min=3,max=8)": {"name": "srdiffusion", "min_switch_step": 3, "max_switch_step": 8},
-    "srdiffusion(max=0)": {"name": "srdiffusion", "max_switch_step": 0},
+    "srdiffusion(xdit,min=0,max=4)": {"name": "srdiffusion", "rule": "xdit", "min_switch_step": 0,
+                                      "max_switch_step": 4},
+    "srdiffusion(tanh-drop,max=0)": {"name": "srdiffusion-tanh-drop", "max_switch_step": 0},
 }
 
 
@@ -276,64 +280,103 @@ def test_tstitch_default_is_the_papers_forty_percent():
 
 # ---------------------------------------------------------------- SRDiffusion
 
-# D_t handed at each step (output measure: None until two outputs have been compared) and, by hand,
-# d = tanh(D): 0.5 -> 0.462117, 0.3 -> 0.291313 (drop 0.1708), 0.2 -> 0.197375 (drop 0.0939),
-# 0.201 -> 0.198326 (drop -0.0010: rising, no switch), 0.198 -> 0.195453 (drop 0.00287 < 0.005: switch).
-SR_CHANGES = [None, None, 0.5, 0.3, 0.2, 0.201, 0.198, 0.197, 0.196, 0.195, 0.194, 0.193]
+# Each variant is replayed on D_t sequences whose tanh was worked out by hand; ``changes[i]`` is handed at
+# step i (it compares the outputs of steps i-2 and i-1, so it is None at steps 0 and 1).
+# tanh: 0.5 -> 0.462117, 0.49 -> 0.454216, 0.48 -> 0.446244, 0.47 -> 0.438205, 0.465 -> 0.434167.
+# Drops 0.5->0.49: 0.00790, 0.49->0.48: 0.00797, 0.48->0.47: 0.00804, 0.47->0.465: 0.00404: all in (0, 0.01).
+FALLING = [None, None, 0.5, 0.49, 0.48, 0.47, 0.465, 0.465, 0.465, 0.465]
+FLAT = [None, None] + [0.5] * 33  # drop 0 every step: only max_switch_step can switch
 
 
-def test_srdiffusion_reproduces_the_tanh_rule():
-    assert stage_list(SRDiffusion(), SR_CHANGES) == [0] * 6 + [1] * 6
-    for d in run(SRDiffusion(), SR_CHANGES)[6:]:
-        assert d == Decision(stage=1, large=False, small=True)
+def test_srdiffusion_default_is_fastvideo_with_its_defaults():
+    policy = SRDiffusion()
+    assert (policy.rule, policy.threshold, policy.min_switch_step, policy.max_switch_step) == (
+        "fastvideo", 0.01, 5, 30)
+    assert policy.change_measure == "x0-prev"  # x0 after CFG over the older x0 (denoising.py 567-569)
+    assert SRDiffusion(rule="xdit").change_measure == "output"
+    assert SRDiffusion(rule="xdit", change="x0").change_measure == "x0"
 
 
-def test_srdiffusion_needs_a_small_positive_drop():
-    # a drop of exactly zero and drops above the threshold never switch
-    flat = [None, None, 0.3, 0.3, 0.3, 0.25, 0.2, 0.15]
-    assert stage_list(SRDiffusion(), flat) == [0] * 8
-    # a larger threshold switches at the first step with two d's (drop 0.1708 < 0.2)
-    assert stage_list(SRDiffusion(threshold=0.2), SR_CHANGES) == [0] * 3 + [1] * 9
+def test_fastvideo_first_small_step_is_min_plus_one_at_the_earliest():
+    # The rule holds from step 3 on, but steps < 5 never look (lines 559-560); at step 5 d_prev is still
+    # its initial 0.0, so 0 - tanh(0.47) < 0; at step 6 the drop 0.00404 is in (0, 0.01): first small.
+    assert stage_list(build("srdiffusion-fastvideo"), FALLING) == [0] * 6 + [1] * 4
+    assert stage_list(SRDiffusion(), FALLING) == [0] * 6 + [1] * 4
+    # min 0: the first look is at step 2 (d_prev 0.0: no), step 3 switches
+    assert stage_list(SRDiffusion(min_switch_step=0), FALLING) == [0] * 3 + [1] * 7
 
 
-def test_srdiffusion_batch_switches_when_every_sample_agrees():
+def test_fastvideo_max_makes_step_max_the_first_small_one():
+    assert stage_list(SRDiffusion(), FLAT) == [0] * 30 + [1] * 5  # i >= 30 at step 30 (0-based)
+    assert stage_list(SRDiffusion(max_switch_step=7), FLAT) == [0] * 7 + [1] * 28
+
+
+def test_xdit_first_small_step_is_min_plus_one_at_the_earliest():
+    # xDiT checks after each call; call k's d compares outputs k-1 and k (handed here at step k+1). The
+    # first d (call 1) only seeds d_prev; calls 2-4 hold the rule but are below min 5; call 5 (drop
+    # 0.00404) switches, so the *next* step, 6, is the first small one.
+    assert stage_list(build("srdiffusion-xdit"), FALLING) == [0] * 6 + [1] * 4
+    assert stage_list(SRDiffusion(rule="xdit", min_switch_step=0), FALLING) == [0] * 3 + [1] * 7
+
+
+def test_xdit_max_makes_step_max_plus_one_the_first_small_one():
+    assert stage_list(SRDiffusion(rule="xdit"), FLAT) == [0] * 31 + [1] * 4  # call 30 >= 30 -> step 31
+    assert stage_list(SRDiffusion(rule="xdit", max_switch_step=7), FLAT) == [0] * 8 + [1] * 27
+
+
+def test_off_by_one_against_stitchkits_earlier_rule_and_drops_too_large():
+    # tanh-drop (stitchkit's earlier reading) with min 5 switches at step 5 itself: it kept d from step 4
+    tanh_drop = SRDiffusion(rule="tanh-drop", min_switch_step=5, max_switch_step=30)
+    assert stage_list(tanh_drop, FALLING) == [0] * 5 + [1] * 5
+    # a drop that is too large at step 6 (0.47 -> 0.40: tanh 0.438205 -> 0.379949, drop 0.058) and a rise
+    # at step 7 (0.40 -> 0.41): neither switches until 0.41 -> 0.405 (tanh 0.388385 -> 0.384187, drop
+    # 0.00420) at step 8
+    late = [None, None, 0.5, 0.49, 0.48, 0.47, 0.40, 0.41, 0.405, 0.40]
+    assert stage_list(SRDiffusion(), late) == [0] * 8 + [1] * 2
+    assert stage_list(SRDiffusion(rule="xdit"), late) == [0] * 8 + [1] * 2
+
+
+def test_srdiffusion_tanh_drop_reproduces_stitchkits_earlier_rule():
+    # d = tanh(D): 0.3 -> 0.291313 (drop 0.1708), 0.2 -> 0.197375 (drop 0.0939), 0.201 -> 0.198326
+    # (drop -0.0010: rising, no switch), 0.198 -> 0.195453 (drop 0.00287 < 0.005: switch).
+    changes = [None, None, 0.5, 0.3, 0.2, 0.201, 0.198, 0.197, 0.196, 0.195, 0.194, 0.193]
+    policy = build("srdiffusion-tanh-drop")
+    assert (policy.threshold, policy.change_measure) == (0.005, "output")
+    assert stage_list(policy, changes) == [0] * 6 + [1] * 6
+    assert stage_list(policy, changes) == [0] * 6 + [1] * 6  # reset forgets the last generation
+    flat = [None, None, 0.3, 0.3, 0.3, 0.25, 0.2, 0.15]  # a zero drop and large drops never switch
+    assert stage_list(build("srdiffusion-tanh-drop"), flat) == [0] * 8
+    assert stage_list(build("srdiffusion-tanh-drop", threshold=0.2), changes) == [0] * 3 + [1] * 9
+    # min: the large model before step s; max: step s is the first small step
+    assert stage_list(build("srdiffusion-tanh-drop", min_switch_step=9), changes) == [0] * 9 + [1] * 3
+    no_switch = [None, None] + [0.5] * 8
+    assert stage_list(build("srdiffusion-tanh-drop", max_switch_step=4), no_switch) == [0] * 4 + [1] * 6
+    assert stage_list(build("srdiffusion-tanh-drop", max_switch_step=0), no_switch) == [1] * 10
+
+
+@pytest.mark.parametrize("rule", ["fastvideo", "xdit", "tanh-drop"])
+def test_srdiffusion_batch_switches_when_every_sample_agrees(rule):
     both = [None, None, [0.5, 0.5], [0.3, 0.3], [0.2, 0.2], [0.198, 0.3], [0.197, 0.2998]]
     # sample 1 at step 5 rises (no), at step 6: tanh(0.3) - tanh(0.2998) = 0.00018 and sample 0 0.00087: yes
-    assert stage_list(SRDiffusion(), both) == [0] * 6 + [1]
+    policy = SRDiffusion(rule=rule, min_switch_step=0, max_switch_step=None)
+    assert stage_list(policy, both) == [0] * 6 + [1]
     sample1_rises = [None, None, [0.5, 0.5], [0.3, 0.3], [0.2, 0.2], [0.198, 0.3], [0.197, 0.31]]
-    assert stage_list(SRDiffusion(), sample1_rises) == [0] * 7
+    assert stage_list(policy, sample1_rises) == [0] * 7
 
 
 def test_srdiffusion_paper_rule_is_plain_threshold():
-    policy = SRDiffusion(rule="paper", threshold=0.25, change="x0")
+    policy = SRDiffusion(rule="paper", threshold=0.25, min_switch_step=None, max_switch_step=None)
     assert policy.change_measure == "x0"
     assert stage_list(policy, [None, 0.5, 0.3, 0.26, 0.24, 0.9]) == [0, 0, 0, 0, 1, 1]
 
 
-def test_srdiffusion_min_switch_step_keeps_the_large_model_before_it():
-    # the rule holds from step 6 on; with min_switch_step=9 step 9 is the first small one
-    assert stage_list(SRDiffusion(min_switch_step=9), SR_CHANGES) == [0] * 9 + [1] * 3
-    assert stage_list(SRDiffusion(min_switch_step=2), SR_CHANGES) == [0] * 6 + [1] * 6
-
-
-def test_srdiffusion_max_switch_step_is_the_first_small_step():
-    no_switch = [None, None] + [0.5] * 8
-    assert stage_list(SRDiffusion(max_switch_step=4), no_switch) == [0] * 4 + [1] * 6
-    assert stage_list(SRDiffusion(max_switch_step=0), no_switch) == [1] * 10
-    assert stage_list(SRDiffusion(max_switch_step=8), SR_CHANGES) == [0] * 6 + [1] * 6  # rule first
-    assert stage_list(SRDiffusion(min_switch_step=3, max_switch_step=3), no_switch) == [0] * 3 + [1] * 7
-
-
-def test_srdiffusion_reset_forgets_the_last_generation():
-    policy = SRDiffusion()
-    assert stage_list(policy, SR_CHANGES)[-1] == 1
-    assert stage_list(policy, SR_CHANGES) == [0] * 6 + [1] * 6
-
-
-def test_srdiffusion_defaults():
-    policy = SRDiffusion()
-    assert (policy.threshold, policy.rule, policy.change_measure) == (0.005, "srdiffusion", "output")
-    assert (policy.min_switch_step, policy.max_switch_step) == (None, None)
+def test_srdiffusion_variants_are_registered_with_their_defaults():
+    found = registered()
+    assert found["srdiffusion-fastvideo"][1] == {"rule": "fastvideo", "change": "x0-prev", "threshold": 0.01,
+                                                 "min_switch_step": 5, "max_switch_step": 30}
+    assert found["srdiffusion-xdit"][1] == {"rule": "xdit", "change": "output", "threshold": 0.01,
+                                            "min_switch_step": 5, "max_switch_step": 30}
+    assert found["srdiffusion-tanh-drop"][1]["threshold"] == 0.005
 
 
 # ---------------------------------------------------------------- HybridStitch
@@ -465,7 +508,7 @@ def test_hybridstitch_defaults():
         (
             HybridStitch,
             {"change": "noise"},
-            "change: unknown change measure 'noise'; known: latent, output, x0",
+            "change: unknown change measure 'noise'; known: latent, output, x0, x0-prev",
         ),
         (
             TStitch,
@@ -477,14 +520,18 @@ def test_hybridstitch_defaults():
             {"small_fraction": "0.4"},
             "small_fraction: must be a number, got '0.4'; a fraction in [0, 1], e.g. 0.4",
         ),
-        (SRDiffusion, {"threshold": 0}, "threshold: must be positive, got 0; e.g. 0.005"),
+        (SRDiffusion, {"threshold": 0}, "threshold: must be positive, got 0; e.g. 0.01"),
         (
             SRDiffusion,
             {"threshold": None},
-            "threshold: must be a number, got None; a positive number, e.g. 0.005",
+            "threshold: must be a number, got None; a positive number, e.g. 0.01",
         ),
-        (SRDiffusion, {"rule": "tanh"}, "rule: unknown rule 'tanh'; known: srdiffusion, paper"),
-        (SRDiffusion, {"change": "eps"}, "change: unknown change measure 'eps'; known: latent, output, x0"),
+        (SRDiffusion, {"rule": "tanh"}, "rule: unknown rule 'tanh'; known: fastvideo, xdit, tanh-drop, paper"),
+        (
+            SRDiffusion,
+            {"change": "eps"},
+            "change: unknown change measure 'eps'; known: latent, output, x0, x0-prev",
+        ),
         (
             SRDiffusion,
             {"min_switch_step": -1},

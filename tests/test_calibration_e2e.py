@@ -1,0 +1,92 @@
+"""Calibration on the shipped shapes pair: the replayed switches are the ones a real run makes."""
+
+import textwrap
+
+import pytest
+import torch
+
+from stitchkit.calibration import prepare
+from stitchkit.experiments.config import ExperimentConfig
+from stitchkit.latency import Costs
+from stitchkit.target import Target, search, shortest
+
+EXPERIMENT = """
+    pair: shapes
+    sampler: {steps: 8, guidance_scale: 3.0}
+    prompts: [a small red circle at the top left on a white background, a large blue square in the center on a black background]
+    seeds: [0]
+    methods:
+      - large
+      - {name: hs, switch: {kind: hybridstitch, thresholds: [0.15, 0.05], mask_ratios: [0.3]}}
+      - {name: sr, switch: {kind: srdiffusion, min_switch_step: 1, max_switch_step: 6}}
+    output: out
+"""
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cal") / "e.yaml"
+    path.write_text(textwrap.dedent(EXPERIMENT))
+    return ExperimentConfig.from_yaml(path)
+
+
+@pytest.fixture(scope="module")
+def shapes_pipe():
+    from stitchkit.pipeline import StitchPipeline
+
+    return StitchPipeline.from_shapes()
+
+
+@pytest.mark.parametrize(("method", "target"), [("hs", 1.4), ("sr", 1.5)])
+def test_replayed_switches_are_what_a_real_run_does(config, shapes_pipe, method, target):
+    costs = Costs(large_ms=10.0, small_ms=3.0)
+    problem, setup = prepare(config, method, units=2, pipe=shapes_pipe, costs=costs)
+    found = search(problem, Target(kind="speedup", value=target))
+    values = shortest(problem, found.values)
+    predicted = problem.replays(values)
+    policy = problem.build(values)
+    for unit, replayed in zip(setup.units, predicted):
+        out = setup.generate(unit, policy)
+        stages = [r.stage for r in out.trace]
+        real = tuple(i for i in range(1, len(stages)) if stages[i] != stages[i - 1])
+        assert real == replayed.transitions
+        assert [(r.mask_ratio, r.small_tokens > 0) for r in out.trace] == list(replayed.steps)
+    assert problem.summary(values).speedup >= target
+    # a few recorded runs per unit, not one per candidate
+    assert problem.store.runs <= 2 * (1 + 8)
+
+
+def test_cli_prints_thresholds_and_the_yaml(tmp_path, capsys):
+    from stitchkit.cli import main
+
+    exp = tmp_path / "e.yaml"
+    exp.write_text(textwrap.dedent(EXPERIMENT))
+    assert main(["calibrate", str(exp), "--method", "hs", "--target-speedup", "1.3", "--units", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("hs on shapes: 2 calibration units, 8 steps, costs from a profile")
+    assert out[1] == "goal: predicted speedup >= 1.3x"
+    assert out[2].startswith("found: thresholds[0]=") and "predicted speedup 1." in out[2]
+    assert out[3].startswith("calibration: ") and "one full run of the experiment's 2 units is about" in out[3]
+    assert out[-2] == "# paste into methods:"
+    import yaml
+
+    (item,) = yaml.safe_load(out[-1])
+    assert item["name"] == "hs" and item["switch"]["kind"] == "hybridstitch"
+    assert item["switch"]["thresholds"][0] > item["switch"]["thresholds"][1] > 0
+    assert main(["calibrate", str(exp), "--method", "large", "--target-speedup", "1.3"]) == 2
+    assert main(["calibrate", str(exp), "--method", "hs"]) == 2
+
+
+def test_match_tunes_a_baseline_to_another_methods_quality(config, shapes_pipe):
+    from stitchkit.match import match_quality, metric_score
+    from stitchkit.target import candidates
+
+    problem, setup = prepare(config, "sr", units=2, pipe=shapes_pipe, costs=Costs(large_ms=10.0, small_ms=3.0))
+    found, mine, theirs = match_quality(problem, setup, "hs", "psnr")
+    assert mine >= theirs
+    assert found.values[0] in candidates(problem, [])
+    # the score is the experiment's metric on the images a real run with that threshold makes
+    policy = problem.build(found.values)
+    large = [setup.generate(u, "large", output_type="pil").images[0] for u in setup.units]
+    images = [(u[0], setup.generate(u, policy, output_type="pil").images[0]) for u in setup.units]
+    assert metric_score(config, "psnr", images, large) == pytest.approx(mine)
