@@ -77,8 +77,12 @@ def _explicit(registry, kind: str, spec: Any) -> tuple[Any, dict[str, Any]]:
     else:
         return _plain(spec), {}
     entry = registry.entry(kind, name)
-    merged = {**dict(entry.parameters()), **entry.params, **params}
-    implied = {k: merged.pop(k) for k in ("mask", "context") if k in merged}
+    from stitchkit.registry import PRESET_POLICY_KEYS, PRESET_SAMPLER_KEY
+
+    # A preset's sampler settings are not a policy parameter: the experiment's sampler says what runs.
+    merged = {**dict(entry.parameters()), **{k: v for k, v in entry.params.items() if k != PRESET_SAMPLER_KEY},
+              **params}
+    implied = {k: merged.pop(k) for k in PRESET_POLICY_KEYS if k in merged}
     return {"kind": entry.preset_of or name, **_plain(merged)}, implied
 
 

@@ -103,7 +103,7 @@ def test_caller_pipeline_and_model_are_left_as_they_were(wan_pair, wan_pipe):
     processors = dict(large.transformer.attn_processors)
     state = {k: v.clone() for k, v in large.transformer.state_dict().items()}
     for switch in ("hybridstitch-30", "fulllarge-30"):
-        wan_pipe(**ARGS, generator=_gen(6), switch=switch)
+        wan_pipe(**ARGS, generator=_gen(6), switch=switch, allow_unprofitable=True)  # FullLarge breaks Eq. 7
     assert all(large.transformer.attn_processors[k] is v for k, v in processors.items())
     assert all(torch.equal(state[k], v) for k, v in large.transformer.state_dict().items())
     assert torch.equal(large(**ARGS, generator=_gen(5)).frames, before)
