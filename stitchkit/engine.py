@@ -31,6 +31,10 @@ from stitchkit.protocols import ContextProvider, Decision, LoopState, MaskPolicy
 from stitchkit.trace import StepRecord
 
 StepCallback = Callable[[dict[str, Any]], None]
+#: ``(step, timestep, latents, prompt_embeds, pooled_projections) -> the same three``, after the scheduler
+#: step: diffusers' ``callback_on_step_end``, which may replace them (see stitchkit.diffusers_compat).
+StepEndHook = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+                       tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 @attrs.frozen(kw_only=True)
@@ -99,6 +103,7 @@ def denoise(
     guidance_scale: float,
     callback: StepCallback | None = None,
     progress: bool = False,
+    step_end: StepEndHook | None = None,
 ) -> tuple[torch.Tensor, list[StepRecord]]:
     """Run the loop from ``latents`` over ``timesteps``; return the final latents and one record per step.
 
@@ -181,6 +186,9 @@ def denoise(
                           "prediction": prediction, "tensors": current, "decision": decision, "record": record,
                           "change_map": change_map, "indices": indices if decision.hybrid else None})
             latents = next_latents
+            if step_end is not None:  # issue 15: diffusers' callback_on_step_end may replace these three
+                latents, prompt_embeds, pooled_projections = step_end(i, t, latents, prompt_embeds,
+                                                                      pooled_projections)
     finally:
         context.release()
         if may_mask:

@@ -1,0 +1,86 @@
+"""How many CPU threads torch uses, chosen per pair and set before any model runs.
+
+torch's default (one OpenMP thread per core, spin-waiting between parallel regions) is right for large
+models and badly wrong for tiny ones on a busy machine: a forward of the shapes pair's 3.5 M-parameter
+transformer is a few hundred small kernels, each too short to split, and idle OpenMP threads spin against
+whatever else the machine runs. Measured with ``benchmarks/threads.py`` (README, "Threads"): on 2 cores
+the shapes pair was as fast or faster with one thread when quiet and several times faster under load,
+while the 63 M-parameter ``bench-random`` pair gains from every core.
+
+:func:`default_threads` turns that measurement into a rule on the large transformer's size;
+:func:`apply_threads` sets it (``torch.set_num_threads``) and returns what it set, so that run records and
+profile keys can name it. An explicit ``--threads N`` / ``pair.threads`` / ``OMP_NUM_THREADS`` wins.
+"""
+
+from __future__ import annotations
+
+import os
+
+from stitchkit.errors import ConfigError
+
+__all__ = ["SMALL_MODEL_PARAMS", "apply_threads", "default_threads", "machine_busy", "parse_threads"]
+
+#: Below this many parameters in the large transformer a pair runs on one thread (see the module docstring).
+SMALL_MODEL_PARAMS = 20_000_000
+
+
+def _params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def default_threads(large, small=None) -> int:
+    """One thread for a pair whose large transformer has fewer than :data:`SMALL_MODEL_PARAMS`
+    parameters, else every core (``os.cpu_count()``); ``small`` is accepted for symmetry."""
+    if _params(large) < SMALL_MODEL_PARAMS:
+        return 1
+    return os.cpu_count() or 1
+
+
+def parse_threads(value, path: str = "--threads") -> int | None:
+    """``None`` (choose per pair) or a positive int; anything else is one :class:`ConfigError` line."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(path, f"{value!r} is not a whole number", "give a thread count >= 1") from None
+    if isinstance(value, bool) or n < 1 or (isinstance(value, float) and value != n):
+        raise ConfigError(path, f"{value!r} is not a thread count", "give a whole number >= 1")
+    return n
+
+
+def apply_threads(requested: int | None, large=None, small=None, device: str = "cpu") -> int:
+    """Set torch's CPU threads and return the number set (0 on a GPU device, where threads do not matter).
+
+    ``requested`` wins; else ``OMP_NUM_THREADS`` if the user exported it; else :func:`default_threads`.
+    """
+    import torch
+
+    if device != "cpu":
+        return 0
+    if requested is None:
+        env = os.environ.get("OMP_NUM_THREADS", "").strip()
+        if env.isdigit() and int(env) > 0:
+            requested = int(env)
+        elif large is not None:
+            requested = default_threads(large, small)
+        else:
+            return torch.get_num_threads()
+    if torch.get_num_threads() != requested:
+        torch.set_num_threads(requested)
+    return requested
+
+
+def machine_busy(threads: int, *, cores: int | None = None) -> str | None:
+    """A warning when the 1-minute load average says more work wanted the CPU than it has cores (load above
+    ``cores + 0.5``: runnable work queued behind the timed run), else ``None``. ``threads`` is named in the
+    warning: a run on every core suffers most from competition."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # not on every platform
+        return None
+    cores = cores or os.cpu_count() or 1
+    if load > cores + 0.5:
+        return (f"the machine was busy (load {load:.1f} on {cores} cores, timed with {threads} thread(s)): "
+                "timings are inflated and noisy; re-run them on a quiet machine")
+    return None
