@@ -24,9 +24,10 @@ import attrs
 import torch
 
 from stitchkit.change import MEASURES, StepTensors
-from stitchkit.errors import NonFiniteError
+from stitchkit.errors import ConfigError, NonFiniteError
 from stitchkit.models.sd3_masked import CudaGraphs, cuda_graphs_enabled, plain_forward
 from stitchkit.models.tokens import stitch
+from stitchkit.protocol_checks import check_decision, check_indices
 from stitchkit.protocols import ContextProvider, Decision, LoopState, MaskPolicy, ModelInputs, SwitchPolicy
 from stitchkit.trace import StepRecord
 
@@ -128,6 +129,7 @@ def denoise(
     context.reset()
     trace: list[StepRecord] = []
     change = change_map = previous = None
+    large_done = False  # a hybrid step needs the K/V a full large step records
     if may_mask:
         models.masked_large.begin()
     try:
@@ -137,6 +139,11 @@ def denoise(
                               num_tokens=num_tokens, grid=grid, batch_size=batch, change=change,
                               change_map=change_map)
             decision: Decision = switch.decide(state)
+            check_decision(decision, switch, i)
+            if decision.hybrid and not large_done and not getattr(context, "computes_all_tokens", False):
+                raise ConfigError("switch", f"{type(switch).__name__} asked for a hybrid step at step {i} before "
+                                  "any large step", "the masked large model attends to K/V a full large step "
+                                  "records: decide Decision(stage=0, large=True, small=False) first")
             model_input = torch.cat([latents] * 2) if guided else latents
             inputs = ModelInputs(hidden_states=model_input, timestep=t.expand(model_input.shape[0]),
                                  encoder_hidden_states=prompt_embeds, pooled_projections=pooled_projections)
@@ -144,6 +151,7 @@ def denoise(
             large_tokens = small_tokens = 0
             if decision.hybrid:
                 indices = mask.select(attrs.evolve(state, stage=decision.stage), decision.mask_ratio)
+                check_indices(indices, mask, batch, num_tokens)
                 indices = indices.to(latents.device)  # a policy without a change map builds them on the CPU
                 model_indices = torch.cat([indices] * 2) if guided else indices  # both CFG halves share it
                 with large_timer:
@@ -160,6 +168,7 @@ def denoise(
                     out = context.full(models.masked_large, inputs) if may_mask else plain_forward(models.large, inputs)
                 prediction = _check_finite(out, i, "large")
                 large_tokens = num_tokens
+                large_done = True
             else:
                 with small_timer:
                     out = small_forward(inputs)

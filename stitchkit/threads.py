@@ -15,10 +15,12 @@ profile keys can name it. An explicit ``--threads N`` / ``pair.threads`` / ``OMP
 from __future__ import annotations
 
 import os
+import statistics
 
 from stitchkit.errors import ConfigError
 
-__all__ = ["SMALL_MODEL_PARAMS", "apply_threads", "default_threads", "machine_busy", "parse_threads"]
+__all__ = ["SMALL_MODEL_PARAMS", "apply_threads", "default_threads", "machine_busy", "parse_threads",
+           "timing_warnings"]
 
 #: Below this many parameters in the large transformer a pair runs on one thread (see the module docstring).
 SMALL_MODEL_PARAMS = 20_000_000
@@ -84,3 +86,26 @@ def machine_busy(threads: int, *, cores: int | None = None) -> str | None:
         return (f"the machine was busy (load {load:.1f} on {cores} cores, timed with {threads} thread(s)): "
                 "timings are inflated and noisy; re-run them on a quiet machine")
     return None
+
+
+def timing_warnings(records: dict[str, list[dict]], *, cores: int | None = None,
+                    max_error_pct: float = 50.0) -> list[str]:
+    """Warnings for a run's timing columns, from its unit records (``threads`` and ``load`` per unit, and the
+    latency model's prediction): the machine was busy while some units ran, or predictions are far off (a
+    noisy cached profile, the usual cause, is re-measured with ``stitchkit profile ... --refresh``)."""
+    cores = cores or os.cpu_count() or 1
+    units = [r for recs in records.values() for r in recs]
+    lines = []
+    busy = [r for r in units if r.get("load") is not None and r["load"] > cores + 0.5]
+    if busy:
+        worst = max(r["load"] for r in busy)
+        lines.append(f"warning: {len(busy)} of {len(units)} images were timed while the machine was busy "
+                     f"(load up to {worst:.1f} on {cores} cores): latency and speedup columns are inflated and "
+                     "noisy; re-run on a quiet machine (quality columns are unaffected)")
+    errors = [100.0 * abs(r["predicted_denoise_ms"] - r["denoise_ms"]) / r["denoise_ms"]
+              for r in units if r.get("denoise_ms")]
+    if errors and statistics.median(errors) > max_error_pct:
+        lines.append(f"warning: the latency model misses the measured time by {statistics.median(errors):.0f} % "
+                     "(median): the cached profile was probably measured under load; re-measure it with "
+                     "`stitchkit profile --pair PAIR --height H --width W --refresh`")
+    return lines

@@ -13,15 +13,25 @@ from stitchkit.commands.plan import parse_floats
 @click.option("--thresholds", default="", metavar="T1,T2,...",
               help="Also print, per threshold, where D_t (x0) first falls below it (median and p10-p90).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def command(experiment: str, thresholds: str, quiet: bool) -> None:
+@click.option("--threads", default="", metavar="N",
+              help="CPU threads (default: sampler.threads, else OMP_NUM_THREADS, else the pair's).")
+def command(experiment: str, thresholds: str, quiet: bool, threads: str) -> None:
     """Run the large model alone over the experiment's prompts and print D_t quantiles per step."""
     from stitchkit.calibrate import collect_changes, first_step_below, quantile_table
     from stitchkit.config import ExperimentConfig
-    from stitchkit.experiment import load_pair
+    import attrs
+
+    from stitchkit.experiment import load_pair, use_threads
+    from stitchkit.threads import parse_threads
 
     config = ExperimentConfig.from_yaml(experiment)
     wanted = parse_floats("--thresholds", thresholds)
-    changes = collect_changes(load_pair(config), config, progress=not quiet)
+    n_threads = parse_threads(threads)
+    if n_threads is not None:
+        config = attrs.evolve(config, sampler=attrs.evolve(config.sampler, threads=n_threads))
+    pipe = load_pair(config)
+    use_threads(pipe, config)
+    changes = collect_changes(pipe, config, progress=not quiet)
     runs = next(iter(changes.values())).shape[0]
     click.echo(f"{config.pair.label}: {runs} large-only runs, {config.sampler.steps} steps")
     for line in quantile_table(changes):
