@@ -4,7 +4,7 @@ Needs hypothesis (``pip install "stitchkit[test]"``); pytest is not imported. Tw
 policy the way the engine does and check invariants after every step:
 
 * :func:`switch_policy_machine`: ``reset(num_steps)``, then ``decide`` once per step with arbitrary
-  per-sample changes ``D_t`` (``None`` for the first steps, as when nothing has been compared yet), several
+  per-sample changes ``D_t`` (``None`` at step 0 and possibly a few more, as in the engine), several
   generations in a row, sometimes abandoning one half-way. After every step: the decision is valid and runs
   what its stage declares, the stage never goes back and advances by at most one per step, no hybrid stage
   is skipped, and a policy that was reset decides exactly as a fresh one (no state leaks between
@@ -264,7 +264,8 @@ def switch_policy_machine(
         def step_before_any_change(self) -> None:
             self._step(None)
 
-        @precondition(lambda self: self.step < self.num_steps)
+        # The engine has no change at step 0 (D_t compares a step with the one before), so neither does this.
+        @precondition(lambda self: 0 < self.step < self.num_steps)
         @rule(data=st.data())
         def step_with_change(self, data: st.DataObject) -> None:
             values = data.draw(st.lists(changes, min_size=self.batch, max_size=self.batch), label="change")
