@@ -149,6 +149,7 @@ def denoise(
                                  encoder_hidden_states=prompt_embeds, pooled_projections=pooled_projections)
             large_timer, small_timer = _Timer(latents.device), _Timer(latents.device)
             large_tokens = small_tokens = 0
+            small_prediction = None  # the small model's own prediction in a hybrid step
             if decision.hybrid:
                 indices = mask.select(attrs.evolve(state, stage=decision.stage), decision.mask_ratio)
                 check_indices(indices, mask, batch, num_tokens)
@@ -159,7 +160,8 @@ def denoise(
                 with small_timer:
                     prediction = small_forward(inputs)
                 _check_finite(large_part, i, "large")
-                prediction = stitch(_check_finite(prediction, i, "small"), large_part, model_indices, p)
+                small_prediction = _check_finite(prediction, i, "small")  # unstitched, for the "small-x0" map
+                prediction = stitch(small_prediction, large_part, model_indices, p)
                 # FullLarge's large model computes every token even though only the masked ones are used.
                 large_tokens = num_tokens if getattr(context, "computes_all_tokens", False) else indices.shape[1]
                 small_tokens = num_tokens
@@ -178,9 +180,13 @@ def denoise(
             if guided:
                 uncond, cond = prediction.chunk(2)
                 prediction = uncond + guidance_scale * (cond - uncond)
+                if small_prediction is not None:
+                    uncond, cond = small_prediction.chunk(2)
+                    small_prediction = uncond + guidance_scale * (cond - uncond)
             next_latents = scheduler.step(prediction, t, latents, return_dict=False)[0]
 
-            current = StepTensors.from_step(latents, next_latents, prediction, sigma)  # x0 of Eq. 10
+            current = StepTensors.from_step(latents, next_latents, prediction, sigma,  # x0 of Eq. 10
+                                            small_output=small_prediction)
             change, change_map = measure(previous, current, p)
             previous = current
             record = StepRecord(

@@ -19,11 +19,23 @@ import statistics
 
 from stitchkit.errors import ConfigError
 
-__all__ = ["SMALL_MODEL_PARAMS", "apply_threads", "default_threads", "machine_busy", "parse_threads",
+__all__ = ["SMALL_MODEL_PARAMS", "apply_threads", "passive_openmp", "default_threads", "machine_busy", "parse_threads",
            "timing_warnings"]
 
 #: Below this many parameters in the large transformer a pair runs on one thread (see the module docstring).
 SMALL_MODEL_PARAMS = 20_000_000
+
+
+def passive_openmp() -> bool:
+    """``OMP_WAIT_POLICY=PASSIVE`` unless the user chose a policy, when torch is not imported yet (OpenMP reads
+    it once, at start-up); returns whether it is in effect. Idle OpenMP threads then sleep instead of
+    spinning: under load, two spinning threads made a 63 M-parameter pair 5-9x slower than two passive ones
+    (benchmarks/threads.py), while on a quiet machine the policy makes no measurable difference."""
+    import sys
+
+    if "OMP_WAIT_POLICY" not in os.environ and "torch" not in sys.modules:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"
 
 
 def _params(model) -> int:
