@@ -75,12 +75,13 @@ class Setup:
 def prepare(config: ExperimentConfig, method_name: str, *, units: int, pipe=None,
             costs: Costs | None = None) -> tuple[Problem, Setup]:
     """The search problem for ``method_name`` over the first ``units`` units of ``config``."""
-    from stitchkit.experiments.runner import _size, ensure_profile, load_pair, ran_sampler
+    from stitchkit.experiments.runner import _size, ensure_profile, load_pair, ran_sampler, use_threads
     from stitchkit.pipeline import DEFAULT_CONTEXT, DEFAULT_MASK
 
     if units < 1:
         raise ConfigError("--units", f"must be at least 1, got {units}")
     pipe = pipe or load_pair(config)
+    use_threads(pipe, config)
     registry = pipe.registry
     method = find_method(config, method_name, registry)
     base = switch_mapping(method.switch)

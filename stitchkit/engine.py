@@ -36,10 +36,15 @@ from stitchkit.models.cuda_graphs import CudaGraphs, cuda_graphs_enabled
 from stitchkit.models.stock import stock_forward
 from stitchkit.models.tokens import stitch, token_grid
 from stitchkit.per_sample import SampleMasks, SampleSwitch
+from stitchkit.protocol_checks import check_decision
 from stitchkit.protocols import ContextProvider, Decision, LoopState, MaskPolicy, ModelInputs, SwitchPolicy
 from stitchkit.trace import BatchStep, ModelCall, StepRecord, batch_record
 
 StepCallback = Callable[[dict[str, Any]], None]
+#: ``(step, timestep, latents, prompt_embeds, pooled_projections) -> the same three``, after the scheduler
+#: step: diffusers' ``callback_on_step_end``, which may replace them (see stitchkit.diffusers_compat).
+StepEndHook = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+                       tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 @attrs.frozen(kw_only=True)
@@ -135,6 +140,7 @@ def denoise(
     guidance_scale: float,
     callback: StepCallback | None = None,
     progress: bool = False,
+    step_end: StepEndHook | None = None,
 ) -> Denoised:
     """Run the loop from ``latents`` over ``timesteps``; return the final latents and the traces.
 
@@ -159,6 +165,7 @@ def denoise(
     measure = MEASURES[switch.change_measure]
     # The mask's change map may come from another measure than D_t (a policy's ``mask_measure``).
     map_measure = MEASURES[getattr(switch, "mask_measure", None) or switch.change_measure]
+    wants_small_x0 = MEASURES["small-x0"] in (measure, map_measure)
     # A policy that never masks needs no K/V recording: its large steps are the stock forward.
     may_mask = getattr(switch, "may_mask", True)
     all_tokens = getattr(context, "computes_all_tokens", False)
@@ -171,6 +178,7 @@ def denoise(
     batch_steps: list[BatchStep] = []
     change = change_map = previous = None
     everyone = list(range(batch))
+    large_done = [False] * batch  # a sample's hybrid step needs the K/V its full large step records
 
     def rows_of(samples: list[int]) -> list[int]:
         return [h * batch + b for h in range(halves) for b in samples]
@@ -204,6 +212,13 @@ def denoise(
                               grid=grid, batch_size=batch, change=change, change_map=change_map)
             # Every sample alone: its own policy copy, its own D_t and change map.
             decisions, states = switches.decide(state)
+            for b, decision in enumerate(decisions):
+                check_decision(decision, switch, i)
+                if decision.hybrid and not large_done[b] and not all_tokens:
+                    raise ConfigError(
+                        "switch", f"{type(switch).__name__} asked for a hybrid step at step {i} before any large "
+                        "step" + (f" (sample {b})" if batch > 1 else ""), "the masked large model attends to K/V a "
+                        "full large step records: decide Decision(stage=0, large=True, small=False) first")
             model_input = torch.cat([latents] * 2) if guided else latents
             inputs = ModelInputs(hidden_states=model_input, timestep=t.expand(model_input.shape[0]),
                                  encoder_hidden_states=prompt_embeds, pooled_projections=pooled_projections)
@@ -215,6 +230,7 @@ def denoise(
             large_ms, small_ms = [0.0] * batch, [0.0] * batch
             large_tokens, small_tokens = [0] * batch, [0] * batch
             sample_indices: list[torch.Tensor | None] = [None] * batch
+            hybrid_small: list[list[int]] = []  # hybrid groups, whose unstitched small rows "small-x0" reads
             prediction = None  # (2B, C, H, W) once every group has written its rows
 
             def put(samples: list[int], out: torch.Tensor) -> None:
@@ -272,6 +288,7 @@ def denoise(
                     put(samples, timed("large", samples, num_tokens, fn))
                     for b in samples:
                         large_tokens[b] = num_tokens
+                        large_done[b] = True
                     continue
                 # Hybrid at this ratio: each sample's own mask, the same size m for all of the group.
                 indices = masks.select(state, states, decisions, samples, ratio, device)
@@ -285,17 +302,29 @@ def denoise(
                                                 rows=rows)
                 large_part = timed("large", samples, num_tokens if all_tokens else m, fn)
                 put(samples, stitch(small_rows(samples), large_part, model_indices, p))
+                hybrid_small.append(samples)
                 for j, b in enumerate(samples):
                     # FullLarge's large model computes every token even though only the masked ones are used.
                     large_tokens[b] = num_tokens if all_tokens else m
                     sample_indices[b] = indices[j:j + 1]
 
+            # The small model's own prediction where it ran under a mask (the rest: the step's prediction).
+            small_prediction = None
+            if hybrid_small and wants_small_x0:
+                small_prediction = prediction.clone()
+                for samples in hybrid_small:
+                    small_prediction.index_copy_(0, torch.tensor(rows_of(samples), device=device),
+                                                 small_rows(samples))
             if guided:
                 uncond, cond = prediction.chunk(2)
                 prediction = uncond + guidance_scale * (cond - uncond)
+                if small_prediction is not None:
+                    uncond, cond = small_prediction.chunk(2)
+                    small_prediction = uncond + guidance_scale * (cond - uncond)
             next_latents = scheduler.step(prediction, t, latents, return_dict=False)[0]
 
-            current = StepTensors.from_step(latents, next_latents, prediction, sigma)  # x0 of Eq. 10
+            current = StepTensors.from_step(latents, next_latents, prediction, sigma,  # x0 of Eq. 10
+                                            small_output=small_prediction)
             change, change_map = measure(previous, current, p)
             if map_measure is not measure:
                 change_map = map_measure(previous, current, p)[1]
@@ -321,6 +350,9 @@ def denoise(
                           "record": records[0] if batch == 1 else None,
                           "indices": torch.cat(sample_indices) if hybrid else None})
             latents = next_latents
+            if step_end is not None:  # issue 15: diffusers' callback_on_step_end may replace these three
+                latents, prompt_embeds, pooled_projections = step_end(i, t, latents, prompt_embeds,
+                                                                      pooled_projections)
     finally:
         context.release()
         if may_mask:

@@ -87,10 +87,18 @@ class SampleMasks:
                 state, stage=decisions[samples[0]].stage, batch_size=len(samples),
                 change=None if state.change is None else state.change[samples],
                 change_map=None if state.change_map is None else state.change_map[samples])
-            return self.policy.select(group, ratio).to(device)
+            return _checked(self.policy.select(group, ratio), self.policy, len(samples), state).to(device)
         # A policy without a change map builds them on the CPU.
-        return torch.cat([self.copies[b].select(attrs.evolve(states[b], stage=decisions[b].stage), ratio)
-                          .to(device) for b in samples])
+        return torch.cat([_checked(self.copies[b].select(attrs.evolve(states[b], stage=decisions[b].stage), ratio),
+                                   self.copies[b], 1, state).to(device) for b in samples])
+
+
+def _checked(indices: Any, policy: Any, batch: int, state: LoopState) -> torch.Tensor:
+    """``select``'s answer, refused with one line unless it is what the protocol asks for."""
+    from stitchkit.protocol_checks import check_indices
+
+    check_indices(indices, policy, batch, state.num_tokens)
+    return indices
 
 
 def _decisions(decided: Any, batch: int, name: str) -> list[Decision]:

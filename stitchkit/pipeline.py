@@ -16,10 +16,11 @@ installed for one generation and restored after it (also on error).
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
-import attrs
 import torch
+from diffusers.utils import BaseOutput
 
 from stitchkit.engine import Models, Policies, StepCallback, denoise
 from stitchkit.errors import ConfigError
@@ -31,17 +32,51 @@ from stitchkit.trace import BatchStep, StepRecord
 DEFAULT_MASK = "top-k"
 DEFAULT_CONTEXT = "kv-cache"
 
+#: The tensors a ``callback_on_step_end`` may ask for and replace, as in ``StableDiffusion3Pipeline``.
+CALLBACK_TENSOR_INPUTS = ("latents", "prompt_embeds", "pooled_prompt_embeds")
 
-@attrs.frozen(kw_only=True)
-class StitchOutput:
+#: ``StableDiffusion3Pipeline.__call__`` arguments whose default differs here, with the reason (the signature
+#: test compares every other default with diffusers'). A preset that needs to know whether the caller passed
+#: ``num_inference_steps``/``height``/``width`` may make those ``None`` and list them here.
+DIFFUSERS_DEFAULT_EXCEPTIONS: dict[str, str] = {
+    "num_inference_steps": "None: a preset's sampler settings apply (the paper's 50 steps), else diffusers' 28",
+}
+
+#: Arguments accepted by name (a diffusers script passes them) and refused when set, with the reason.
+REFUSED_ARGUMENTS: dict[str, str] = {
+    "ip_adapter_image": "IP-Adapter image conditioning is not supported by stitchkit's masked attention; "
+                        "leave it None",
+    "ip_adapter_image_embeds": "IP-Adapter image conditioning is not supported by stitchkit's masked "
+                               "attention; leave it None",
+    "skip_guidance_layers": "skip-layer guidance needs a third transformer pass with layers skipped, which "
+                            "has no counterpart in small-model steps or in masked hybrid steps (whose K/V "
+                            "cache comes from the full model); leave it None",
+}
+
+
+@dataclass
+class StitchOutput(BaseOutput):
     """``images`` as diffusers returns them for the ``output_type``; ``trace``: one record per step (for one
     sample its record; for a batch the summary of :func:`stitchkit.trace.batch_record`); ``traces``: one
-    trace per sample (its own stage and tokens per step); ``steps``: per step, the batched model calls."""
+    trace per sample (its own stage and tokens per step); ``steps``: per step, the batched model calls.
+
+    A diffusers ``BaseOutput``: ``out.images``, ``out["images"]`` and ``out[0]`` are the images, as with
+    ``StableDiffusion3PipelineOutput``; ``out.trace`` / ``out[1]`` is stitchkit's per-step record."""
 
     images: Any
     trace: tuple[StepRecord, ...]
     traces: tuple[tuple[StepRecord, ...], ...] = ()
     steps: tuple[BatchStep, ...] = ()
+
+
+def _cast(pipeline, small_transformer, dtype: torch.dtype) -> None:
+    """Every ``nn.Module`` component of ``pipeline``, and ``small_transformer``, in ``dtype``: diffusers'
+    ``torch_dtype`` leaves a component whose weights are stored in another dtype as stored (the transformers
+    of a float32 checkpoint stayed float32 under ``torch_dtype=torch.bfloat16`` and the first conv failed)."""
+    for module in [*pipeline.components.values(), small_transformer]:
+        if isinstance(module, torch.nn.Module) and any(p.dtype != dtype for p in module.parameters()):
+            module.to(dtype=dtype)
+
 
 
 class StitchPipeline:
@@ -57,6 +92,8 @@ class StitchPipeline:
         self.adapter = adapter
         self.small = small_transformer
         self.masked_large = self.family.masked_runner(adapter.large_transformer)
+        self._progress_bar_config: dict[str, Any] = {}
+        self._num_timesteps, self._guidance_scale = 0, 1.0
         #: Names the pair in profiles and result tables.
         self.pair_id = pair_id or "+".join(
             str(m.config.get("_name_or_path") or f"{m.config.num_layers}x{m.config.num_attention_heads}")
@@ -93,6 +130,8 @@ class StitchPipeline:
         registry = registry or get_registry()
         family = registry.family_for_checkpoint(large, **loading_options(kwargs))
         large_pipe, small_tf = family.load(large, small, torch_dtype=torch_dtype, device=device, **kwargs)
+        if torch_dtype is not None:  # diffusers may leave weights stored in float32 as they were
+            _cast(large_pipe, small_tf, torch_dtype)
         pair_id = large if large == small else f"{large}+{small}"
         return cls.from_pipelines(large=large_pipe, small=small_tf, registry=registry, pair_id=pair_id)
 
@@ -132,28 +171,46 @@ class StitchPipeline:
         negative_prompt: str | list[str] | None = None,
         negative_prompt_2: str | list[str] | None = None,
         negative_prompt_3: str | list[str] | None = None,
-        num_images_per_prompt: int = 1,
+        num_images_per_prompt: int | None = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
         pooled_prompt_embeds: torch.Tensor | None = None,
         negative_pooled_prompt_embeds: torch.Tensor | None = None,
-        output_type: str = "pil",
+        ip_adapter_image: Any = None,
+        ip_adapter_image_embeds: torch.Tensor | None = None,
+        output_type: str | None = "pil",
+        return_dict: bool = True,
+        joint_attention_kwargs: dict[str, Any] | None = None,
         clip_skip: int | None = None,
+        callback_on_step_end: Callable[..., dict] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006 - diffusers' default
         max_sequence_length: int = 256,
+        skip_guidance_layers: list[int] | None = None,
+        skip_layer_guidance_scale: float = 2.8,
+        skip_layer_guidance_stop: float = 0.2,
+        skip_layer_guidance_start: float = 0.01,
         mu: float | None = None,
         *,
         switch: Any = "large",
         mask: Any = None,
         context: Any = None,
         callback: StepCallback | None = None,
-        progress: bool = False,
+        progress: bool | None = None,
         allow_unprofitable: bool = False,
         num_frames: int | None = None,
-    ) -> StitchOutput:
+    ) -> StitchOutput | tuple:
         """Generate as ``StableDiffusion3Pipeline.__call__`` does, with ``switch``/``mask``/``context``
         choosing the method (a name, a ``{"kind": name, **params}`` dict, or a policy object).
+
+        Every diffusers argument is honoured or, where stitching has no counterpart, refused with one
+        :class:`ConfigError` line (:data:`REFUSED_ARGUMENTS`): ``callback_on_step_end(pipe, i, t, kwargs)``
+        runs after each scheduler step and may replace ``latents``/``prompt_embeds``/``pooled_prompt_embeds``
+        (the latter two hold both CFG halves, as in diffusers); ``callback`` is stitchkit's own per-step record
+        (decision, mask, D_t), called just before it. ``joint_attention_kwargs`` takes diffusers' LoRA
+        ``scale``. ``return_dict=False`` returns ``(images,)``. ``progress`` (default: the
+        :meth:`set_progress_bar_config` ``disable`` setting, else off) shows a bar over the steps.
 
         A HybridStitch-like policy (one with ``mask_ratios``) is checked against Eq. 7-8 first and refused
         with a :class:`ConfigError` when its masks cannot pay off; ``allow_unprofitable=True`` (ablations)
@@ -162,6 +219,12 @@ class StitchPipeline:
         setting other ones with such a preset warns once (:class:`stitchkit.sampler.PresetSamplerWarning`).
         ``num_frames``: for a video family, the frames to generate (its default if unset); an image family
         refuses it."""
+        from stitchkit.diffusers_compat import check_call_arguments, lora_scale, step_end_hook
+
+        check_call_arguments(ip_adapter_image=ip_adapter_image, ip_adapter_image_embeds=ip_adapter_image_embeds,
+                             skip_guidance_layers=skip_guidance_layers, joint_attention_kwargs=joint_attention_kwargs)
+        step_end = step_end_hook(self, callback_on_step_end, callback_on_step_end_tensor_inputs)
+        scale = lora_scale(joint_attention_kwargs)
         policies = self.resolve_policies(switch, mask, context)
         adapter = self.adapter
         # A paper preset brings its steps and size where the call gives none (stitchkit.sampler).
@@ -183,6 +246,7 @@ class StitchPipeline:
             batch = len(prompt)
         else:
             batch = prompt_embeds.shape[0]
+        num_images_per_prompt = num_images_per_prompt or 1
         cond = adapter.encode(
             guidance_scale=guidance_scale, num_images_per_prompt=num_images_per_prompt,
             max_sequence_length=max_sequence_length, prompt=prompt, prompt_2=prompt_2, prompt_3=prompt_3,
@@ -190,6 +254,7 @@ class StitchPipeline:
             negative_prompt_3=negative_prompt_3, prompt_embeds=prompt_embeds,
             negative_prompt_embeds=negative_prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
             negative_pooled_prompt_embeds=negative_pooled_prompt_embeds, clip_skip=clip_skip,
+            **({"lora_scale": scale} if scale is not None else {}),
         )
         self.check_plan(policies.switch, context=policies.context, height=height, width=width,
                         text_tokens=cond.prompt_embeds.shape[1], guided=cond.guided,
@@ -200,15 +265,23 @@ class StitchPipeline:
         scheduler = adapter.new_scheduler()
         timesteps = adapter.timesteps(scheduler, num_inference_steps=num_inference_steps, latents=latents,
                                       sigmas=sigmas, mu=mu)
+        self._num_timesteps, self._guidance_scale = len(timesteps), guidance_scale
         models = Models(large=adapter.large_transformer, masked_large=self.masked_large, small=self.small,
                         patch_size=adapter.patch_size, forward=self.family.forward)
-        result = denoise(
-            models=models, policies=policies, scheduler=scheduler, timesteps=timesteps, latents=latents,
-            prompt_embeds=cond.prompt_embeds, pooled_projections=cond.pooled_projections,
-            guidance_scale=cond.guidance_scale, callback=callback, progress=progress,
-        )
-        return StitchOutput(images=adapter.decode(result.latents, output_type), trace=result.trace,
-                            traces=result.traces, steps=result.steps)
+        if progress is None:
+            progress = not self._progress_bar_config.get("disable", True)
+        from stitchkit.diffusers_compat import scaled_lora
+
+        with scaled_lora((adapter.large_transformer, self.small), scale):
+            result = denoise(
+                models=models, policies=policies, scheduler=scheduler, timesteps=timesteps, latents=latents,
+                prompt_embeds=cond.prompt_embeds, pooled_projections=cond.pooled_projections,
+                guidance_scale=cond.guidance_scale, callback=callback, progress=progress, step_end=step_end,
+            )
+        images = adapter.decode(result.latents, output_type)
+        if not return_dict:
+            return (images,)
+        return StitchOutput(images=images, trace=result.trace, traces=result.traces, steps=result.steps)
 
     def costs(self, *, height: int, width: int, text_tokens: int, guided: bool, num_frames: int | None = None):
         """The pair's per-step costs at this size: its cached profile, else a FLOPs estimate (``.source``)."""
@@ -235,8 +308,56 @@ class StitchPipeline:
         return check_switch_policy(policies.switch, costs, allow_unprofitable=allow_unprofitable, path=path,
                                    computes_all_tokens=getattr(policies.context, "computes_all_tokens", False))
 
-    # -- conveniences -----------------------------------------------------------------------------------
+    # -- conveniences (diffusers' pipeline attributes) -----------------------------------------------------
     def to(self, device: str | torch.device) -> "StitchPipeline":
         self.adapter.to(device)
         self.small.to(device)
         return self
+
+    @property
+    def device(self) -> torch.device:
+        """Where the models run (the large pipeline's execution device)."""
+        return self.adapter.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.adapter.dtype
+
+    @property
+    def components(self) -> dict[str, Any]:
+        """The large pipeline's components (diffusers' names) plus ``small_transformer``."""
+        pipeline = getattr(self.adapter, "pipeline", None)
+        parts = dict(pipeline.components) if pipeline is not None else {"transformer": self.adapter.large_transformer}
+        return {**parts, "small_transformer": self.small}
+
+    @property
+    def num_timesteps(self) -> int:
+        """Steps of the current (or last) generation, as diffusers' callbacks read it."""
+        return self._num_timesteps
+
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale > 1.0
+
+    @property
+    def interrupt(self) -> bool:
+        """Always ``False``: stitchkit's loop cannot be interrupted from a callback (raise instead)."""
+        return False
+
+    def set_progress_bar_config(self, **kwargs: Any) -> None:
+        """As in diffusers; ``disable=False`` turns the per-step bar on for calls that do not pass ``progress``."""
+        self._progress_bar_config = dict(kwargs)
+
+    def enable_model_cpu_offload(self, *args: Any, **kwargs: Any) -> None:
+        raise ConfigError("enable_model_cpu_offload", "is not supported",
+                          "a stitched step alternates both transformers and keeps the K/V cache on the device; "
+                          "load the pair on one device with .to(device)")
+
+    def enable_sequential_cpu_offload(self, *args: Any, **kwargs: Any) -> None:
+        raise ConfigError("enable_sequential_cpu_offload", "is not supported",
+                          "a stitched step alternates both transformers and keeps the K/V cache on the device; "
+                          "load the pair on one device with .to(device)")

@@ -229,8 +229,10 @@ def _synchronizer(device) -> Callable[[], None]:
     return lambda: None
 
 
-def _median_ms(fn: Callable[[], Any], *, warmup: int, repeats: int, sync: Callable[[], None]) -> float:
-    """Median wall time of ``fn`` in ms over ``repeats`` calls after ``warmup`` untimed ones."""
+def _median_ms(fn: Callable[[], Any], *, warmup: int, repeats: int, sync: Callable[[], None],
+               times_out: list | None = None) -> float:
+    """Median wall time of ``fn`` in ms over ``repeats`` calls after ``warmup`` untimed ones (every time is
+    appended to ``times_out`` when given, for :mod:`stitchkit.profile_checks`)."""
     for _ in range(warmup):
         fn()
     sync()
@@ -240,6 +242,8 @@ def _median_ms(fn: Callable[[], Any], *, warmup: int, repeats: int, sync: Callab
         fn()
         sync()
         times.append((time.perf_counter() - start) * 1000.0)
+    if times_out is not None:
+        times_out.extend(times)
     return statistics.median(times)
 
 
@@ -276,7 +280,8 @@ def _move(model, device, dtype):
 def profile_transformers(large, small, *, latent_height: int, latent_width: int, text_tokens: int,
                          batch: int = 2, dtype: Any = "float32", device: Any = "cpu",
                          ratios: Sequence[float] = DEFAULT_RATIOS, warmup: int = 5, repeats: int = 5,
-                         seed: int = 0, num_threads: int | None = None) -> Costs:
+                         seed: int = 0, num_threads: int | None = None,
+                         timings: dict[str, list[float]] | None = None) -> Costs:
     """Measure ``L_l``, ``L_s`` and the masked ``L_l(M)`` of two ``SD3Transformer2DModel``s, in ms per step.
 
     Inputs are random, of the shapes a pipeline hands the transformers: latents ``(batch, C, H, W)``
@@ -289,6 +294,8 @@ def profile_transformers(large, small, *, latent_height: int, latent_width: int,
     ``device`` and ``dtype`` in place (``nn.Module.to``) and put in eval mode. ``num_threads`` sets torch's
     CPU threads while measuring (restored after): on a loaded machine several busy-waiting OpenMP threads
     can make CPU timings tens of times slower and erratic, and one thread makes them repeatable.
+    ``timings``, when given, receives every timed call per quantity (``"large"``, ``"small"``,
+    ``"masked 0.3"``) so that :func:`stitchkit.profile_checks.check_profile` can judge the spread.
     """
     import torch
 
@@ -324,14 +331,17 @@ def profile_transformers(large, small, *, latent_height: int, latent_width: int,
         torch.set_num_threads(num_threads)
     try:
         return _measure(large, small, inputs_large, inputs_small, ratios=ratios, n_tokens=n_tokens,
-                        batch=batch, device=dev, generator=g, timing=timing)
+                        batch=batch, device=dev, generator=g, timing=timing, timings=timings)
     finally:
         torch.set_num_threads(threads)
 
 
 def _measure(large, small, inputs_large, inputs_small, *, ratios, n_tokens, batch, device, generator,
-             timing) -> Costs:
+             timing, timings=None) -> Costs:
     import torch
+
+    def out(name: str):
+        return None if timings is None else timings.setdefault(name, [])
 
     from stitchkit.registry import get_registry
 
@@ -340,19 +350,20 @@ def _measure(large, small, inputs_large, inputs_small, *, ratios, n_tokens, batc
     masked: list[tuple[float, float]] = []
     # no_grad, as the engine runs: inference_mode is a little faster and would make the profile optimistic.
     with torch.no_grad():
-        large_ms = _median_ms(lambda: family.forward(large, inputs_large), **timing)
+        large_ms = _median_ms(lambda: family.forward(large, inputs_large), **timing, times_out=out("large"))
         # The small model is timed as the engine calls it (replayed from a CUDA graph on a GPU).
         from stitchkit.engine import small_forward_fn
 
         small_call = small_forward_fn(small, torch.device(device), family.forward)
-        small_ms = _median_ms(lambda: small_call(inputs_small), **timing)
+        small_ms = _median_ms(lambda: small_call(inputs_small), **timing, times_out=out("small"))
         with family.masked_runner(large) as runner:
             runner.forward(inputs_large, record=True)
             for r in ratios:
                 m = max(1, round(float(r) * n_tokens))
                 indices = torch.stack([torch.randperm(n_tokens, generator=generator)[:m].sort().values
                                        for _ in range(batch)]).to(device)
-                ms = _median_ms(lambda idx=indices: runner.forward_masked(inputs_large, idx), **timing)
+                ms = _median_ms(lambda idx=indices: runner.forward_masked(inputs_large, idx), **timing,
+                                times_out=out(f"masked {float(r):g}"))
                 masked.append((float(r), ms))
     return Costs(large_ms=large_ms, small_ms=small_ms, masked_ms=masked, source="profile")
 

@@ -240,9 +240,11 @@ class Registry:
         Returns the policy and the other policies a preset implies (``{"mask": "static"}``), which the caller
         uses where the user did not name those explicitly.
         """
+        from stitchkit.protocol_checks import check_policy
+
         path = path or kind
         if not isinstance(spec, (str, Mapping)):
-            return spec, {}
+            return check_policy(kind, spec, path), {}
         if isinstance(spec, str):
             name, params = spec, {}
         else:
@@ -265,7 +267,7 @@ class Registry:
             raise err.at(path) from None
         except (TypeError, ValueError) as err:
             raise ConfigError(path, f"{name!r} refused its parameters: {err}") from None
-        return policy, implied
+        return check_policy(kind, policy, path), implied
 
 
 def _origin(pm: pluggy.PluginManager, plugin: object) -> str:

@@ -4,12 +4,14 @@ Needs hypothesis (``pip install "stitchkit[test]"``); pytest is not imported. Tw
 policy the way the engine does and check invariants after every step:
 
 * :func:`switch_policy_machine`: ``reset(num_steps)``, then ``decide`` once per step with arbitrary
-  per-sample changes ``D_t`` (``None`` for the first steps, as when nothing has been compared yet), several
+  per-sample changes ``D_t`` (``None`` at step 0 and possibly a few more, as in the engine), several
   generations in a row, sometimes abandoning one half-way. After every step: the decision is valid and runs
   what its stage declares, the stage never goes back and advances by at most one per step, no hybrid stage
   is skipped, and a policy that was reset decides exactly as a fresh one (no state leaks between
   generations); one that declares ``may_mask = False`` (the engine then records no K/V) never decides a
-  hybrid step. Optionally the decisions are compared with a simple reference model.
+  hybrid step, and no hybrid step comes before the generation's first large step (the masked forward
+  attends to K/V that a large step records; the engine refuses it). Optionally the decisions are compared
+  with a simple reference model.
 * :func:`mask_policy_machine`: stages entered one after another with a ratio each, ``select`` called with
   arbitrary change maps; after every call the mask is :func:`check_mask`-valid, and, as the policy promises,
   frozen within a stage and/or made of the largest changes.
@@ -240,6 +242,7 @@ def switch_policy_machine(
             self.batch = 1
             self.seen: list[int] = []
             self.has_changed = False
+            self.large_seen = False
             self.twin: SwitchPolicy | None = None
             self.model: Callable[[LoopState], Decision] | None = None
 
@@ -252,7 +255,7 @@ def switch_policy_machine(
             self.model = reference() if reference is not None else None
             self.generation += 1
             self.num_steps, self.batch, self.step = num_steps, batch, 0
-            self.seen, self.has_changed = [], False
+            self.seen, self.has_changed, self.large_seen = [], False, False
             note(f"generation {self.generation}: reset({num_steps}), batch {batch}")
 
         def _step(self, change: torch.Tensor | None) -> None:
@@ -267,6 +270,10 @@ def switch_policy_machine(
             check_decision(decision, self.stages)
             if decision.hybrid and not getattr(self.policy, "may_mask", True):
                 _fail(f"the policy declares may_mask = False but decided {decision!r}")
+            if decision.hybrid and not self.large_seen:
+                _fail(f"step {self.step}: a hybrid step before any large step ({decision!r}): the masked large "
+                      "model attends to K/V a full large step records, and the engine refuses it")
+            self.large_seen = self.large_seen or (decision.large and not decision.small)
             check_stage_step(self.seen[-1] if self.seen else None, decision.stage)
             if self.twin is not None:
                 fresh = self.twin.decide(state)
@@ -292,7 +299,8 @@ def switch_policy_machine(
         def step_before_any_change(self) -> None:
             self._step(None)
 
-        @precondition(lambda self: self.step < self.num_steps)
+        # The engine has no change at step 0 (D_t compares a step with the one before), so neither does this.
+        @precondition(lambda self: 0 < self.step < self.num_steps)
         @rule(data=st.data())
         def step_with_change(self, data: st.DataObject) -> None:
             values = data.draw(st.lists(changes, min_size=self.batch, max_size=self.batch), label="change")

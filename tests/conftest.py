@@ -1,7 +1,13 @@
 """Shared fixtures: the tiny-random pair, built once per session (seeded, offline)."""
 
+import os
+
 import pytest
 import torch
+
+# One thread for the suite and for every subprocess a test starts (the CLI tests run `stitchkit run`):
+# torch's default, a spinning OpenMP thread per core, made those time out on a busy machine (issue 15).
+os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 
 
 @pytest.fixture(autouse=True)

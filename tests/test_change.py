@@ -128,9 +128,31 @@ def test_change_map_refuses_latents_not_divisible_by_the_patch():
 
 
 def test_measure_names_and_unknown_measure():
-    assert measure_names() == ("latent", "output", "x0", "x0-prev")
+    assert measure_names() == ("latent", "output", "small-x0", "x0", "x0-prev")
     with pytest.raises(ConfigError) as err:
         measure("noise")
-    assert str(err.value) == "change: unknown change measure 'noise'; known: latent, output, x0, x0-prev"
+    assert str(err.value) == "change: unknown change measure 'noise'; known: latent, output, small-x0, x0, x0-prev"
     with pytest.raises(ConfigError, match=r"^switch\.change: unknown change measure \[1\]"):
         measure([1], "switch.change")
+
+
+def test_small_x0_measure_maps_the_small_models_own_change_and_keeps_x0s_d_t():
+    """D_t is x0's (thresholds keep their meaning); the map compares the small model's own x0 predictions,
+    against the large step's x0 after a large step, and is x0's outside hybrid steps."""
+    from stitchkit.change import MEASURES, StepTensors
+
+    x = torch.zeros(1, 1, 2, 4)  # two tokens of patch 2
+    large_step = StepTensors.from_step(x, x, -torch.ones_like(x), sigma=1.0)  # x0 = 1 everywhere
+    small_out = torch.tensor([[[[-1.0, -1.0, -3.0, -3.0], [-1.0, -1.0, -3.0, -3.0]]]])  # small x0: 1 | 3
+    stitched = small_out.clone()
+    stitched[..., 2:] = -1.0  # the large model recomputed the second token: x0 back to 1 there
+    hybrid = StepTensors.from_step(x, x, stitched, sigma=1.0, small_output=small_out)
+    change, change_map = MEASURES["small-x0"](large_step, hybrid, 2)
+    x0_change, x0_map = MEASURES["x0"](large_step, hybrid, 2)
+    assert torch.equal(change, x0_change)
+    assert x0_map.tolist() == [[0.0, 0.0]]  # the stitched x0 did not move at all...
+    assert change_map.tolist() == [[0.0, 2.0]]  # ...but the small model disagrees with the large on token 2
+    later = StepTensors.from_step(x, x, stitched, sigma=1.0, small_output=small_out * 0.5)  # small x0: .5 | 1.5
+    assert MEASURES["small-x0"](hybrid, later, 2)[1].tolist() == [[0.5, 1.5]]
+    small_step = StepTensors.from_step(x, x, small_out, sigma=1.0)  # no small_output: a plain step
+    assert torch.equal(MEASURES["small-x0"](later, small_step, 2)[1], MEASURES["x0"](later, small_step, 2)[1])

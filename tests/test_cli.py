@@ -1,6 +1,7 @@
 """The console script: one-line refusals with exit code 2, and the run/plugins commands end to end."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -49,7 +50,8 @@ def test_run_writes_images_trace_and_table_and_resumes(tmp_path):
         output: out
     """))
     cmd = [sys.executable, "-m", "stitchkit.cli", "run", str(exp), "-q"]
-    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # as the suite: one thread
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert first.returncode == 0, first.stderr
     out = tmp_path / "out"
     assert sorted(p.name for p in (out / "images" / "t-stitch").iterdir()) == ["p0000-s0.png", "p0001-s0.png"]
@@ -83,11 +85,12 @@ def test_run_writes_images_trace_and_table_and_resumes(tmp_path):
     assert table.count("| 4 steps 64x64 cfg 3 |") == 3
     assert first.stderr.count("PresetSamplerWarning: hybridstitch-30: its thresholds are the paper's for 50 "
                               "steps at 768x768; this run uses 4 steps at 64x64") == 1
+    assert record["threads"] == 1 and isinstance(record["load"], float)  # what the timings ran under
     # A rerun with everything done generates nothing: the record files are untouched.
     records = sorted((out / "records").rglob("*.json"))
     stamps = [p.stat().st_mtime_ns for p in records]
     (records[-1]).unlink()  # ...except the one unit we remove
-    second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert second.returncode == 0, second.stderr
     assert [p.stat().st_mtime_ns for p in records[:-1]] == stamps[:-1]
     assert records[-1].exists()

@@ -135,3 +135,19 @@ def test_full_large_context_counts_every_token_it_computes(stitch_pipe):
     out = stitch_pipe(**ARGS, generator=_gen(3), switch=switch, context="full-large", allow_unprofitable=True)
     hybrid = [r for r in out.trace if r.stage == 1]
     assert hybrid and all(r.large_tokens == N_TOKENS and r.small_tokens == N_TOKENS for r in hybrid)
+
+
+def test_hybrid_steps_hand_the_small_models_own_x0_to_the_change_measure(stitch_pipe):
+    """Outside the mask the stitched prediction is the small model's, so there small_x0 equals x0; inside it
+    the large model's replaced it."""
+    switch = {"kind": "hybridstitch", "thresholds": [1e9, 1e-12], "mask_ratios": [0.2]}
+    seen = []
+    stitch_pipe(**ARGS, generator=_gen(6), switch=switch, allow_unprofitable=True,
+                callback=lambda s: seen.append((s["tensors"], s["indices"])))
+    hybrid = [(t, idx) for t, idx in seen if idx is not None]
+    assert hybrid and all(t.small_x0 is None for t, idx in seen if idx is None)
+    for tensors, indices in hybrid:
+        diff = (tensors.small_x0 - tensors.x0).abs().mean(dim=1)  # (B, H, W)
+        per_token = torch.nn.functional.avg_pool2d(diff[:, None], 2).flatten(1)
+        inside = torch.zeros_like(per_token, dtype=torch.bool).scatter_(1, indices, True)
+        assert per_token[~inside].max() <= 1e-6 and per_token[inside].min() > 1e-6

@@ -205,7 +205,7 @@ def test_profile_command(monkeypatch, tmp_path, tiny_transformers):
     monkeypatch.setenv("STITCHKIT_CACHE", str(tmp_path))
     args = ["--pair", "tiny-random", "--height", "32", "--width", "32", "--vae-scale-factor", "2",
             "--text-tokens", "8", "--ratios", "0.2,0.4", "--warmup", "0", "--repeats", "1", "--threads", "1",
-            "--json"]
+            "--json", "--allow-noisy"]  # this test is about the cache; the noise refusal: tests/test_threads.py
     runner = CliRunner()
     first = runner.invoke(command_module.command, args)
     assert first.exit_code == 0, first.output

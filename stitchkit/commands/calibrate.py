@@ -30,14 +30,22 @@ from stitchkit.errors import ConfigError
 @click.option("--units", type=int, default=8, show_default=True,
               help="Calibration units: the first N prompt x seed pairs of the experiment.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--threads", default="", metavar="N",
+              help="CPU threads (default: sampler.threads, else OMP_NUM_THREADS, else the pair's).")
 def command(experiment: str, thresholds: str, method: str | None, target_speedup: float | None,
             target_large_steps: float | None, match: str | None, metric: str | None, name: str | None,
-            units: int, quiet: bool) -> None:
+            units: int, quiet: bool, threads: str) -> None:
     """Without --method: run the large model alone over the experiment's prompts and print D_t quantiles
     per step. With --method: search its thresholds on replayed traces and print the YAML to paste."""
+    import attrs
+
     from stitchkit.experiments.config import ExperimentConfig
+    from stitchkit.threads import parse_threads
 
     config = ExperimentConfig.from_yaml(experiment)
+    n_threads = parse_threads(threads)
+    if n_threads is not None:
+        config = attrs.evolve(config, sampler=attrs.evolve(config.sampler, threads=n_threads))
     if method is None:
         if target_speedup is not None or target_large_steps is not None or match is not None:
             raise ConfigError("--method", "missing", "name the method to calibrate")
@@ -92,10 +100,12 @@ def _calibrate(config, method, target_speedup, target_large_steps, match, metric
 
 def _quantiles(config, thresholds: str, quiet: bool) -> None:
     from stitchkit.calibrate import collect_changes, first_step_below, quantile_table
-    from stitchkit.experiments.runner import load_pair
+    from stitchkit.experiments.runner import load_pair, use_threads
 
     wanted = parse_floats("--thresholds", thresholds)
-    changes = collect_changes(load_pair(config), config, progress=not quiet)
+    pipe = load_pair(config)
+    use_threads(pipe, config)
+    changes = collect_changes(pipe, config, progress=not quiet)
     runs = next(iter(changes.values())).shape[0]
     click.echo(f"{config.pair.label}: {runs} large-only runs, {config.sampler.steps} steps")
     for line in quantile_table(changes):

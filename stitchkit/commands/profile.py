@@ -51,20 +51,24 @@ def _device(text: str) -> str:
 
 
 def measure_pair(key: ProfileKey, *, vae_scale_factor: int, ratios, warmup: int, repeats: int,
-                 num_threads: int | None = None) -> Costs:
-    """Load the pair's transformers (``stitchkit.pairs.load_pair_transformers``); profile them at ``key``."""
+                 num_threads: int | None = None, attempts: int = 3) -> tuple[Costs, list[str]]:
+    """Load the pair's transformers (``stitchkit.pairs.load_pair_transformers``) once and profile them at
+    ``key`` until the profile passes its sanity checks (:func:`stitchkit.profile_checks.measure_checked`, at
+    most ``attempts`` times). Returns the costs and the problems left (empty: trustworthy)."""
+    from stitchkit.profile_checks import measure_checked
+
     try:
         from stitchkit.pairs import load_pair_transformers
     except ImportError:
         raise ConfigError("--pair", f"cannot load {key.pair!r}: this install has no pair loader",
                           "stitchkit.pairs.load_pair_transformers is missing") from None
     large, small, _pair_id = load_pair_transformers(key.pair)
-    return profile_transformers(
+    return measure_checked(lambda timings: profile_transformers(
         large, small,
         latent_height=key.height // vae_scale_factor, latent_width=key.width // vae_scale_factor,
         text_tokens=key.text_tokens, batch=key.batch, dtype=key.dtype, device=key.device, ratios=ratios,
-        warmup=warmup, repeats=repeats, num_threads=num_threads,
-    )
+        warmup=warmup, repeats=repeats, num_threads=num_threads, timings=timings,
+    ), attempts=attempts)
 
 
 @click.command("profile")
@@ -82,13 +86,16 @@ def measure_pair(key: ProfileKey, *, vae_scale_factor: int, ratios, warmup: int,
               help="Untimed calls before timing (the first calls after loading are slow).")
 @click.option("--repeats", default="5", show_default=True, help="Timed calls; the median is kept.")
 @click.option("--threads", default="", metavar="N",
-              help="CPU threads while measuring (default: torch's); 1 gives repeatable CPU timings.")
+              help="CPU threads while measuring (default: the pair's, see stitchkit.threads); "
+                   "1 gives repeatable CPU timings.")
 @click.option("--vae-scale-factor", default="8", show_default=True, help="Pixels per latent pixel.")
 @click.option("--refresh", is_flag=True, help="Measure again even if a cached profile exists.")
+@click.option("--allow-noisy", is_flag=True,
+              help="Cache a profile that failed its sanity checks (noisy repeats, masked cost not rising).")
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON object of the costs.")
 def profile(pair: str, height: str, width: str, dtype: str, device: str, ratios: str, batch: str,
             text_tokens: str, warmup: str, repeats: str, threads: str, vae_scale_factor: str, refresh: bool,
-            as_json: bool) -> None:
+            allow_noisy: bool, as_json: bool) -> None:
     """Measure L_l, L_s and the masked L_l(M) of a pair (medians after warm-up); cache and print them."""
     scale = _positive("--vae-scale-factor", vae_scale_factor)
     size = {}
@@ -113,6 +120,8 @@ def profile(pair: str, height: str, width: str, dtype: str, device: str, ratios:
     n_repeats = _positive("--repeats", repeats)
     n_threads = _positive("--threads", threads) if threads.strip() else None
     where = _device(device)
+    if where == "cpu" and n_threads is None:
+        n_threads = _pair_threads(pair)
     key = ProfileKey(pair=pair, height=size["--height"], width=size["--width"], dtype=dtype, device=where,
                      batch=_positive("--batch", batch), text_tokens=_positive("--text-tokens", text_tokens, minimum=0),
                      threads=(n_threads or cpu_threads(where)) if where == "cpu" else 0)
@@ -121,10 +130,21 @@ def profile(pair: str, height: str, width: str, dtype: str, device: str, ratios:
     if costs is not None and {r for r, _ in costs.masked_ms} >= set(grid):
         click.echo(f"cached profile: {profile_path(key)}")
     else:
-        costs = measure_pair(key, vae_scale_factor=scale, ratios=grid, warmup=n_warmup, repeats=n_repeats,
-                             num_threads=n_threads)
+        from stitchkit.threads import machine_busy
+
+        costs, problems = measure_pair(key, vae_scale_factor=scale, ratios=grid, warmup=n_warmup,
+                                       repeats=n_repeats, num_threads=n_threads)
         validate_costs(costs)
-        extra = {"warmup": n_warmup, "repeats": n_repeats, "threads": n_threads}
+        busy = machine_busy(key.threads or 1)
+        if problems and not allow_noisy:
+            raise ConfigError("profile", f"{problems[0]} after 3 attempts" + (f"; {busy}" if busy else ""),
+                              "measure on a quiet machine (--threads 1 helps), or --allow-noisy to cache it anyway")
+        for problem in problems:
+            click.echo(f"warning: {problem}; cached anyway (--allow-noisy)", err=True)
+        import os
+
+        extra = {"warmup": n_warmup, "repeats": n_repeats, "threads": n_threads, "problems": problems,
+                 "load": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
         path = save_profile(key, costs, extra=extra)
         click.echo(f"profiled {pair} at {key.height}x{key.width} {dtype} on {key.device} "
                    f"(batch {key.batch}, {key.text_tokens} text tokens; median of {n_repeats} after "
@@ -133,6 +153,24 @@ def profile(pair: str, height: str, width: str, dtype: str, device: str, ratios:
         click.echo(line)
     if as_json:
         click.echo(json.dumps({"key": key.to_dict(), **costs.to_dict()}))
+
+
+def _pair_threads(pair: str) -> int | None:
+    """The thread count the pair runs with by default (:func:`stitchkit.threads.default_threads`), so the
+    profile prices runs as they happen; ``None`` (torch's own) when the pair cannot be inspected here."""
+    import os
+
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        from stitchkit.pairs import load_pair_transformers
+        from stitchkit.threads import default_threads
+
+        large, small, _ = load_pair_transformers(pair)
+    except (ImportError, ConfigError):
+        return None
+    return default_threads(large, small)
 
 
 command = profile

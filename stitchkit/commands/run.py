@@ -60,7 +60,10 @@ def dry_run(config: ExperimentConfig) -> None:
 @click.option("--dry-run", is_flag=True, help="Print the expanded units and predicted speedups; run nothing.")
 @click.option("--force-new", is_flag=True,
               help="If the output folder holds a run of another configuration, continue into a new folder.")
-def command(experiment: str, output: str | None, quiet: bool, dry_run: bool, force_new: bool) -> None:
+@click.option("--threads", default="", metavar="N",
+              help="CPU threads (default: sampler.threads, else OMP_NUM_THREADS, else the pair's: one for "
+                   "small models, every core for large ones).")
+def command(experiment: str, output: str | None, quiet: bool, dry_run: bool, force_new: bool, threads: str) -> None:
     """Run an experiment; a rerun resumes where the last one stopped."""
     import attrs
 
@@ -69,9 +72,18 @@ def command(experiment: str, output: str | None, quiet: bool, dry_run: bool, for
     config = ExperimentConfig.from_yaml(experiment)
     if output is not None:
         config = attrs.evolve(config, output=Path(output))
+    from stitchkit.threads import parse_threads, timing_warnings
+
+    n_threads = parse_threads(threads)
+    if n_threads is not None:
+        config = attrs.evolve(config, sampler=attrs.evolve(config.sampler, threads=n_threads))
     if dry_run:
         globals()["dry_run"](config)
         return
     out_dir = run_experiment(config, progress=not quiet, force_new=force_new)
     click.echo((out_dir / "results.md").read_text().rstrip())
+    from stitchkit.experiments.store import load_records
+
+    for line in timing_warnings(load_records(attrs.evolve(config, output=out_dir))):
+        click.echo(line)
     click.echo(closing_line(out_dir, [out_dir / name for name in REPORT_FILES]))

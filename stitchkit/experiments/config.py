@@ -57,6 +57,8 @@ class SamplerConfig:
     width: int | None = None
     max_sequence_length: int = 256
     negative_prompt: str | None = None
+    #: CPU threads (None: the pair's default, stitchkit.threads.default_threads); ``--threads`` overrides.
+    threads: int | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -229,6 +231,8 @@ def _sampler(value: Any) -> SamplerConfig:
     for field in ("height", "width", "max_sequence_length"):
         if field in data and data[field] is not None:
             kwargs[field] = _positive(data[field], f"sampler.{field}", int)
+    if data.get("threads") is not None:
+        kwargs["threads"] = _positive(data["threads"], "sampler.threads", int)
     if data.get("negative_prompt") is not None:
         kwargs["negative_prompt"] = _typed(data["negative_prompt"], "sampler.negative_prompt", str)
     return SamplerConfig(**kwargs)

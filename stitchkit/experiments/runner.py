@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,7 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = True, pipe=None
     if todo:
         write_environment(config)
         pipe = pipe or load_pair(config)
+        threads = use_threads(pipe, config)
         size = _size(pipe, config)
         check_methods(pipe, config, size)
         # One untimed generation first: the first call pays for allocations and lazy initialisation
@@ -127,9 +129,24 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = True, pipe=None
             record = _record(method.name, pi, prompt, seed, out, total_ms, costs)
             record["masks"] = masks
             record["sampler"] = ran_sampler(pipe, config)
+            record["threads"], record["load"] = threads, _load()
             atomic_write(record_path(out_dir, method.name, pi, seed), json.dumps(record).encode())
     write_report(config, metrics=metrics)
     return out_dir
+
+
+def use_threads(pipe, config: ExperimentConfig) -> int:
+    """Set torch's threads for this run before any model runs: ``sampler.threads`` (``--threads``), else
+    ``OMP_NUM_THREADS``, else the pair's default (:mod:`stitchkit.threads`). Returns the count (0 on a GPU)."""
+    from stitchkit.threads import apply_threads
+
+    return apply_threads(config.sampler.threads, pipe.adapter.large_transformer, pipe.small,
+                         device=pipe.adapter.device.type)
+
+
+def _load() -> float | None:
+    """The 1-minute load average when a unit finished (its timings are suspect when it exceeds the cores)."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
 @attrs.frozen(kw_only=True)
@@ -176,9 +193,17 @@ def ensure_profile(pipe, config: ExperimentConfig, size: _Size):
                      batch=2 if size.guided else 1, text_tokens=size.text_tokens, threads=cpu_threads(device))
     costs = load_profile(key)
     if costs is None:
-        costs = profile_transformers(pipe.adapter.large_transformer, pipe.small, latent_height=size.height // vae,
-                                     latent_width=size.width // vae, text_tokens=size.text_tokens,
-                                     batch=key.batch, dtype=getattr(torch, dtype), device=device,
-                                     num_threads=torch.get_num_threads())
-        save_profile(key, costs)
+        from stitchkit.profile_checks import measure_checked
+
+        costs, problems = measure_checked(lambda timings: profile_transformers(
+            pipe.adapter.large_transformer, pipe.small, latent_height=size.height // vae,
+            latent_width=size.width // vae, text_tokens=size.text_tokens, batch=key.batch,
+            dtype=getattr(torch, dtype), device=device, num_threads=torch.get_num_threads(), timings=timings))
+        if problems:  # used for this run's predictions, never cached: a noisy profile would price every later run
+            import warnings
+
+            warnings.warn(f"profile of {key.pair} is noisy ({problems[0]}); not cached; predictions of this run "
+                          "are unreliable", stacklevel=2)
+        else:
+            save_profile(key, costs, extra={"load": _load()})
     return costs

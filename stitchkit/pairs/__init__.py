@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 class _PairNames(Sequence):
     """The registered pairs' names, in registration order, looked up on first use: building the registry
-    imports the plugins (and torch), which ``import stitchkit.config`` should not pay for."""
+    imports the plugins (and torch), which ``import stitchkit.experiments.config`` should not pay for."""
 
     def _names(self) -> tuple[str, ...]:
         from stitchkit.registry import get_registry

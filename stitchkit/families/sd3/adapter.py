@@ -25,6 +25,13 @@ def check_pair(large_transformer, small_transformer) -> None:
         a, b = large_transformer.config.get(field), small_transformer.config.get(field)
         if a != b:
             raise ConfigError(f"small.config.{field}", f"is {b}, the large model's is {a}", "the two must match")
+    large_param, small_param = next(large_transformer.parameters()), next(small_transformer.parameters())
+    if small_param.dtype != large_param.dtype:
+        raise ConfigError("small.dtype", f"is {small_param.dtype}, the large model's is {large_param.dtype}",
+                          "load both in one dtype (torch_dtype=...) or call small.to(dtype)")
+    if small_param.device != large_param.device:
+        raise ConfigError("small.device", f"is {small_param.device}, the large model's is {large_param.device}",
+                          "put both on one device with .to(device)")
 
 
 class SD3Adapter:
