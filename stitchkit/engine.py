@@ -165,7 +165,6 @@ def denoise(
     measure = MEASURES[switch.change_measure]
     # The mask's change map may come from another measure than D_t (a policy's ``mask_measure``).
     map_measure = MEASURES[getattr(switch, "mask_measure", None) or switch.change_measure]
-    wants_small_x0 = MEASURES["small-x0"] in (measure, map_measure)
     # A policy that never masks needs no K/V recording: its large steps are the stock forward.
     may_mask = getattr(switch, "may_mask", True)
     all_tokens = getattr(context, "computes_all_tokens", False)
@@ -310,7 +309,7 @@ def denoise(
 
             # The small model's own prediction where it ran under a mask (the rest: the step's prediction).
             small_prediction = None
-            if hybrid_small and wants_small_x0:
+            if hybrid_small:
                 small_prediction = prediction.clone()
                 for samples in hybrid_small:
                     small_prediction.index_copy_(0, torch.tensor(rows_of(samples), device=device),

@@ -33,7 +33,7 @@ def check_policy(kind: str, policy: Any, path: str | None = None) -> Any:
     known measure), else a one-line :class:`ConfigError` at ``path`` naming the first missing one."""
     path = path or kind
     name = type(policy).__name__
-    for item in PROTOCOLS[kind]:
+    for item in PROTOCOLS.get(kind, ()):  # metrics are checked by their own ``check`` (experiments)
         attribute = item.split("(")[0]
         value = getattr(policy, attribute, None)
         if value is None:

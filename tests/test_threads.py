@@ -21,7 +21,7 @@ def restore_threads():
 
 
 def test_default_is_one_thread_for_small_models_and_every_core_for_large(monkeypatch):
-    from stitchkit.pairs.tiny_random import tiny_transformer
+    from stitchkit.families.sd3.tiny_random import tiny_transformer
 
     monkeypatch.setattr("os.cpu_count", lambda: 8)
     assert default_threads(tiny_transformer(num_layers=1, heads=2, seed=0)) == 1
