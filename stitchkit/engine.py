@@ -25,7 +25,7 @@ from __future__ import annotations
 import inspect
 import math
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import attrs
 import torch
@@ -122,6 +122,18 @@ def _key(decision: Decision) -> tuple:
     return (decision.large, decision.small, decision.mask_ratio if decision.hybrid else None)
 
 
+def _cached(cache, fn: Callable[[], torch.Tensor], masked: bool, samples: tuple[int, ...] | None,
+            **where: Any) -> Callable[[], torch.Tensor]:
+    """``fn`` in ``cache``'s context (one per model and set of samples), or, for a masked call, with the
+    cache's hooks bypassed (:class:`stitchkit.caches.ModelCache`)."""
+    if masked:
+        def bypassed() -> torch.Tensor:
+            with cache.bypass():
+                return fn()
+        return bypassed
+    return lambda: cache.call(fn, samples, **where)
+
+
 @torch.no_grad()
 def denoise(
     *,
@@ -135,6 +147,7 @@ def denoise(
     guidance_scale: float,
     callback: StepCallback | None = None,
     progress: bool = False,
+    caches: "Mapping[str, Any] | None" = None,
 ) -> Denoised:
     """Run the loop from ``latents`` over ``timesteps``; return the final latents and the traces.
 
@@ -142,6 +155,10 @@ def denoise(
     The scheduler must be freshly set to ``timesteps`` (its step index at the start); its step must act
     on each sample alone (every diffusers flow-matching scheduler does), as a batch's samples may be in
     different stages.
+
+    ``caches``: ``{"large"|"small": ModelCache}`` (:mod:`stitchkit.caches`), diffusers' cache hooks attached
+    for this generation only: every full call of a cached model runs in its ``cache_context``, masked calls
+    bypass the hooks, and the hooks are removed when the loop ends, also on error.
     """
     from tqdm.auto import tqdm
 
@@ -160,7 +177,12 @@ def denoise(
     # A policy that never masks needs no K/V recording: its large steps are the stock forward.
     may_mask = getattr(switch, "may_mask", True)
     all_tokens = getattr(context, "computes_all_tokens", False)
-    small_forward = small_forward_fn(models.small, device, models.forward)
+    caches = dict(caches or {})
+    large_cache, small_cache = caches.get("large"), caches.get("small")
+    # A hooked model's Python control flow cannot be replayed from a CUDA graph.
+    small_forward = small_forward_fn(models.small, device if small_cache is None else torch.device("cpu"),
+                                     models.forward)
+    now = {"t": float(timesteps[0]) if num_steps else 0.0}  # the timestep PAB and FasterCache ask for
 
     switches = SampleSwitch(switch, batch, num_steps)  # resets the policy, then one copy per sample
     masks = SampleMasks(mask, batch)
@@ -193,11 +215,16 @@ def denoise(
                               "add rows=None (and cache_rows=None to full) and pass them to large.forward / "
                               "large.forward_masked, or generate one prompt at a time")
 
+    attached: list[Any] = []
     if may_mask:
         models.masked_large.begin()
     try:
+        for cache in caches.values():
+            attached.append(cache)
+            cache.attach(num_steps=num_steps, guided=guided, current_timestep=lambda: now["t"])
         for i, t in enumerate(tqdm(timesteps, disable=not progress, desc="denoise", leave=False)):
             sigma = float(scheduler.sigmas[i])  # a fresh scheduler: step i uses sigmas[i]
+            now["t"] = float(t)
             state = LoopState(step=i, num_steps=num_steps, timestep=float(t), sigma=sigma, num_tokens=num_tokens,
                               grid=grid, batch_size=batch, change=change, change_map=change_map)
             # Every sample alone: its own policy copy, its own D_t and change map.
@@ -224,7 +251,12 @@ def denoise(
                     prediction = model_input.new_empty(model_input.shape)
                 prediction.index_copy_(0, torch.tensor(rows_of(samples), device=device), out)
 
-            def timed(model: str, samples: list[int], tokens: int, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+            def timed(model: str, samples: list[int], tokens: int, fn: Callable[[], torch.Tensor],
+                      masked: bool = False) -> torch.Tensor:
+                cache = large_cache if model == "large" else small_cache
+                if cache is not None:  # in the model's cache context; a masked call kept away from the hooks
+                    fn = _cached(cache, fn, masked, None if samples == everyone else tuple(samples),
+                                 step_index=i, num_inference_steps=num_steps, timestep=float(t), sigma=sigma)
                 timer = _Timer(device)
                 with timer:
                     out = fn()
@@ -281,7 +313,7 @@ def denoise(
                     check_rows_supported()
                     fn = lambda: context.masked(models.masked_large, sub_inputs, model_indices,  # noqa: E731
                                                 rows=rows)
-                large_part = timed("large", samples, num_tokens if all_tokens else m, fn)
+                large_part = timed("large", samples, num_tokens if all_tokens else m, fn, masked=True)
                 put(samples, stitch(small_rows(samples), large_part, model_indices, p))
                 for j, b in enumerate(samples):
                     # FullLarge's large model computes every token even though only the masked ones are used.
@@ -318,8 +350,12 @@ def denoise(
                           "indices": torch.cat(sample_indices) if hybrid else None})
             latents = next_latents
     finally:
-        context.release()
-        if may_mask:
-            models.masked_large.end()
+        try:
+            for cache in reversed(attached):
+                cache.remove()
+        finally:
+            context.release()
+            if may_mask:
+                models.masked_large.end()
     return Denoised(latents=latents, traces=tuple(tuple(t) for t in traces), steps=tuple(batch_steps),
                     trace=tuple(batch_record(records, step) for records, step in zip(zip(*traces), batch_steps)))

@@ -16,6 +16,7 @@ installed for one generation and restored after it (also on error).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 import attrs
@@ -150,6 +151,7 @@ class StitchPipeline:
         progress: bool = False,
         allow_unprofitable: bool = False,
         num_frames: int | None = None,
+        cache: Any = None,
     ) -> StitchOutput:
         """Generate as ``StableDiffusion3Pipeline.__call__`` does, with ``switch``/``mask``/``context``
         choosing the method (a name, a ``{"kind": name, **params}`` dict, or a policy object).
@@ -157,8 +159,13 @@ class StitchPipeline:
         A HybridStitch-like policy (one with ``mask_ratios``) is checked against Eq. 7-8 first and refused
         with a :class:`ConfigError` when its masks cannot pay off; ``allow_unprofitable=True`` (ablations)
         makes that a warning. ``num_frames``: for a video family, the frames to generate (its default if
-        unset); an image family refuses it."""
+        unset); an image family refuses it.
+
+        ``cache``: diffusers' cache hooks for this generation (:mod:`stitchkit.caches`): a cache name,
+        ``{"kind": "magcache", **params}`` or a cache object for the large model, or
+        ``{"large": ..., "small": ...}``. MagCache without ``mag_ratios`` is calibrated on first use."""
         policies = self.resolve_policies(switch, mask, context)
+        cache_specs = self.resolve_caches(cache)
         adapter = self.adapter
         default = adapter.default_size()
         default_height, default_width = default if isinstance(default, tuple) else (default, default)
@@ -194,13 +201,51 @@ class StitchPipeline:
                                       sigmas=sigmas, mu=mu)
         models = Models(large=adapter.large_transformer, masked_large=self.masked_large, small=self.small,
                         patch_size=adapter.patch_size, forward=self.family.forward)
+        caches = self._model_caches(cache_specs, models=models, policies=policies, latents=latents,
+                                    cond=cond, num_steps=len(timesteps), mu=mu, sigmas=sigmas,
+                                    num_inference_steps=num_inference_steps)
         result = denoise(
             models=models, policies=policies, scheduler=scheduler, timesteps=timesteps, latents=latents,
             prompt_embeds=cond.prompt_embeds, pooled_projections=cond.pooled_projections,
-            guidance_scale=cond.guidance_scale, callback=callback, progress=progress,
+            guidance_scale=cond.guidance_scale, callback=callback, progress=progress, caches=caches,
         )
         return StitchOutput(images=adapter.decode(result.latents, output_type), trace=result.trace,
                             traces=result.traces, steps=result.steps)
+
+    def resolve_caches(self, cache: Any, path: str = "cache") -> dict[str, Any]:
+        """``{role: cache object}`` from ``cache=`` (see :func:`stitchkit.caches.normalize_cache_spec`)."""
+        from stitchkit.caches import normalize_cache_spec
+
+        per_role = isinstance(cache, Mapping) and "kind" not in cache
+        return {role: self.registry.create("cache", spec, path=f"{path}.{role}" if per_role else path)[0]
+                for role, spec in normalize_cache_spec(cache, path).items()}
+
+    def _model_caches(self, specs: Mapping[str, Any], *, models: Models, policies: Policies, latents, cond,
+                      num_steps: int, **schedule: Any) -> dict[str, Any]:
+        """One :class:`stitchkit.caches.ModelCache` per cached model; MagCache's ratios from the disk cache,
+        or calibrated now: one generation of that model alone in diffusers' calibrate mode, same inputs."""
+        from stitchkit.caches import ModelCache, load_ratios, magcache_key, save_ratios
+
+        out = {}
+        for role, spec in specs.items():
+            model = models.large if role == "large" else models.small
+            ratios = None
+            if getattr(spec, "needs_calibration", False):
+                key = magcache_key(pair_id=self.pair_id, role=role, model=model, num_steps=num_steps,
+                                   num_tokens=math.prod(latents.shape[2:]), guided=cond.guided)
+                ratios = load_ratios(key)
+                if ratios is None:
+                    probe = ModelCache(model=model, cache=spec, role=role, calibrating=True)
+                    scheduler = self.adapter.new_scheduler()
+                    timesteps = self.adapter.timesteps(scheduler, latents=latents, **schedule)
+                    denoise(models=models, policies=self.resolve_policies(role), scheduler=scheduler,
+                            timesteps=timesteps, latents=latents.clone(), prompt_embeds=cond.prompt_embeds,
+                            pooled_projections=cond.pooled_projections, guidance_scale=cond.guidance_scale,
+                            caches={role: probe})
+                    ratios = tuple(probe.calibrated)
+                    save_ratios(key, list(ratios), pair=self.pair_id, role=role, num_steps=num_steps)
+            out[role] = ModelCache(model=model, cache=spec, role=role, mag_ratios=ratios)
+        return out
 
     def costs(self, *, height: int, width: int, text_tokens: int, guided: bool, num_frames: int | None = None):
         """The pair's per-step costs at this size: its cached profile, else a FLOPs estimate (``.source``)."""

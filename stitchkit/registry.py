@@ -45,6 +45,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "stitchkit.policies.full_mask",
     "stitchkit.policies.kv_cache",
     "stitchkit.policies.full_large",
+    "stitchkit.policies.caches",
 ) + _builtin_families()
 
 #: The three kinds of policy, keyed by the section name used in YAML and in ``StitchPipeline(switch=...)``.
@@ -52,6 +53,7 @@ KINDS: dict[str, str] = {
     "switch": "register_switch_policies",
     "mask": "register_mask_policies",
     "context": "register_context_providers",
+    "cache": "register_caches",  # diffusers' cache hooks (stitchkit.policies.caches)
 }
 
 #: Keys of a preset that name the other policies it implies (``staticmask-30`` implies ``mask: static``).
