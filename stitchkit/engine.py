@@ -118,8 +118,38 @@ def _takes_rows(method: Callable) -> bool:
 
 
 def _key(decision: Decision) -> tuple:
-    """What groups samples: the models that run, and the mask ratio of a hybrid step."""
-    return (decision.large, decision.small, decision.mask_ratio if decision.hybrid else None)
+    """What groups samples: the models that run, the mask ratio of a masked step, and what is reused."""
+    return (decision.large, decision.small, decision.mask_ratio if decision.masked else None, decision.reuse)
+
+
+class _History:
+    """Each sample's last two computed predictions (model outputs before guidance, both CFG halves) and
+    their steps: what a ``reuse`` decision predicts from. "extrapolate" is TaylorSeer's first order
+    (diffusers' ``taylorseer_cache``: the difference of the last two computed outputs over their step
+    distance, times the steps since the last one); with one computed prediction it is reused as it is."""
+
+    def __init__(self, batch: int, halves: int) -> None:
+        self.batch, self.halves = batch, halves
+        self.last: list[tuple[int, torch.Tensor] | None] = [None] * batch
+        self.prev: list[tuple[int, torch.Tensor] | None] = [None] * batch
+
+    def predict(self, samples: list[int], how: str, step: int) -> torch.Tensor:
+        """``samples``' rows (halves-major, as the model batch orders them) predicted for ``step``."""
+        rows = []
+        for b in samples:
+            if self.last[b] is None:
+                raise ValueError(f"step {step}: sample {b} reuses a prediction before any was computed")
+            k, last = self.last[b]
+            if how == "extrapolate" and self.prev[b] is not None:
+                k0, prev = self.prev[b]
+                last = last + (last - prev) * ((step - k) / (k - k0))
+            rows.append(last)
+        return torch.stack([rows[j][h] for h in range(self.halves) for j in range(len(samples))])
+
+    def record(self, prediction: torch.Tensor, samples: list[int], step: int) -> None:
+        for b in samples:
+            own = prediction[[h * self.batch + b for h in range(self.halves)]].clone()
+            self.prev[b], self.last[b] = self.last[b], (step, own)
 
 
 def _cached(cache, fn: Callable[[], torch.Tensor], masked: bool, samples: tuple[int, ...] | None,
@@ -191,6 +221,7 @@ def denoise(
     batch_steps: list[BatchStep] = []
     change = change_map = previous = None
     everyone = list(range(batch))
+    history = _History(batch, halves)
 
     def rows_of(samples: list[int]) -> list[int]:
         return [h * batch + b for h in range(halves) for b in samples]
@@ -238,7 +269,7 @@ def denoise(
                 groups.setdefault(_key(decision), []).append(b)
             calls: list[ModelCall] = []
             large_ms, small_ms = [0.0] * batch, [0.0] * batch
-            large_tokens, small_tokens = [0] * batch, [0] * batch
+            large_tokens, small_tokens, reused_tokens = [0] * batch, [0] * batch, [0] * batch
             sample_indices: list[torch.Tensor | None] = [None] * batch
             prediction = None  # (2B, C, H, W) once every group has written its rows
 
@@ -285,12 +316,17 @@ def denoise(
                 return small_out.index_select(0, torch.tensor(
                     [h * n + small_place[b] for h in range(halves) for b in samples], device=device))
 
-            for (large, small, ratio), samples in groups.items():
+            for (large, small, ratio, reuse), samples in groups.items():
+                if not large and not small:  # no model: the previous prediction, reused
+                    put(samples, history.predict(samples, reuse, i))
+                    for b in samples:
+                        reused_tokens[b] = num_tokens
+                    continue
                 if not large:  # small alone: its rows of the small model's output
                     put(samples, small_rows(samples))
                     continue
                 sub_inputs, rows = subset(inputs, samples)
-                if not small:  # large alone, every token (and, when masks may follow, these rows' K/V recorded)
+                if not small and reuse is None:  # large alone, every token (and, when masks may follow, these rows' K/V recorded)
                     if not may_mask:
                         fn = lambda: plain_forward(models.large, sub_inputs)  # noqa: E731
                     elif rows is None:
@@ -303,7 +339,7 @@ def denoise(
                     for b in samples:
                         large_tokens[b] = num_tokens
                     continue
-                # Hybrid at this ratio: each sample's own mask, the same size m for all of the group.
+                # Masked at this ratio (hybrid, or large-with-reuse): each sample's own mask, one size m.
                 indices = masks.select(state, states, decisions, samples, ratio, device)
                 model_indices = torch.cat([indices] * 2) if guided else indices  # both CFG halves share it
                 m = indices.shape[1]
@@ -314,11 +350,16 @@ def denoise(
                     fn = lambda: context.masked(models.masked_large, sub_inputs, model_indices,  # noqa: E731
                                                 rows=rows)
                 large_part = timed("large", samples, num_tokens if all_tokens else m, fn, masked=True)
-                put(samples, stitch(small_rows(samples), large_part, model_indices, p))
+                rest = small_rows(samples) if small else history.predict(samples, reuse, i)
+                put(samples, stitch(rest, large_part, model_indices, p))
                 for j, b in enumerate(samples):
                     # FullLarge's large model computes every token even though only the masked ones are used.
                     large_tokens[b] = num_tokens if all_tokens else m
+                    reused_tokens[b] = 0 if small else num_tokens - m
                     sample_indices[b] = indices[j:j + 1]
+
+            # What reuse predicts from: every sample a model computed (a RAS step's tokens are part fresh).
+            history.record(prediction, [b for b in everyone if decisions[b].large or decisions[b].small], i)
 
             if guided:
                 uncond, cond = prediction.chunk(2)
@@ -333,13 +374,14 @@ def denoise(
                 step=i, timestep=float(t), sigma=sigma, stage=decisions[b].stage, large_tokens=large_tokens[b],
                 small_tokens=small_tokens[b], num_tokens=num_tokens, mask_ratio=large_tokens[b] / num_tokens,
                 change=changes[b], large_ms=large_ms[b], small_ms=small_ms[b], sample=b,
+                reused_tokens=reused_tokens[b],
             ) for b in everyone)
             for trace, record in zip(traces, records):
                 trace.append(record)
             batch_steps.append(BatchStep(step=i, calls=tuple(calls), mixed=len(groups) > 1))
             if callback is not None:
                 uniform = len(groups) == 1
-                hybrid = uniform and decisions[0].hybrid
+                hybrid = uniform and decisions[0].masked
                 callback({"step": i, "timestep": t, "sigma": sigma, "latents": next_latents, "x0": current.x0,
                           "prediction": prediction, "tensors": current, "change_map": change_map,
                           "decisions": tuple(decisions), "records": records,
