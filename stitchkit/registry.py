@@ -46,6 +46,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "stitchkit.policies.kv_cache",
     "stitchkit.policies.full_large",
     "stitchkit.policies.caches",
+    "stitchkit.policies.ras",
 ) + _builtin_families()
 
 #: The three kinds of policy, keyed by the section name used in YAML and in ``StitchPipeline(switch=...)``.

@@ -122,6 +122,6 @@ def test_measure_names_and_unknown_measure():
     assert measure_names() == ("latent", "output", "x0")
     with pytest.raises(ConfigError) as err:
         measure("noise")
-    assert str(err.value) == "change: unknown change measure 'noise'; known: latent, output, x0"
+    assert str(err.value) == "change: unknown change measure 'noise'; known: latent, latent-std, output, x0"
     with pytest.raises(ConfigError, match=r"^switch\.change: unknown change measure \[1\]"):
         measure([1], "switch.change")

@@ -465,7 +465,7 @@ def test_hybridstitch_defaults():
         (
             HybridStitch,
             {"change": "noise"},
-            "change: unknown change measure 'noise'; known: latent, output, x0",
+            "change: unknown change measure 'noise'; known: latent, latent-std, output, x0",
         ),
         (
             TStitch,
@@ -484,7 +484,7 @@ def test_hybridstitch_defaults():
             "threshold: must be a number, got None; a positive number, e.g. 0.005",
         ),
         (SRDiffusion, {"rule": "tanh"}, "rule: unknown rule 'tanh'; known: srdiffusion, paper"),
-        (SRDiffusion, {"change": "eps"}, "change: unknown change measure 'eps'; known: latent, output, x0"),
+        (SRDiffusion, {"change": "eps"}, "change: unknown change measure 'eps'; known: latent, latent-std, output, x0"),
         (
             SRDiffusion,
             {"min_switch_step": -1},
