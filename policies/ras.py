@@ -38,8 +38,8 @@ from stitchkit.masks import mask_size
 from stitchkit.protocols import Decision, LoopState
 
 #: RAS's SD3 example (scripts/Stable_Diffusion_3_example.sh) as fractions of its 28 steps.
-SD3_START = 4 / 28
-SD3_RESETS = (12 / 28, 20 / 28)
+EXAMPLE_START = 4 / 28
+EXAMPLE_RESETS = (12 / 28, 20 / 28)
 
 
 def _step(fraction: float, num_steps: int) -> int:
@@ -54,9 +54,9 @@ class RASSwitch:
     RAS stretch and per error reset, so stages only go forward."""
 
     sample_ratio: float = attrs.field(default=0.5, converter=float)
-    start: float = attrs.field(default=SD3_START, converter=float)
+    start: float = attrs.field(default=EXAMPLE_START, converter=float)
     end: float = attrs.field(default=1.0, converter=float)
-    error_resets: tuple[float, ...] = attrs.field(default=SD3_RESETS, converter=lambda v: tuple(sorted(map(float, v))))
+    error_resets: tuple[float, ...] = attrs.field(default=EXAMPLE_RESETS, converter=lambda v: tuple(sorted(map(float, v))))
     reuse: str = "as-is"
     change_measure: str = attrs.field(default="latent-std")
     _full_steps: frozenset[int] = attrs.field(factory=frozenset, init=False, repr=False)
@@ -128,15 +128,15 @@ class RASMask:
         return kept.sort(dim=1).values
 
 
-RAS_SD3 = {"sample_ratio": 0.5, "mask": {"kind": "ras", "starvation_scale": 1.0, "high_ratio": 0.3},
+RAS_EXAMPLE = {"sample_ratio": 0.5, "mask": {"kind": "ras", "starvation_scale": 1.0, "high_ratio": 0.3},
            "context": "kv-cache"}
 
 
 @stitchkit.hookimpl
 def register_switch_policies(register) -> None:
     register("ras", RASSwitch, presets={
-        "ras-50": RAS_SD3,
-        "ras-25": {**RAS_SD3, "sample_ratio": 0.25},
+        "ras-50": RAS_EXAMPLE,
+        "ras-25": {**RAS_EXAMPLE, "sample_ratio": 0.25},
     })
 
 

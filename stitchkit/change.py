@@ -146,7 +146,7 @@ def _latent_std(prev: StepTensors | None, cur: StepTensors, patch_size: int):
     if delta.ndim != 4:
         raise ValueError("the latent-std measure (RAS) is defined for images (B, C, H, W)")
     patch = patch_tuple(patch_size, 2)
-    per_pixel = delta.std(dim=1, keepdim=True)
+    per_pixel = delta.std(dim=1, keepdim=True, correction=1 if delta.shape[1] > 1 else 0)  # one channel: 0
     return relative_l1(delta, cur.next_latents), F.avg_pool2d(per_pixel, kernel_size=patch, stride=patch).flatten(1)
 
 
