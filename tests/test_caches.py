@@ -220,3 +220,34 @@ def test_bad_cache_specs_are_one_line_errors(stitch_pipe, cache, path):
     with pytest.raises(ConfigError) as err:
         stitch_pipe(**ARGS, cache=cache)
     assert str(err.value).startswith(path + ":")
+
+
+def test_a_mixed_batch_keeps_one_hook_state_per_set_of_samples(stitch_pipe, tiny_pair, monkeypatch):
+    """Samples in different stages call a cached model on different subsets of the batch: each subset has
+    its own cache context (a hook's state is shaped like the batch it saw), so nothing breaks."""
+    import stitchkit.caches
+    from stitchkit.protocols import Decision
+
+    _, small = tiny_pair
+    large_d, small_d = Decision(stage=0, large=True, small=False), Decision(stage=1, large=False, small=True)
+
+    class Mixed:
+        change_measure, batched = "x0", True
+
+        def reset(self, num_steps):
+            pass
+
+        def decide(self, state):  # sample 1 moves to the small model two steps after sample 0
+            return [small_d if state.step >= 2 else large_d, small_d if state.step >= 4 else large_d]
+
+    contexts = []
+    original = stitchkit.caches.ModelCache.call
+
+    def spy(self, fn, samples=None, **where):
+        contexts.append(self.context_name(samples))
+        return original(self, fn, samples, **where)
+
+    monkeypatch.setattr(stitchkit.caches.ModelCache, "call", spy)
+    out = stitch_pipe(**ARGS, generator=_gen(8), switch=Mixed(), cache={"small": CASES["first-block"][0]})
+    assert contexts == ["small:0", "small:0"] + ["small"] * (STEPS - 4)
+    assert torch.isfinite(out.images).all() and hooked_modules(small) == []
