@@ -47,6 +47,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "stitchkit.policies.full_large",
     "stitchkit.policies.caches",
     "stitchkit.policies.ras",
+    "stitchkit.policies.reuse_every",
 ) + _builtin_families()
 
 #: The three kinds of policy, keyed by the section name used in YAML and in ``StitchPipeline(switch=...)``.

@@ -109,3 +109,26 @@ def test_preset_end_to_end(tiny_pair, stitch_pipe):
                         switch={"kind": "ras", "sample_ratio": 1.0}, mask="ras")
     assert (whole.images - expected).abs().max() <= 1e-5  # a RAS step on every token is the large model
     assert (out.images - expected).abs().max() > 1e-4  # while reusing half the tokens is not
+
+
+# -- reuse-every: step-level reuse composed with another switch policy ---------------------------------
+
+def test_reuse_every_through_the_state_machine():
+    from stitchkit.policies.reuse_every import ReuseEvery
+
+    machine = switch_policy_machine(lambda: ReuseEvery(inner={"kind": "hybridstitch-30", "thresholds": [0.15, 0.05]}),
+                                    name="reuse-every")
+    run_state_machine_as_test(machine, settings=MACHINE_SETTINGS)
+
+
+def test_reuse_every_end_to_end(stitch_pipe):
+    switch = {"kind": "reuse-every", "inner": {"kind": "srdiffusion", "max_switch_step": 2}, "every": 2}
+    out = stitch_pipe(**ARGS, generator=torch.Generator().manual_seed(0), switch=switch)
+    inner = stitch_pipe(**ARGS, generator=torch.Generator().manual_seed(0),
+                        switch={"kind": "srdiffusion", "max_switch_step": 2})
+    s = [r.stage for r in inner.trace].index(1)  # the inner policy alone switches to the small model here
+    assert 0 < s < 8
+    # Composed: the same switch step (nothing is reused before it), then every 2nd step of the small stage
+    # reused (extrapolated), the stage's first step running the model.
+    expected = [(0, False, False)] * s + [(1, (j % 2) == 0, (j % 2) == 1) for j in range(8 - s)]
+    assert [(r.stage, r.small_tokens > 0, r.reused_tokens > 0) for r in out.trace] == expected
