@@ -177,9 +177,23 @@ def _small_x0(prev: StepTensors | None, cur: StepTensors, patch_size: int):
     return change, change_map(cur.small_x0 - reference, patch_size)
 
 
+def _latent_std(prev: StepTensors | None, cur: StepTensors, patch_size: int):
+    """RAS's ranking (microsoft/RAS, ``ras_scheduling_flow_match_euler_discrete.py`` lines 103-106): per
+    token, the standard deviation over channels of the latent step ``next - latents`` (their
+    ``(sigma_next - sigma) * model_output``), averaged over the token's patch; ``D_t`` as :func:`_latent`."""
+    from stitchkit.models.tokens import patch_tuple
+
+    delta = (cur.next_latents - cur.latents).detach().float()
+    if delta.ndim != 4:
+        raise ValueError("the latent-std measure (RAS) is defined for images (B, C, H, W)")
+    patch = patch_tuple(patch_size, 2)
+    per_pixel = delta.std(dim=1, keepdim=True, correction=1 if delta.shape[1] > 1 else 0)  # one channel: 0
+    return relative_l1(delta, cur.next_latents), F.avg_pool2d(per_pixel, kernel_size=patch, stride=patch).flatten(1)
+
+
 #: Every change measure by name. Policies name theirs in ``change_measure``.
 MEASURES: dict[str, Measure] = {"x0": _x0, "x0-prev": _x0_prev, "latent": _latent, "output": _output,
-                                "small-x0": _small_x0}
+                                "small-x0": _small_x0, "latent-std": _latent_std}
 
 
 def measure_names() -> tuple[str, ...]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import inspect
 import math
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import attrs
 import torch
@@ -123,8 +123,50 @@ def _takes_rows(method: Callable) -> bool:
 
 
 def _key(decision: Decision) -> tuple:
-    """What groups samples: the models that run, and the mask ratio of a hybrid step."""
-    return (decision.large, decision.small, decision.mask_ratio if decision.hybrid else None)
+    """What groups samples: the models that run, the mask ratio of a masked step, and what is reused."""
+    return (decision.large, decision.small, decision.mask_ratio if decision.masked else None, decision.reuse)
+
+
+class _History:
+    """Each sample's last two computed predictions (model outputs before guidance, both CFG halves) and
+    their steps: what a ``reuse`` decision predicts from. "extrapolate" is TaylorSeer's first order
+    (diffusers' ``taylorseer_cache``: the difference of the last two computed outputs over their step
+    distance, times the steps since the last one); with one computed prediction it is reused as it is."""
+
+    def __init__(self, batch: int, halves: int) -> None:
+        self.batch, self.halves = batch, halves
+        self.last: list[tuple[int, torch.Tensor] | None] = [None] * batch
+        self.prev: list[tuple[int, torch.Tensor] | None] = [None] * batch
+
+    def predict(self, samples: list[int], how: str, step: int) -> torch.Tensor:
+        """``samples``' rows (halves-major, as the model batch orders them) predicted for ``step``."""
+        rows = []
+        for b in samples:
+            if self.last[b] is None:
+                raise ValueError(f"step {step}: sample {b} reuses a prediction before any was computed")
+            k, last = self.last[b]
+            if how == "extrapolate" and self.prev[b] is not None:
+                k0, prev = self.prev[b]
+                last = last + (last - prev) * ((step - k) / (k - k0))
+            rows.append(last)
+        return torch.stack([rows[j][h] for h in range(self.halves) for j in range(len(samples))])
+
+    def record(self, prediction: torch.Tensor, samples: list[int], step: int) -> None:
+        for b in samples:
+            own = prediction[[h * self.batch + b for h in range(self.halves)]].clone()
+            self.prev[b], self.last[b] = self.last[b], (step, own)
+
+
+def _cached(cache, fn: Callable[[], torch.Tensor], masked: bool, samples: tuple[int, ...] | None,
+            **where: Any) -> Callable[[], torch.Tensor]:
+    """``fn`` in ``cache``'s context (one per model and set of samples), or, for a masked call, with the
+    cache's hooks bypassed (:class:`stitchkit.caches.ModelCache`)."""
+    if masked:
+        def bypassed() -> torch.Tensor:
+            with cache.bypass():
+                return fn()
+        return bypassed
+    return lambda: cache.call(fn, samples, **where)
 
 
 @torch.no_grad()
@@ -141,6 +183,7 @@ def denoise(
     callback: StepCallback | None = None,
     progress: bool = False,
     step_end: StepEndHook | None = None,
+    caches: "Mapping[str, Any] | None" = None,
 ) -> Denoised:
     """Run the loop from ``latents`` over ``timesteps``; return the final latents and the traces.
 
@@ -148,6 +191,10 @@ def denoise(
     The scheduler must be freshly set to ``timesteps`` (its step index at the start); its step must act
     on each sample alone (every diffusers flow-matching scheduler does), as a batch's samples may be in
     different stages.
+
+    ``caches``: ``{"large"|"small": ModelCache}`` (:mod:`stitchkit.caches`), diffusers' cache hooks attached
+    for this generation only: every full call of a cached model runs in its ``cache_context``, masked calls
+    bypass the hooks, and the hooks are removed when the loop ends, also on error.
     """
     from tqdm.auto import tqdm
 
@@ -168,7 +215,12 @@ def denoise(
     # A policy that never masks needs no K/V recording: its large steps are the stock forward.
     may_mask = getattr(switch, "may_mask", True)
     all_tokens = getattr(context, "computes_all_tokens", False)
-    small_forward = small_forward_fn(models.small, device, models.forward)
+    caches = dict(caches or {})
+    large_cache, small_cache = caches.get("large"), caches.get("small")
+    # A hooked model's Python control flow cannot be replayed from a CUDA graph.
+    small_forward = small_forward_fn(models.small, device if small_cache is None else torch.device("cpu"),
+                                     models.forward)
+    now = {"t": float(timesteps[0]) if num_steps else 0.0}  # the timestep PAB and FasterCache ask for
 
     switches = SampleSwitch(switch, batch, num_steps)  # resets the policy, then one copy per sample
     masks = SampleMasks(mask, batch)
@@ -178,6 +230,7 @@ def denoise(
     change = change_map = previous = None
     everyone = list(range(batch))
     large_done = [False] * batch  # a sample's hybrid step needs the K/V its full large step records
+    history = _History(batch, halves)
 
     def rows_of(samples: list[int]) -> list[int]:
         return [h * batch + b for h in range(halves) for b in samples]
@@ -202,20 +255,25 @@ def denoise(
                               "add rows=None (and cache_rows=None to full) and pass them to large.forward / "
                               "large.forward_masked, or generate one prompt at a time")
 
+    attached: list[Any] = []
     if may_mask:
         models.masked_large.begin()
     try:
+        for cache in caches.values():
+            attached.append(cache)
+            cache.attach(num_steps=num_steps, guided=guided, current_timestep=lambda: now["t"])
         for i, t in enumerate(tqdm(timesteps, disable=not progress, desc="denoise", leave=False)):
             sigma = float(scheduler.sigmas[i])  # a fresh scheduler: step i uses sigmas[i]
+            now["t"] = float(t)
             state = LoopState(step=i, num_steps=num_steps, timestep=float(t), sigma=sigma, num_tokens=num_tokens,
                               grid=grid, batch_size=batch, change=change, change_map=change_map)
             # Every sample alone: its own policy copy, its own D_t and change map.
             decisions, states = switches.decide(state)
             for b, decision in enumerate(decisions):
                 check_decision(decision, switch, i)
-                if decision.hybrid and not large_done[b] and not all_tokens:
+                if decision.masked and not large_done[b] and not all_tokens:
                     raise ConfigError(
-                        "switch", f"{type(switch).__name__} asked for a hybrid step at step {i} before any large "
+                        "switch", f"{type(switch).__name__} asked for a masked step at step {i} before any large "
                         "step" + (f" (sample {b})" if batch > 1 else ""), "the masked large model attends to K/V a "
                         "full large step records: decide Decision(stage=0, large=True, small=False) first")
             model_input = torch.cat([latents] * 2) if guided else latents
@@ -227,7 +285,7 @@ def denoise(
                 groups.setdefault(_key(decision), []).append(b)
             calls: list[ModelCall] = []
             large_ms, small_ms = [0.0] * batch, [0.0] * batch
-            large_tokens, small_tokens = [0] * batch, [0] * batch
+            large_tokens, small_tokens, reused_tokens = [0] * batch, [0] * batch, [0] * batch
             sample_indices: list[torch.Tensor | None] = [None] * batch
             hybrid_small: list[list[int]] = []  # hybrid groups, whose unstitched small rows "small-x0" reads
             prediction = None  # (2B, C, H, W) once every group has written its rows
@@ -241,7 +299,12 @@ def denoise(
                     prediction = model_input.new_empty(model_input.shape)
                 prediction.index_copy_(0, torch.tensor(rows_of(samples), device=device), out)
 
-            def timed(model: str, samples: list[int], tokens: int, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+            def timed(model: str, samples: list[int], tokens: int, fn: Callable[[], torch.Tensor],
+                      masked: bool = False) -> torch.Tensor:
+                cache = large_cache if model == "large" else small_cache
+                if cache is not None:  # in the model's cache context; a masked call kept away from the hooks
+                    fn = _cached(cache, fn, masked, None if samples == everyone else tuple(samples),
+                                 step_index=i, num_inference_steps=num_steps, timestep=float(t), sigma=sigma)
                 timer = _Timer(device)
                 with timer:
                     out = fn()
@@ -270,12 +333,17 @@ def denoise(
                 return small_out.index_select(0, torch.tensor(
                     [h * n + small_place[b] for h in range(halves) for b in samples], device=device))
 
-            for (large, small, ratio), samples in groups.items():
+            for (large, small, ratio, reuse), samples in groups.items():
+                if not large and not small:  # no model: the previous prediction, reused
+                    put(samples, history.predict(samples, reuse, i))
+                    for b in samples:
+                        reused_tokens[b] = num_tokens
+                    continue
                 if not large:  # small alone: its rows of the small model's output
                     put(samples, small_rows(samples))
                     continue
                 sub_inputs, rows = subset(inputs, samples)
-                if not small:  # large alone, every token (and, when masks may follow, these rows' K/V recorded)
+                if not small and reuse is None:  # large alone, every token (and, when masks may follow, these rows' K/V recorded)
                     if not may_mask:
                         fn = lambda: plain_forward(models.large, sub_inputs)  # noqa: E731
                     elif rows is None:
@@ -289,7 +357,7 @@ def denoise(
                         large_tokens[b] = num_tokens
                         large_done[b] = True
                     continue
-                # Hybrid at this ratio: each sample's own mask, the same size m for all of the group.
+                # Masked at this ratio (hybrid, or large-with-reuse): each sample's own mask, one size m.
                 indices = masks.select(state, states, decisions, samples, ratio, device)
                 model_indices = torch.cat([indices] * 2) if guided else indices  # both CFG halves share it
                 m = indices.shape[1]
@@ -299,12 +367,15 @@ def denoise(
                     check_rows_supported()
                     fn = lambda: context.masked(models.masked_large, sub_inputs, model_indices,  # noqa: E731
                                                 rows=rows)
-                large_part = timed("large", samples, num_tokens if all_tokens else m, fn)
-                put(samples, stitch(small_rows(samples), large_part, model_indices, p))
-                hybrid_small.append(samples)
+                large_part = timed("large", samples, num_tokens if all_tokens else m, fn, masked=True)
+                rest = small_rows(samples) if small else history.predict(samples, reuse, i)
+                put(samples, stitch(rest, large_part, model_indices, p))
+                if small:
+                    hybrid_small.append(samples)
                 for j, b in enumerate(samples):
                     # FullLarge's large model computes every token even though only the masked ones are used.
                     large_tokens[b] = num_tokens if all_tokens else m
+                    reused_tokens[b] = 0 if small else num_tokens - m
                     sample_indices[b] = indices[j:j + 1]
 
             # The small model's own prediction where it ran under a mask (the rest: the step's prediction).
@@ -314,6 +385,9 @@ def denoise(
                 for samples in hybrid_small:
                     small_prediction.index_copy_(0, torch.tensor(rows_of(samples), device=device),
                                                  small_rows(samples))
+            # What reuse predicts from: every sample a model computed (a RAS step's tokens are part fresh).
+            history.record(prediction, [b for b in everyone if decisions[b].large or decisions[b].small], i)
+
             if guided:
                 uncond, cond = prediction.chunk(2)
                 prediction = uncond + guidance_scale * (cond - uncond)
@@ -333,13 +407,14 @@ def denoise(
                 step=i, timestep=float(t), sigma=sigma, stage=decisions[b].stage, large_tokens=large_tokens[b],
                 small_tokens=small_tokens[b], num_tokens=num_tokens, mask_ratio=large_tokens[b] / num_tokens,
                 change=changes[b], large_ms=large_ms[b], small_ms=small_ms[b], sample=b,
+                reused_tokens=reused_tokens[b],
             ) for b in everyone)
             for trace, record in zip(traces, records):
                 trace.append(record)
             batch_steps.append(BatchStep(step=i, calls=tuple(calls), mixed=len(groups) > 1))
             if callback is not None:
                 uniform = len(groups) == 1
-                hybrid = uniform and decisions[0].hybrid
+                hybrid = uniform and decisions[0].masked
                 callback({"step": i, "timestep": t, "sigma": sigma, "latents": next_latents, "x0": current.x0,
                           "prediction": prediction, "tensors": current, "change_map": change_map,
                           "decisions": tuple(decisions), "records": records,
@@ -353,8 +428,12 @@ def denoise(
                 latents, prompt_embeds, pooled_projections = step_end(i, t, latents, prompt_embeds,
                                                                       pooled_projections)
     finally:
-        context.release()
-        if may_mask:
-            models.masked_large.end()
+        try:
+            for cache in reversed(attached):
+                cache.remove()
+        finally:
+            context.release()
+            if may_mask:
+                models.masked_large.end()
     return Denoised(latents=latents, traces=tuple(tuple(t) for t in traces), steps=tuple(batch_steps),
                     trace=tuple(batch_record(records, step) for records, step in zip(zip(*traces), batch_steps)))

@@ -57,6 +57,18 @@ def register_context_providers(register: Register) -> None:
 
 
 @hookspec
+def register_caches(register: Register) -> None:
+    """Register caches a method may attach to the large or the small model (``cache=`` in Python,
+    ``cache:`` in YAML): diffusers' hooks, by diffusers' names (``stitchkit.policies.caches``).
+
+    Call ``register(kind, factory)``; ``factory(**params)`` returns an object with ``apply(model, setup)``
+    (attaching the hooks for one generation, :class:`stitchkit.policies.caches.CacheSetup`) and
+    ``needs_calibration``. :mod:`stitchkit.caches` gives the hooks their ``cache_context``, keeps masked
+    calls away from them and removes them after the generation.
+    """
+
+
+@hookspec
 def register_model_families(register: Register) -> None:
     """Register model families: how stitchkit runs a pipeline and masks its transformer.
 

@@ -356,14 +356,14 @@ def predict(plan: Plan, costs: Costs) -> Prediction:
 def predict_from_steps(steps: Iterable[tuple[float, bool]], costs: Costs) -> Prediction:
     """The same model summed step by step over ``(large_fraction, small_ran)`` pairs, e.g. a trace's
     ``large_tokens / N`` and whether the small model ran. A step costs ``L_l · f`` (refined: ``L_l(f)``)
-    plus ``L_s`` when the small model ran (Eq. 6's left side); the baseline is ``len(steps) · L_l``."""
+    plus ``L_s`` when the small model ran (Eq. 6's left side); the baseline is ``len(steps) · L_l``.
+    A step where neither ran (its prediction reused, :class:`stitchkit.protocols.Decision` ``reuse``) is
+    free."""
     steps = list(steps)
     for i, (fraction, small_ran) in enumerate(steps):
         if not (_is_number(fraction) and 0.0 <= fraction <= 1.0):
             raise ConfigError(f"steps[{i}]", f"large fraction {fraction!r} is outside [0, 1]",
                               "the fraction of image tokens the large model ran on (0: it did not run)")
-        if fraction == 0.0 and not small_ran:
-            raise ConfigError(f"steps[{i}]", "neither model ran", "every step runs at least one model")
     large = sum(costs.large_ms * f for f, _ in steps)
     small = sum(costs.small_ms for _, ran in steps if ran)
     refined = sum(masked_cost(f, costs) for f, _ in steps) if costs.masked_ms else None

@@ -17,7 +17,8 @@ installed for one generation and restored after it (also on error).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+import math
+from typing import Any, Callable, Mapping
 
 import torch
 from diffusers.utils import BaseOutput
@@ -200,6 +201,7 @@ class StitchPipeline:
         progress: bool | None = None,
         allow_unprofitable: bool = False,
         num_frames: int | None = None,
+        cache: Any = None,
     ) -> StitchOutput | tuple:
         """Generate as ``StableDiffusion3Pipeline.__call__`` does, with ``switch``/``mask``/``context``
         choosing the method (a name, a ``{"kind": name, **params}`` dict, or a policy object).
@@ -218,7 +220,11 @@ class StitchPipeline:
         settings (the paper's presets: 50 steps at 768², §4.1), else 28 steps at the pair's default size;
         setting other ones with such a preset warns once (:class:`stitchkit.sampler.PresetSamplerWarning`).
         ``num_frames``: for a video family, the frames to generate (its default if unset); an image family
-        refuses it."""
+        refuses it.
+
+        ``cache``: diffusers' cache hooks for this generation (:mod:`stitchkit.caches`): a cache name,
+        ``{"kind": "magcache", **params}`` or a cache object for the large model, or
+        ``{"large": ..., "small": ...}``. MagCache without ``mag_ratios`` is calibrated on first use."""
         from stitchkit.diffusers_compat import check_call_arguments, lora_scale, step_end_hook
 
         check_call_arguments(ip_adapter_image=ip_adapter_image, ip_adapter_image_embeds=ip_adapter_image_embeds,
@@ -226,6 +232,7 @@ class StitchPipeline:
         step_end = step_end_hook(self, callback_on_step_end, callback_on_step_end_tensor_inputs)
         scale = lora_scale(joint_attention_kwargs)
         policies = self.resolve_policies(switch, mask, context)
+        cache_specs = self.resolve_caches(cache)
         adapter = self.adapter
         # A paper preset brings its steps and size where the call gives none (stitchkit.sampler).
         sampler = resolve_sampler(
@@ -268,6 +275,9 @@ class StitchPipeline:
         self._num_timesteps, self._guidance_scale = len(timesteps), guidance_scale
         models = Models(large=adapter.large_transformer, masked_large=self.masked_large, small=self.small,
                         patch_size=adapter.patch_size, forward=self.family.forward)
+        caches = self._model_caches(cache_specs, models=models, policies=policies, latents=latents,
+                                    cond=cond, num_steps=len(timesteps), mu=mu, sigmas=sigmas,
+                                    num_inference_steps=num_inference_steps)
         if progress is None:
             progress = not self._progress_bar_config.get("disable", True)
         from stitchkit.diffusers_compat import scaled_lora
@@ -277,11 +287,47 @@ class StitchPipeline:
                 models=models, policies=policies, scheduler=scheduler, timesteps=timesteps, latents=latents,
                 prompt_embeds=cond.prompt_embeds, pooled_projections=cond.pooled_projections,
                 guidance_scale=cond.guidance_scale, callback=callback, progress=progress, step_end=step_end,
+                caches=caches,
             )
         images = adapter.decode(result.latents, output_type)
         if not return_dict:
             return (images,)
         return StitchOutput(images=images, trace=result.trace, traces=result.traces, steps=result.steps)
+
+    def resolve_caches(self, cache: Any, path: str = "cache") -> dict[str, Any]:
+        """``{role: cache object}`` from ``cache=`` (see :func:`stitchkit.caches.normalize_cache_spec`)."""
+        from stitchkit.caches import normalize_cache_spec
+
+        per_role = isinstance(cache, Mapping) and "kind" not in cache
+        return {role: self.registry.create("cache", spec, path=f"{path}.{role}" if per_role else path)[0]
+                for role, spec in normalize_cache_spec(cache, path).items()}
+
+    def _model_caches(self, specs: Mapping[str, Any], *, models: Models, policies: Policies, latents, cond,
+                      num_steps: int, **schedule: Any) -> dict[str, Any]:
+        """One :class:`stitchkit.caches.ModelCache` per cached model; MagCache's ratios from the disk cache,
+        or calibrated now: one generation of that model alone in diffusers' calibrate mode, same inputs."""
+        from stitchkit.caches import ModelCache, load_ratios, magcache_key, save_ratios
+
+        out = {}
+        for role, spec in specs.items():
+            model = models.large if role == "large" else models.small
+            ratios = None
+            if getattr(spec, "needs_calibration", False):
+                key = magcache_key(pair_id=self.pair_id, role=role, model=model, num_steps=num_steps,
+                                   num_tokens=math.prod(latents.shape[2:]), guided=cond.guided)
+                ratios = load_ratios(key)
+                if ratios is None:
+                    probe = ModelCache(model=model, cache=spec, role=role, calibrating=True)
+                    scheduler = self.adapter.new_scheduler()
+                    timesteps = self.adapter.timesteps(scheduler, latents=latents, **schedule)
+                    denoise(models=models, policies=self.resolve_policies(role), scheduler=scheduler,
+                            timesteps=timesteps, latents=latents.clone(), prompt_embeds=cond.prompt_embeds,
+                            pooled_projections=cond.pooled_projections, guidance_scale=cond.guidance_scale,
+                            caches={role: probe})
+                    ratios = tuple(probe.calibrated)
+                    save_ratios(key, list(ratios), pair=self.pair_id, role=role, num_steps=num_steps)
+            out[role] = ModelCache(model=model, cache=spec, role=role, mag_ratios=ratios)
+        return out
 
     def costs(self, *, height: int, width: int, text_tokens: int, guided: bool, num_frames: int | None = None):
         """The pair's per-step costs at this size: its cached profile, else a FLOPs estimate (``.source``)."""

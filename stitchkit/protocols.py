@@ -61,22 +61,46 @@ class Decision:
     * ``small`` alone: the small model on all tokens;
     * both: the hybrid step: small on all tokens, large on ``mask_ratio`` of them, stitched (Algorithm 1,
       lines 10-12). ``mask_ratio`` must be in (0, 1] then and is ignored otherwise.
+
+    ``reuse`` makes the sample's previous prediction a third predictor (``"as-is"``, or ``"extrapolate"``:
+    first order in the step index from its last two computed predictions, as TaylorSeer extrapolates
+    features):
+
+    * ``large`` with ``mask_ratio`` and ``reuse``: the large model on the masked tokens (with the context
+      provider's K/V, as in a hybrid step), the previous prediction everywhere else (RAS);
+    * neither model, ``reuse``: no model call at all this step (step-level caching).
     """
 
     stage: int
     large: bool
     small: bool
     mask_ratio: float | None = None
+    reuse: str | None = None
 
     def __attrs_post_init__(self) -> None:
-        if not (self.large or self.small):
-            raise ValueError("a Decision must run at least one model")
-        if self.large and self.small and not (self.mask_ratio is not None and 0.0 < self.mask_ratio <= 1.0):
-            raise ValueError(f"a hybrid Decision needs mask_ratio in (0, 1], got {self.mask_ratio!r}")
+        if self.reuse not in REUSE:
+            raise ValueError(f"a Decision's reuse must be one of {REUSE}, got {self.reuse!r}")
+        if not (self.large or self.small or self.reuse):
+            raise ValueError("a Decision must run at least one model or reuse the previous prediction")
+        if self.small and self.reuse:
+            raise ValueError("the small model runs on every token: a Decision cannot both run it and reuse")
+        if self.masked and not (self.mask_ratio is not None and 0.0 < self.mask_ratio <= 1.0):
+            kind = "hybrid" if self.small else "reuse"
+            raise ValueError(f"a {kind} Decision with the large model needs mask_ratio in (0, 1], "
+                             f"got {self.mask_ratio!r}")
 
     @property
     def hybrid(self) -> bool:
         return self.large and self.small
+
+    @property
+    def masked(self) -> bool:
+        """The large model runs on the masked tokens only (a hybrid step, or large-with-reuse)."""
+        return self.large and (self.small or self.reuse is not None)
+
+
+#: What a Decision's ``reuse`` may be: nothing reused, the previous prediction as it is, or extrapolated.
+REUSE = (None, "as-is", "extrapolate")
 
 
 @attrs.frozen(kw_only=True)

@@ -45,6 +45,9 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "stitchkit.policies.full_mask",
     "stitchkit.policies.kv_cache",
     "stitchkit.policies.full_large",
+    "stitchkit.policies.caches",
+    "stitchkit.policies.ras",
+    "stitchkit.policies.reuse_every",
 ) + _builtin_families()
 
 #: Built-in plugins of a kind the loop never needs, registered (and imported) only when that kind is first
@@ -57,6 +60,7 @@ KINDS: dict[str, str] = {
     "mask": "register_mask_policies",
     "context": "register_context_providers",
     "metric": "register_metrics",
+    "cache": "register_caches",  # diffusers' cache hooks (stitchkit.policies.caches)
 }
 
 #: What an entry of each kind is called in messages (default: "<kind> policy").

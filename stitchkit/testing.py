@@ -60,8 +60,9 @@ __all__ = [
     "switch_policy_machine",
 ]
 
-#: What a stage may run: the large model alone, the small model alone, or both (a hybrid step).
-STAGE_KINDS = ("large", "small", "hybrid")
+#: What a stage may run: the large model alone, the small model alone, both (a hybrid step), the large model
+#: on masked tokens with the previous prediction elsewhere (``"ras"``), or no model (``"reuse"``).
+STAGE_KINDS = ("large", "small", "hybrid", "ras", "reuse")
 
 #: Per-sample ``D_t`` values: the paper's thresholds and their neighbourhoods, exact ties, zero, and any
 #: float in [0, 2].
@@ -82,9 +83,13 @@ def _fail(message: str) -> None:
 
 
 def decision_kind(decision: Decision) -> str:
-    """``"hybrid"``, ``"large"`` or ``"small"``: what a decision runs."""
+    """``"hybrid"``, ``"ras"``, ``"reuse"``, ``"large"`` or ``"small"``: what a decision runs."""
     if decision.hybrid:
         return "hybrid"
+    if decision.masked:
+        return "ras"
+    if not (decision.large or decision.small):
+        return "reuse"
     return "large" if decision.large else "small"
 
 
@@ -268,7 +273,7 @@ def switch_policy_machine(
             decision = self.policy.decide(state)
             note(f"step {self.step}: change {None if change is None else change.tolist()} -> {decision!r}")
             check_decision(decision, self.stages)
-            if decision.hybrid and not getattr(self.policy, "may_mask", True):
+            if decision.masked and not getattr(self.policy, "may_mask", True):
                 _fail(f"the policy declares may_mask = False but decided {decision!r}")
             if decision.hybrid and not self.large_seen:
                 _fail(f"step {self.step}: a hybrid step before any large step ({decision!r}): the masked large "

@@ -24,6 +24,8 @@ class StepRecord:
     before (``None`` before it can be computed). ``large_ms``/``small_ms``: wall time of each model call,
     synchronized on a GPU; in a batch, this sample's share of the batched call it was part of (the call's
     time over its samples). ``sample``: the sample's place in the batch (``-1``: the batch's summary).
+    ``reused_tokens``: tokens whose prediction was the sample's previous one (reuse; no model computed them,
+    so they count in neither model's tokens and the latency model prices them as free).
     """
 
     step: int
@@ -38,6 +40,7 @@ class StepRecord:
     large_ms: float
     small_ms: float
     sample: int = 0
+    reused_tokens: int = 0
 
     def to_dict(self) -> dict:
         return attrs.asdict(self)
@@ -96,7 +99,12 @@ def batch_record(records, step: BatchStep) -> StepRecord:
         large_ms=sum(c.ms for c in step.calls if c.model == "large"),
         small_ms=sum(c.ms for c in step.calls if c.model == "small"),
         sample=-1,
+        reused_tokens=_whole(sum(r.reused_tokens for r in records) / k),
     )
+
+
+def _whole(x: float):
+    return int(x) if x == int(x) else x
 
 
 def large_step_equivalents(trace) -> float:

@@ -128,10 +128,10 @@ def test_change_map_refuses_latents_not_divisible_by_the_patch():
 
 
 def test_measure_names_and_unknown_measure():
-    assert measure_names() == ("latent", "output", "small-x0", "x0", "x0-prev")
+    assert measure_names() == ("latent", "latent-std", "output", "small-x0", "x0", "x0-prev")
     with pytest.raises(ConfigError) as err:
         measure("noise")
-    assert str(err.value) == "change: unknown change measure 'noise'; known: latent, output, small-x0, x0, x0-prev"
+    assert str(err.value) == "change: unknown change measure 'noise'; known: latent, latent-std, output, small-x0, x0, x0-prev"
     with pytest.raises(ConfigError, match=r"^switch\.change: unknown change measure \[1\]"):
         measure([1], "switch.change")
 
@@ -156,3 +156,17 @@ def test_small_x0_measure_maps_the_small_models_own_change_and_keeps_x0s_d_t():
     assert MEASURES["small-x0"](hybrid, later, 2)[1].tolist() == [[0.5, 1.5]]
     small_step = StepTensors.from_step(x, x, small_out, sigma=1.0)  # no small_output: a plain step
     assert torch.equal(MEASURES["small-x0"](later, small_step, 2)[1], MEASURES["x0"](later, small_step, 2)[1])
+
+
+def test_latent_std_is_ras_ranking_by_hand():
+    """RAS's metric: std over channels of the latent step, averaged over each 2x2 patch (row-major tokens)."""
+    from stitchkit.change import MEASURES, StepTensors
+
+    g = torch.Generator().manual_seed(0)
+    latents, nxt = torch.randn(1, 4, 4, 4, generator=g), torch.randn(1, 4, 4, 4, generator=g)
+    cur = StepTensors.from_step(latents, nxt, torch.zeros_like(latents), 0.5)
+    _, cmap = MEASURES["latent-std"](None, cur, 2)
+    d = nxt - latents
+    expected = [sum(float(d[0, :, 2 * r + i, 2 * c + j].std()) for i in (0, 1) for j in (0, 1)) / 4
+                for r in (0, 1) for c in (0, 1)]
+    assert cmap[0].tolist() == pytest.approx(expected, rel=1e-5)

@@ -142,12 +142,18 @@ def test_trace_style_steps():
 
 
 @pytest.mark.parametrize(
-    "steps, path", [([(1.5, False)], "steps[0]"), ([(1.0, False), (0.0, False)], "steps[1]")]
+    "steps, path", [([(1.5, False)], "steps[0]"), ([(1.0, False), (-0.5, False)], "steps[1]")]
 )
 def test_predict_from_steps_refuses_impossible_steps(steps, path):
     with pytest.raises(ConfigError) as info:
         predict_from_steps(steps, Costs(large_ms=8, small_ms=2))
     assert info.value.path == path
+
+
+def test_a_step_where_neither_model_ran_is_a_reused_prediction_and_free():
+    """(Was refused before reuse existed: a step may now reuse the previous prediction, no model call.)"""
+    p = predict_from_steps([(1.0, False), (0.0, False)], Costs(large_ms=8, small_ms=2))
+    assert (p.large_only_ms, p.predicted_ms) == (16, 8)
 
 
 # -------------------------------------------------------------------------- speedup and monotonicity

@@ -508,7 +508,7 @@ def test_hybridstitch_defaults():
         (
             HybridStitch,
             {"change": "noise"},
-            "change: unknown change measure 'noise'; known: latent, output, small-x0, x0, x0-prev",
+            "change: unknown change measure 'noise'; known: latent, latent-std, output, small-x0, x0, x0-prev",
         ),
         (
             TStitch,

@@ -1,0 +1,237 @@
+"""diffusers' cache hooks as stitchkit plugins, under diffusers' names: ``magcache``, ``first-block``,
+``taylorseer``, ``faster``, ``pab``.
+
+Each factory returns a small object that builds diffusers' own config and calls diffusers' own
+``diffusers.hooks.apply_*`` function; no cache algorithm is re-implemented here. What this file adds is only
+what SD3 transformers need to run them at all (``/work/shared/NOTES-caches.md``, diffusers 0.42.1):
+
+* FirstBlockCache subtracts the tail block's text output, which SD3's last block (``context_pre_only``)
+  returns as ``None``: a pass-through hook, registered on that block *before* diffusers' own so that
+  diffusers' hook sees it, hands back the block's input text states instead. The transformer discards the
+  last block's text output anyway, so the model's output is unchanged.
+* TaylorSeer's lite mode fails on that same ``None``: it is not offered (the default mode works). In a
+  hybrid method the large model's full steps run stitchkit's K/V-cache attention, which computes no text
+  output for that block's attention either: TaylorSeer and FasterCache get the same pass-through there.
+* FasterCache defaults to video tensors and splits guidance halves only for the inputs it lists: stitchkit
+  sets ``tensor_format="BCHW"`` and adds ``pooled_projections`` to those inputs, and marks an unguided run
+  as guidance-distilled (nothing to split).
+* PAB and FasterCache ask for the current timestep through a callback: the engine's.
+
+The lifecycle (attach for one generation, a ``cache_context`` around every call, masked calls bypassing the
+hooks, removal also on error) is :mod:`stitchkit.caches`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import attrs
+import torch
+
+import stitchkit
+
+
+@attrs.frozen(kw_only=True)
+class CacheSetup:
+    """What a cache needs to know about the generation it is attached for."""
+
+    num_steps: int
+    guided: bool
+    current_timestep: Callable[[], float]
+    mag_ratios: tuple[float, ...] | None = None  # MagCache's, from its calibration
+    calibrate: bool = False
+
+
+def _blocks(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """The transformer blocks in the order diffusers' block caches find them."""
+    from diffusers.hooks._common import _ALL_TRANSFORMER_BLOCK_IDENTIFIERS
+
+    return [block for name, sub in module.named_children()
+            if name in _ALL_TRANSFORMER_BLOCK_IDENTIFIERS and isinstance(sub, torch.nn.ModuleList) for block in sub]
+
+
+class _TextPassThrough:
+    """A diffusers ``ModelHook`` for a ``context_pre_only`` block: its ``None`` text output becomes the text
+    states it was given, so a block cache can take residuals of it (see the module docstring)."""
+
+    name = "stitchkit_text_pass_through"
+
+    @staticmethod
+    def make():
+        from diffusers.hooks import ModelHook
+
+        class Hook(ModelHook):
+            def pre_forward(self, module, *args, **kwargs):
+                self.text = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
+                return args, kwargs
+
+            def post_forward(self, module, output):
+                text, self.text = self.text, None
+                if isinstance(output, tuple):  # the block's (text, image), the attention's (image, text)
+                    return tuple(text if o is None else o for o in output)
+                return output
+
+        return Hook()
+
+
+def _pass_text_through(module: torch.nn.Module) -> None:
+    """Register :class:`_TextPassThrough` on ``module`` (before any cache hook goes on it)."""
+    from diffusers.hooks import HookRegistry
+
+    HookRegistry.check_if_exists_or_initialize(module).register_hook(_TextPassThrough.make(), _TextPassThrough.name)
+
+
+def _pass_last_attention_text_through(model: torch.nn.Module) -> None:
+    """The same for the last block's joint attention: stitchkit's K/V-cache processor (a hybrid method's
+    full large steps) does not compute the text output a ``context_pre_only`` block discards, and an
+    attention-level cache (TaylorSeer, FasterCache) would cache that ``None``."""
+    attn = getattr(_blocks(model)[-1], "attn", None)
+    if attn is not None and getattr(attn, "context_pre_only", False):
+        _pass_text_through(attn)
+
+
+@attrs.frozen(kw_only=True)
+class MagCache:
+    """diffusers' MagCache (``apply_mag_cache``): skips whole steps while the accumulated magnitude-ratio
+    error stays under ``threshold``. Without ``mag_ratios`` they are calibrated for the pair on first use and
+    cached on disk (:mod:`stitchkit.caches`)."""
+
+    kind = "magcache"
+    threshold: float = 0.06
+    max_skip_steps: int = 3
+    retention_ratio: float = 0.2
+    mag_ratios: tuple[float, ...] | None = attrs.field(default=None, converter=lambda v: None if v is None
+                                                        else tuple(float(x) for x in v))
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.mag_ratios is None
+
+    def apply(self, model: torch.nn.Module, setup: CacheSetup) -> None:
+        from diffusers.hooks import MagCacheConfig, apply_mag_cache
+
+        if setup.calibrate:  # one step more than the run, so diffusers never resets the ratios mid-run
+            config = MagCacheConfig(calibrate=True, num_inference_steps=setup.num_steps + 1)
+        else:
+            ratios = self.mag_ratios if self.mag_ratios is not None else setup.mag_ratios
+            config = MagCacheConfig(threshold=self.threshold, max_skip_steps=self.max_skip_steps,
+                                    retention_ratio=self.retention_ratio, num_inference_steps=setup.num_steps,
+                                    mag_ratios=torch.tensor(ratios))
+        apply_mag_cache(model, config)
+
+    @staticmethod
+    def calibration_ratios(model: torch.nn.Module, context: str) -> list[float]:
+        """The ratios diffusers' calibrate mode recorded under ``context`` (read before the hooks go)."""
+        from diffusers.hooks.mag_cache import _MAG_CACHE_BLOCK_HOOK
+
+        tail = _blocks(model)[-1]
+        hook = tail._diffusers_hook.get_hook(_MAG_CACHE_BLOCK_HOOK)
+        from stitchkit.caches import cache_context
+
+        with cache_context(model, context):
+            return list(hook.state_manager.get_state().calibration_ratios)
+
+
+@attrs.frozen(kw_only=True)
+class FirstBlock:
+    """diffusers' FirstBlockCache (``apply_first_block_cache``): skips the other blocks while the first
+    block's residual changes by less than ``threshold`` (relative L1)."""
+
+    kind = "first-block"
+    threshold: float = 0.05
+    needs_calibration = False
+
+    def apply(self, model: torch.nn.Module, setup: CacheSetup) -> None:
+        from diffusers.hooks import FirstBlockCacheConfig, apply_first_block_cache
+
+        tail = _blocks(model)[-1]
+        if getattr(tail, "context_pre_only", False):  # SD3's last block: no text output
+            _pass_text_through(tail)
+        apply_first_block_cache(model, FirstBlockCacheConfig(threshold=self.threshold))
+
+
+@attrs.frozen(kw_only=True)
+class TaylorSeer:
+    """diffusers' TaylorSeer (``apply_taylorseer_cache``): between full computations every ``cache_interval``
+    steps, the cached modules' outputs are extrapolated by a Taylor series of order ``max_order``.
+    ``cache_identifiers``: module-name patterns to cache (diffusers' default: attention only); on SD3,
+    ``["^transformer_blocks\\.\\d+\\.(attn|ff|ff_context)$"]`` caches both feed-forwards too."""
+
+    kind = "taylorseer"
+    cache_interval: int = 5
+    disable_cache_before_step: int = 3
+    disable_cache_after_step: int | None = None
+    max_order: int = 1
+    cache_identifiers: tuple[str, ...] | None = attrs.field(default=None, converter=lambda v: None if v is None
+                                                             else tuple(v))
+    needs_calibration = False
+
+    def apply(self, model: torch.nn.Module, setup: CacheSetup) -> None:
+        from diffusers.hooks import TaylorSeerCacheConfig, apply_taylorseer_cache
+
+        _pass_last_attention_text_through(model)
+        apply_taylorseer_cache(model, TaylorSeerCacheConfig(
+            cache_interval=self.cache_interval, disable_cache_before_step=self.disable_cache_before_step,
+            disable_cache_after_step=self.disable_cache_after_step, max_order=self.max_order,
+            cache_identifiers=None if self.cache_identifiers is None else list(self.cache_identifiers),
+            taylor_factors_dtype=model.dtype))
+
+
+@attrs.frozen(kw_only=True)
+class Faster:
+    """diffusers' FasterCache (``apply_faster_cache``): attention outputs reused every
+    ``spatial_attention_block_skip_range`` steps inside a timestep window, and the unconditional half
+    approximated from the conditional one every ``unconditional_batch_skip_range`` steps."""
+
+    kind = "faster"
+    spatial_attention_block_skip_range: int = 2
+    spatial_attention_timestep_skip_range: tuple[int, int] = attrs.field(default=(-1, 681), converter=tuple)
+    unconditional_batch_skip_range: int = 5
+    unconditional_batch_timestep_skip_range: tuple[int, int] = attrs.field(default=(-1, 641), converter=tuple)
+    alpha_low_frequency: float = 1.1
+    alpha_high_frequency: float = 1.1
+    needs_calibration = False
+
+    def apply(self, model: torch.nn.Module, setup: CacheSetup) -> None:
+        from diffusers.hooks import FasterCacheConfig, apply_faster_cache
+        from diffusers.hooks.faster_cache import _UNCOND_COND_INPUT_KWARGS_IDENTIFIERS
+
+        _pass_last_attention_text_through(model)
+        apply_faster_cache(model, FasterCacheConfig(
+            spatial_attention_block_skip_range=self.spatial_attention_block_skip_range,
+            spatial_attention_timestep_skip_range=self.spatial_attention_timestep_skip_range,
+            unconditional_batch_skip_range=self.unconditional_batch_skip_range,
+            unconditional_batch_timestep_skip_range=self.unconditional_batch_timestep_skip_range,
+            alpha_low_frequency=self.alpha_low_frequency, alpha_high_frequency=self.alpha_high_frequency,
+            tensor_format="BCHW", is_guidance_distilled=not setup.guided,
+            current_timestep_callback=setup.current_timestep,
+            _unconditional_conditional_input_kwargs_identifiers=[*_UNCOND_COND_INPUT_KWARGS_IDENTIFIERS,
+                                                                 "pooled_projections"]))
+
+
+@attrs.frozen(kw_only=True)
+class PAB:
+    """diffusers' Pyramid Attention Broadcast (``apply_pyramid_attention_broadcast``): attention outputs
+    broadcast over ``spatial_attention_block_skip_range`` steps inside the timestep window."""
+
+    kind = "pab"
+    spatial_attention_block_skip_range: int = 2
+    spatial_attention_timestep_skip_range: tuple[int, int] = attrs.field(default=(100, 800), converter=tuple)
+    needs_calibration = False
+
+    def apply(self, model: torch.nn.Module, setup: CacheSetup) -> None:
+        from diffusers.hooks import PyramidAttentionBroadcastConfig, apply_pyramid_attention_broadcast
+
+        apply_pyramid_attention_broadcast(model, PyramidAttentionBroadcastConfig(
+            spatial_attention_block_skip_range=self.spatial_attention_block_skip_range,
+            spatial_attention_timestep_skip_range=self.spatial_attention_timestep_skip_range,
+            current_timestep_callback=setup.current_timestep))
+
+
+CACHES: dict[str, Any] = {c.kind: c for c in (MagCache, FirstBlock, TaylorSeer, Faster, PAB)}
+
+
+@stitchkit.hookimpl
+def register_caches(register) -> None:
+    for kind, factory in CACHES.items():
+        register(kind, factory)

@@ -1,0 +1,187 @@
+"""diffusers' cache hooks inside stitchkit's loop: attached for one generation, given the ``cache_context``
+they need, kept away from masked calls, removed after (also on error).
+
+The hooks themselves are diffusers' (``diffusers.hooks.apply_*``, registered as cache plugins in
+``stitchkit.policies.caches``). diffusers 0.42.1's ``StableDiffusion3Pipeline`` never opens a cache context,
+so the stateful hooks raise there; stitchkit's engine wraps every call of a cached model in
+``model.cache_context(name)``. The context's name keys the hooks' state, and a cached model may run on
+different subsets of a batch from step to step (decisions are per sample), while a hook's state is shaped
+like the batch it saw: so the name is the model's role and the samples of the call (``"large"`` for the
+whole batch, ``"large:0,2"`` for samples 0 and 2). A batch of one has one context per model per generation.
+
+A masked forward (a hybrid step's large call) runs the blocks on a subset of the tokens with K/V-cache
+attention processors: a cache's residuals of full-token calls do not fit it. :meth:`ModelCache.bypass`
+sets every hooked module's ``forward`` back to the one beneath the hooks for such a call, so the hooks never
+see it and their state is untouched. The large model's full steps of a hybrid method (those that record
+K/V) do go through the hooks: a block a cache skips keeps the K/V it recorded last.
+
+MagCache needs magnitude ratios per model: without them, the pipeline runs one calibration generation in
+diffusers' calibrate mode and stores the ratios under ``$STITCHKIT_CACHE/magcache`` (next to the latency
+profiles, :func:`stitchkit.profile.profile_dir`), keyed by the pair, the model, the steps and the size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import attrs
+import torch
+
+from stitchkit.errors import ConfigError
+
+ROLES = ("large", "small")
+
+
+def normalize_cache_spec(cache: Any, path: str = "cache") -> dict[str, Any]:
+    """``cache=`` as ``{role: spec}``: a spec (a name, a ``{"kind": ...}`` dict or a cache object) applies
+    to the large model; ``{"large": spec, "small": spec}`` names either or both."""
+    if cache is None:
+        return {}
+    if isinstance(cache, Mapping) and "kind" not in cache:
+        unknown = [k for k in cache if k not in ROLES]
+        if unknown:
+            raise ConfigError(f"{path}.{unknown[0]}", "is neither `kind` nor a model role",
+                              "write {kind: magcache, ...} for the large model, or {large: {...}, small: {...}}")
+        return {role: spec for role, spec in cache.items() if spec is not None}
+    return {"large": cache}
+
+
+@attrs.define
+class ModelCache:
+    """One diffusers cache on one transformer for one generation (see the module docstring)."""
+
+    model: torch.nn.Module
+    cache: Any  # a cache plugin object (stitchkit.policies.caches)
+    role: str
+    calibrating: bool = False
+    mag_ratios: tuple[float, ...] | None = None  # MagCache's, when the cache object names none
+    calibrated: list[float] | None = None  # MagCache's ratios, read just before removal when calibrating
+    _ours: list[tuple[torch.nn.Module, str]] = attrs.field(factory=list)
+    _had_registry: set[int] = attrs.field(factory=set)  # ids of modules with a hook registry before attach
+    _contexts: set[str] = attrs.field(factory=set)
+
+    def attach(self, *, num_steps: int, guided: bool, current_timestep: Callable[[], float]) -> None:
+        """Apply the cache's diffusers hooks to the model for a generation of ``num_steps``."""
+        from stitchkit.policies.caches import CacheSetup
+
+        setup = CacheSetup(num_steps=num_steps, guided=guided, current_timestep=current_timestep,
+                           mag_ratios=self.mag_ratios, calibrate=self.calibrating)
+        before = {id(m): list(m._diffusers_hook._hook_order) for m in self.model.modules()
+                  if hasattr(m, "_diffusers_hook")}
+        self._had_registry = set(before)
+        try:
+            self.cache.apply(self.model, setup)
+        finally:  # what got registered is ours to remove, even when apply failed half-way
+            for m in self.model.modules():
+                registry = getattr(m, "_diffusers_hook", None)
+                if registry is None:
+                    continue
+                known = before.get(id(m), [])
+                self._ours += [(m, name) for name in registry._hook_order if name not in known]
+            self._invalidate()
+
+    def context_name(self, samples: tuple[int, ...] | None) -> str:
+        return self.role if samples is None else f"{self.role}:{','.join(map(str, samples))}"
+
+    def call(self, fn: Callable[[], torch.Tensor], samples: tuple[int, ...] | None = None,
+             **where: Any) -> torch.Tensor:
+        """``fn()`` inside ``model.cache_context`` (``where``: step_index, timestep, ... for the context)."""
+        name = self.context_name(samples)
+        self._contexts.add(name)
+        with cache_context(self.model, name, **where):
+            return fn()
+
+    @contextlib.contextmanager
+    def bypass(self) -> Iterator[None]:
+        """The model with every one of our hooks out of the way (a masked call): each hooked module's
+        ``forward`` is, for the duration, the one it had before our first hook on it."""
+        saved = []
+        for m in {id(m): m for m, _ in self._ours}.values():
+            registry = m._diffusers_hook
+            first = min(registry._hook_order.index(n) for mm, n in self._ours if mm is m)
+            ref = registry._fn_refs[first]
+            saved.append((m, m.forward))
+            m.forward = ref.original_forward if ref.original_forward is not None else ref.forward
+        try:
+            yield
+        finally:
+            for m, forward in saved:
+                m.forward = forward
+
+    def remove(self) -> None:
+        """Take our hooks off (innermost last, as diffusers' registry expects), and the registries we
+        (or diffusers' ``cache_context``) created; read MagCache's calibrated ratios first when calibrating."""
+        try:
+            if self.calibrating and self._contexts:
+                self.calibrated = self.cache.calibration_ratios(self.model, sorted(self._contexts)[0])
+        finally:
+            for m, name in reversed(self._ours):
+                m._diffusers_hook.remove_hook(name, recurse=False)
+            for m in self.model.modules():
+                registry = getattr(m, "_diffusers_hook", None)
+                if registry is not None and id(m) not in self._had_registry and not registry.hooks:
+                    del m._diffusers_hook
+            self._ours = []
+            self._invalidate()
+
+    def _invalidate(self) -> None:
+        for m in self.model.modules():
+            if hasattr(m, "_diffusers_hook"):
+                m._diffusers_hook._child_registries_cache = None
+
+
+def cache_context(model: torch.nn.Module, name: str, **where: Any):
+    """diffusers' ``cache_context`` for ``model``: its own method when its class mixes in ``CacheMixin``,
+    else that very method applied to it (``SD3Transformer2DModel`` does not mix it in in 0.42.1; the method
+    only sets the context on the hooks' state managers under the module)."""
+    from diffusers.models.cache_utils import CacheMixin
+
+    own = getattr(type(model), "cache_context", None)
+    return (own or CacheMixin.cache_context)(model, name, **where)
+
+
+def hooked_modules(model: torch.nn.Module) -> list[tuple[str, list[str]]]:
+    """Every submodule of ``model`` holding diffusers hooks, with their names: ``[]`` for a clean model."""
+    return [(name, list(m._diffusers_hook._hook_order)) for name, m in model.named_modules()
+            if hasattr(m, "_diffusers_hook") and m._diffusers_hook._hook_order]
+
+
+# ---------------------------------------------------------------------------------------------- MagCache ratios
+
+def magcache_dir() -> Path:
+    """``magcache`` beside the latency profiles (``$STITCHKIT_CACHE/magcache`` when that is set)."""
+    from stitchkit.profile import profile_dir
+
+    return profile_dir().parent / "magcache"
+
+
+def magcache_key(*, pair_id: str, role: str, model: torch.nn.Module, num_steps: int, num_tokens: int,
+                 guided: bool) -> str:
+    """A file name for the ratios of ``role`` of the pair at this length and size: the ratios depend on the
+    weights (named by the pair and the model's config), the schedule length and the latent size."""
+    config = json.dumps({k: v for k, v in dict(model.config).items() if not k.startswith("_")}, sort_keys=True,
+                        default=str)
+    digest = hashlib.sha256(f"{pair_id}|{role}|{config}|{num_steps}|{num_tokens}|{guided}".encode()).hexdigest()
+    return f"{role}-{num_steps}steps-{num_tokens}tokens-{digest[:16]}.json"
+
+
+def load_ratios(key: str) -> tuple[float, ...] | None:
+    path = magcache_dir() / key
+    try:
+        return tuple(float(x) for x in json.loads(path.read_text())["mag_ratios"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def save_ratios(key: str, ratios: list[float], **about: Any) -> Path:
+    path = magcache_dir() / key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"mag_ratios": list(ratios), **about}, indent=1))
+    tmp.replace(path)
+    return path
