@@ -273,7 +273,7 @@ def denoise(
                 check_decision(decision, switch, i)
                 if decision.masked and not large_done[b] and not all_tokens:
                     raise ConfigError(
-                        "switch", f"{type(switch).__name__} asked for a masked step at step {i} before any large "
+                        "switch", f"{type(switch).__name__} asked for a hybrid step at step {i} before any large "
                         "step" + (f" (sample {b})" if batch > 1 else ""), "the masked large model attends to K/V a "
                         "full large step records: decide Decision(stage=0, large=True, small=False) first")
             model_input = torch.cat([latents] * 2) if guided else latents

@@ -73,6 +73,8 @@ class MethodConfig:
     params: Mapping[str, Any] = attrs.field(factory=dict)
     #: The name of the method whose grid this point belongs to (``None``: not a sweep point).
     sweep_of: str | None = None
+    #: diffusers' cache hooks for the large and/or small model (``StitchPipeline(cache=...)``), or ``None``.
+    cache: Any = None
 
 
 @attrs.frozen(kw_only=True)
@@ -258,8 +260,10 @@ def _methods(value: Any, registry) -> tuple[MethodConfig, ...]:
         path = f"methods[{i}]"
         if isinstance(item, str):
             item = {"switch": item}
-        data = _mapping(item, path, "a policy name or {name, switch, mask, context, grid}")
-        _only(data, path, ("name", "switch", "mask", "context", "grid"))
+        data = _mapping(item, path, "a policy name or {name, switch, mask, context, cache, grid}")
+        _only(data, path, ("name", "switch", "mask", "context", "cache", "grid"))
+        if "switch" not in data and "cache" in data:  # a cache alone: the large model with diffusers' hooks
+            data = {**data, "switch": "large"}
         if "switch" not in data:
             raise ConfigError(f"{path}.switch", "missing", "known: " + ", ".join(registry.names("switch")))
         name = data.get("name", _method_name(data["switch"]))
@@ -282,12 +286,23 @@ def _methods(value: Any, registry) -> tuple[MethodConfig, ...]:
             for kind, spec in (("switch", switch), ("mask", data.get("mask")), ("context", data.get("context"))):
                 if spec is not None:  # built once here so each policy's validators speak
                     registry.create(kind, spec, path=f"{where}.{kind}" if point else f"{path}.{kind}")
+            if data.get("cache") is not None:
+                _check_cache(registry, data["cache"], f"{path}.cache")
             methods.append(MethodConfig(name=method_name, switch=switch, mask=data.get("mask"),
                                         context=data.get("context"), params=point,
-                                        sweep_of=name if "grid" in data else None))
+                                        sweep_of=name if "grid" in data else None, cache=data.get("cache")))
     if not methods:
         raise ConfigError("methods", "is empty", "list at least one method")
     return tuple(methods)
+
+
+def _check_cache(registry, cache: Any, path: str) -> None:
+    """Build a method's cache specs once, so each cache plugin's validators speak before anything runs."""
+    from stitchkit.caches import normalize_cache_spec
+
+    per_role = isinstance(cache, Mapping) and "kind" not in cache
+    for role, spec in normalize_cache_spec(cache, path).items():
+        registry.create("cache", spec, path=f"{path}.{role}" if per_role else path)
 
 
 def _metrics(value: Any, pair: PairConfig, registry, base: Path) -> tuple[MetricConfig, ...]:

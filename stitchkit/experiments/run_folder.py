@@ -52,6 +52,8 @@ def resolved(config) -> dict[str, Any]:
             spec = getattr(m, key) if getattr(m, key) is not None else implied.get(key)
             if spec is not None:
                 entry[key] = _explicit(registry, key, spec)[0]
+        if m.cache is not None:
+            entry["cache"] = _plain(m.cache)
         methods.append(entry)
     return {
         "name": config.name,

@@ -63,7 +63,7 @@ def _generate(pipe, config: ExperimentConfig, method: MethodConfig, prompt: str,
     out = pipe(prompt, height=sampler["height"], width=sampler["width"], num_inference_steps=sampler["steps"],
                guidance_scale=s.guidance_scale, negative_prompt=s.negative_prompt,
                max_sequence_length=s.max_sequence_length, generator=generator, output_type="pil",
-               switch=method.switch, mask=method.mask, context=method.context,
+               switch=method.switch, mask=method.mask, context=method.context, cache=method.cache,
                allow_unprofitable=config.allow_unprofitable, callback=keep_mask)
     total_ms = (time.perf_counter() - start) * 1000.0
     return out, total_ms, masks

@@ -129,3 +129,31 @@ def test_dry_run_prints_units_and_predicted_speedups_and_runs_nothing(tmp_path, 
     assert "×–" in point and "mask_ratios=[0.25]" in point  # adaptive: a range over first switch steps
     assert "  t-stitch  p0001-s0  a blue square" in out
     assert not (tmp_path / "out").exists()
+
+
+def test_a_method_may_carry_a_diffusers_cache_from_yaml(tmp_path):
+    """`cache:` in a method reaches StitchPipeline(cache=...): the run differs from large alone, the resolved
+    config keeps it, and a bad cache spec is refused before anything runs with its path."""
+    import pytest
+    import yaml
+
+    from stitchkit.errors import ConfigError
+    from stitchkit.experiments.config import ExperimentConfig
+    from stitchkit.experiments.runner import run_experiment
+
+    data = {"name": "cache", "pair": "tiny-random", "output": "out", "allow_unprofitable": True,
+            "sampler": {"steps": 4, "guidance_scale": 3.0, "height": 64, "width": 64, "max_sequence_length": 8},
+            "prompts": ["a red circle"], "seeds": [0],
+            "methods": ["large", {"name": "large-fbc", "cache": {"kind": "first-block", "threshold": 0.5}}]}
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(data))
+    config = ExperimentConfig.from_yaml(path)
+    assert config.methods[1].switch == "large" and config.methods[1].cache == {"kind": "first-block", "threshold": 0.5}
+    out = run_experiment(config, progress=False)
+    assert (out / "images" / "large" / "p0000-s0.png").read_bytes() != (
+        out / "images" / "large-fbc" / "p0000-s0.png").read_bytes()
+    resolved = yaml.safe_load((out / "config.resolved.yaml").read_text())
+    assert resolved["methods"][1]["cache"] == {"kind": "first-block", "threshold": 0.5}
+    bad = {**data, "methods": ["large", {"name": "x", "cache": {"kind": "no-such-cache"}}]}
+    with pytest.raises(ConfigError, match=r"^methods\[1\]\.cache"):
+        ExperimentConfig.from_dict(bad, base=tmp_path)

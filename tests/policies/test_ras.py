@@ -122,10 +122,10 @@ def test_reuse_every_through_the_state_machine():
 
 
 def test_reuse_every_end_to_end(stitch_pipe):
-    switch = {"kind": "reuse-every", "inner": {"kind": "srdiffusion", "max_switch_step": 2}, "every": 2}
+    switch = {"kind": "reuse-every", "inner": {"kind": "srdiffusion", "min_switch_step": 1, "max_switch_step": 2}, "every": 2}
     out = stitch_pipe(**ARGS, generator=torch.Generator().manual_seed(0), switch=switch)
     inner = stitch_pipe(**ARGS, generator=torch.Generator().manual_seed(0),
-                        switch={"kind": "srdiffusion", "max_switch_step": 2})
+                        switch={"kind": "srdiffusion", "min_switch_step": 1, "max_switch_step": 2})
     s = [r.stage for r in inner.trace].index(1)  # the inner policy alone switches to the small model here
     assert 0 < s < 8
     # Composed: the same switch step (nothing is reused before it), then every 2nd step of the small stage
