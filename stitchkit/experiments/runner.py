@@ -27,6 +27,9 @@ import attrs
 from stitchkit.experiments.config import ExperimentConfig, MethodConfig
 from stitchkit.experiments.metrics.scoring import build_metrics
 from stitchkit.experiments.reports import write_report
+from stitchkit.errors import NonFiniteError
+from stitchkit.experiments.guard import guarded_run
+from stitchkit.experiments.resume import UnitsFailed, units_to_do
 from stitchkit.experiments.store import atomic_write, image_path, record_path, unit_stem
 from stitchkit.trace import large_step_equivalents, latency_steps
 
@@ -94,6 +97,7 @@ def _record(method: str, prompt_index: int, prompt: str, seed: int, out, total_m
     }
 
 
+@guarded_run  # issue 14: preflight checks, then the run folder's lock (stitchkit.experiments.guard)
 def run_experiment(config: ExperimentConfig, *, progress: bool = True, pipe=None, force_new: bool = False) -> Path:
     """Run every unit not yet done, then (re)write the reports. Returns the folder.
 
@@ -107,7 +111,8 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = True, pipe=None
     metrics = build_metrics(config)  # built (and their weights checked) before any image is generated
     config = claim(config, force_new=force_new)
     out_dir = config.output
-    todo = [u for u in config.units if not record_path(out_dir, u[0].name, u[1], u[3]).exists()]
+    todo = units_to_do(config)  # issue 14: a record whose image does not open is redone
+    failures = []  # issue 14: units stopped on NaN/inf (stitchkit.experiments.resume)
     if todo:
         write_environment(config)
         pipe = pipe or load_pair(config)
@@ -122,7 +127,11 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = True, pipe=None
         for method, pi, prompt, seed in bar:
             bar.set_description(f"{config.name}: {method.name}", refresh=False)
             bar.set_postfix_str(unit_stem(pi, seed), refresh=False)
-            out, total_ms, masks = _generate(pipe, config, method, prompt, seed)
+            try:
+                out, total_ms, masks = _generate(pipe, config, method, prompt, seed)
+            except NonFiniteError as err:  # issue 14: the other units go on; no record, so a rerun retries
+                failures.append((method.name, pi, seed, err))
+                continue
             buffer = io.BytesIO()
             out.images[0].save(buffer, format="PNG")
             atomic_write(image_path(out_dir, method.name, pi, seed), buffer.getvalue())
@@ -132,6 +141,8 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = True, pipe=None
             record["threads"], record["load"] = threads, _load()
             atomic_write(record_path(out_dir, method.name, pi, seed), json.dumps(record).encode())
     write_report(config, metrics=metrics)
+    if failures:  # issue 14: after the report of everything that finished
+        raise UnitsFailed(failures)
     return out_dir
 
 

@@ -19,10 +19,18 @@ def atomic_write(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; outputs get the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process umask (read by setting and restoring it: there is no read-only call before Python 3.13)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def unit_stem(prompt_index: int, seed: int) -> str:

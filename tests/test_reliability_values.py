@@ -1,0 +1,87 @@
+"""Issue 14: values accepted that mean something else, and method names used as folders, are refused with
+one line naming the field (Python: ConfigError; CLI: `stitchkit run: error: <path>: ...`, exit 2)."""
+
+import math
+import textwrap
+
+import pytest
+
+from stitchkit import ConfigError
+from stitchkit.cli import main
+from stitchkit.experiments.config import ExperimentConfig
+
+BASE = """
+name: demo
+pair: tiny-random
+sampler: {steps: 4, guidance_scale: 3, height: 64, width: 64, max_sequence_length: 8}
+prompts: [a red circle]
+seeds: [0, 1]
+methods:
+  - large
+  - {name: hs, switch: hybridstitch-30, mask: static}
+output: out
+"""
+
+
+def _load(tmp_path, text):
+    path = tmp_path / "exp.yaml"
+    path.write_text(textwrap.dedent(text))
+    return ExperimentConfig.from_yaml(path)
+
+
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        ("guidance_scale: 3", "guidance_scale: .nan", "sampler.guidance_scale: is nan; give a finite number"),
+        ("guidance_scale: 3", "guidance_scale: -2", "sampler.guidance_scale: is negative (-2)"),
+        ("steps: 4", "steps: 100000", "sampler.steps: is 100000, above the limit of 1000"),
+        ("seeds: [0, 1]", "seeds: [0, -1]", "seeds[1]: is -1, outside 0 to 2**63-1"),
+        ("seeds: [0, 1]", "seeds: [0, 9223372036854775808]", "seeds[1]: is 9223372036854775808, outside"),
+        ("seeds: [0, 1]", "seeds: [0, 0]", "seeds[1]: duplicate seed 0; list each seed once"),
+        ("name: demo", "name: demo\nname: other", "name: duplicate key at line 3 (first at line 2)"),
+        ("  - large", "  - {switch: {kind: srdiffusion, min_switch_step: 4, max_switch_step: 10}}",
+         "methods[0].switch.min_switch_step: is 4, at or past the last step"),
+        ("  - large", "  - {switch: t-stitch, mask: static}", "methods[0].mask: TStitch never runs a hybrid"),
+        ("  - large", "  - {name: '', switch: large}", "methods[0].name: is empty"),
+        ("  - large", "  - {name: ../../x, switch: large}", "methods[0].name: '../../x' has characters"),
+        ("  - large", "  - {name: a..b, switch: large}", "methods[0].name: 'a..b' contains '..'"),
+        ("  - large", "  - {name: ., switch: large}", "methods[0].name: '.' contains '..' or is '.'"),
+        ("{name: hs,", "{name: LARGE,", "methods[1].name: duplicate method name 'LARGE' (names differ only in case)"),
+    ],
+)
+def test_refused_with_the_field_path(tmp_path, old, new, message):
+    assert old in BASE
+    with pytest.raises(ConfigError) as err:
+        _load(tmp_path, BASE.replace(old, new, 1))
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_accepted_edges(tmp_path):
+    # guidance <= 1 is diffusers' "no guidance" (documented in stitchkit.values), accepted; so are the
+    # bounds themselves and a sweep point's name with its brackets, commas and dashes.
+    config = _load(tmp_path, BASE.replace("guidance_scale: 3", "guidance_scale: 1").replace("steps: 4", "steps: 1000")
+                   .replace("seeds: [0, 1]", "seeds: [0, 9223372036854775807]")
+                   .replace("  - large", "  - {switch: {kind: srdiffusion, min_switch_step: 999, max_switch_step: 999}}"
+                            "\n  - {switch: hybridstitch, grid: {mask_ratios: [[0.2]], thresholds: [[0.15, 0.05]]}}"))
+    assert config.sampler.guidance_scale == 1.0 and config.sampler.steps == 1000
+    assert "hybridstitch[mask_ratios=0.2,thresholds=0.15-0.05]" in [m.name for m in config.methods]
+
+
+def test_cli_refusal_is_one_line_exit_2(tmp_path, capsys):
+    (tmp_path / "exp.yaml").write_text(textwrap.dedent(BASE.replace("seeds: [0, 1]", "seeds: [3, 3]")))
+    assert main(["run", str(tmp_path / "exp.yaml"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err == "stitchkit run: error: seeds[1]: duplicate seed 3; list each seed once\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_pipeline_refuses_zero_steps_and_nan_guidance():
+    from stitchkit.pairs import load_pair_pipeline
+
+    pipe = load_pair_pipeline("tiny-random")
+    with pytest.raises(ConfigError, match=r"^num_inference_steps: must be positive, got 0"):
+        pipe("a red circle", num_inference_steps=0, height=64, width=64, max_sequence_length=8, switch="large")
+    with pytest.raises(ConfigError, match=r"^guidance_scale: is nan"):
+        pipe("a red circle", num_inference_steps=1, guidance_scale=math.nan, height=64, width=64,
+             max_sequence_length=8, switch="large")
