@@ -1,6 +1,7 @@
 """Issue 14: values accepted that mean something else, and method names used as folders, are refused with
 one line naming the field (Python: ConfigError; CLI: `stitchkit run: error: <path>: ...`, exit 2)."""
 
+import json
 import math
 import textwrap
 
@@ -85,3 +86,33 @@ def test_pipeline_refuses_zero_steps_and_nan_guidance():
     with pytest.raises(ConfigError, match=r"^guidance_scale: is nan"):
         pipe("a red circle", num_inference_steps=1, guidance_scale=math.nan, height=64, width=64,
              max_sequence_length=8, switch="large")
+
+
+def test_profile_of_the_pixel_space_pair_is_the_one_run_loads(monkeypatch, tmp_path, capsys):
+    """Issue 14: `stitchkit profile --pair shapes` took SD3's VAE factor 8 and 333 text tokens, timing the
+    wrong size under the key `run` loads. Now both come from the pair, so `run` finds the profile and
+    measures nothing."""
+    import torch
+
+    import stitchkit.profile
+    from stitchkit.experiments import runner
+    from stitchkit.pairs import load_pair_pipeline
+
+    torch.set_num_threads(1)
+    monkeypatch.setenv("STITCHKIT_CACHE", str(tmp_path / "cache"))
+    pipe = load_pair_pipeline("shapes")
+    side = pipe.adapter.default_size()
+    assert main(["profile", "--pair", "shapes", "--height", str(side), "--width", str(side), "--ratios", "0.5",
+                 "--warmup", "0", "--repeats", "1", "--threads", "1", "--max-sequence-length", "8",
+                 "--allow-noisy", "--json"]) == 0
+    key = json.loads(capsys.readouterr().out.splitlines()[-1])["key"]
+    assert pipe.adapter.vae_scale_factor == 1 and key["text_tokens"] != 333
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("run measured a profile: the key differs from the one `stitchkit profile` cached")
+
+    monkeypatch.setattr(stitchkit.profile, "profile_transformers", no_measuring)
+    config = ExperimentConfig.from_dict({"pair": "shapes", "prompts": ["a red circle"], "methods": ["large"],
+                                         "sampler": {"steps": 2, "max_sequence_length": 8}}, base=tmp_path)
+    costs = runner.ensure_profile(pipe, config, runner._size(pipe, config))
+    assert [r for r, _ in costs.masked_ms] == [0.5]
