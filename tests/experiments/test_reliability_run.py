@@ -145,6 +145,13 @@ def test_damaged_image_is_regenerated(tmp_path):
     os.umask(mask)
     for path in (image, record, config.output / "results.md", config.output / "config.resolved.yaml"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask, path
+    # trace.jsonl, streamed from the records on disk, holds every step of every record in order.
+    from stitchkit.experiments.store import load_records
+
+    expected = [{"method": m, "prompt_index": r["prompt_index"], "seed": r["seed"], **step}
+                for m, recs in load_records(config).items() for r in recs for step in r["trace"]]
+    lines = (config.output / "trace.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == expected and len(expected) == 4
 
 
 def test_atomic_write_follows_the_umask(tmp_path):
