@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from stitchkit.experiments.config import ExperimentConfig
+from stitchkit.experiments.distributed import world_from_env
 from stitchkit.experiments.runner import run_experiment
 
 
@@ -81,6 +82,9 @@ def command(experiment: str, output: str | None, quiet: bool, dry_run: bool, for
         globals()["dry_run"](config)
         return
     out_dir = run_experiment(config, progress=not quiet, force_new=force_new)
+    world = world_from_env()
+    if world is not None and not world.is_main:  # a data-parallel rank: rank 0 reports for the job
+        return
     click.echo((out_dir / "results.md").read_text().rstrip())
     from stitchkit.experiments.store import load_records
 

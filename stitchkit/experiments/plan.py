@@ -135,3 +135,26 @@ def plan_experiment(config: ExperimentConfig, registry: Registry | None = None) 
             plans += plan_method(policy, method.name, config.sampler.steps, num_tokens, costs,
                                  full_large=getattr(context, "computes_all_tokens", False))
     return costs, plans
+
+
+def method_weights(pipe, config: ExperimentConfig, *, height: int, width: int, text_tokens: int,
+                   registry: Registry | None = None) -> dict[str, float]:
+    """Each method's predicted denoising cost per unit, in large-model steps, from the two transformer
+    configs' FLOPs only (Eq. 3-5 over :func:`plan_method`'s schedules, averaged over the plausible first
+    switches of an adaptive method). Never from a cached profile: data-parallel ranks shard units by these
+    weights, and every rank must compute the same split whatever its machine's cache holds."""
+    from stitchkit.profile import estimate_costs_from_configs
+
+    registry = registry or pipe.registry
+    num_tokens = pipe.adapter.num_tokens(height=height, width=width)
+    costs = estimate_costs_from_configs(pipe.adapter.large_transformer.config, pipe.small.config, num_tokens,
+                                        text_tokens, flops=pipe.family.flops)
+    weights = {}
+    for method in config.methods:
+        policy, implied = registry.create("switch", method.switch)
+        context, _ = registry.create("context", method.context or implied.get("context", DEFAULT_CONTEXT))
+        plans = plan_method(policy, method.name, config.sampler.steps, num_tokens, costs,
+                            full_large=getattr(context, "computes_all_tokens", False))
+        weights[method.name] = sum(p.prediction.predicted_ms for p in plans) / len(plans)
+    return weights
+

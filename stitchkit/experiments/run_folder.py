@@ -56,7 +56,8 @@ def resolved(config) -> dict[str, Any]:
     return {
         "name": config.name,
         "pair": pair_data,
-        "sampler": attrs.asdict(config.sampler),
+        # Threads change timings, never images (same seed, same bits at 1 and 2 threads): not a config field.
+        "sampler": {k: v for k, v in attrs.asdict(config.sampler).items() if k != "threads"},
         "prompts": prompts,
         "seeds": list(config.seeds),
         "metrics": [{"kind": m.kind, **_plain(m.params)} for m in config.metrics],
@@ -186,7 +187,9 @@ def environment(config) -> dict[str, Any]:
     }
 
 
-def write_environment(config) -> Path:
+def write_environment(config, *, world_size: int = 1) -> Path:
+    """environment.json; ``world_size``: the data-parallel processes the run was started with."""
     path = Path(config.output) / ENVIRONMENT
-    atomic_write(path, (json.dumps(environment(config), indent=2) + "\n").encode())
+    data = {**environment(config), "world_size": world_size}
+    atomic_write(path, (json.dumps(data, indent=2) + "\n").encode())
     return path

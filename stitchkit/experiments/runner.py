@@ -97,33 +97,53 @@ def _record(method: str, prompt_index: int, prompt: str, seed: int, out, total_m
     }
 
 
-@guarded_run  # issue 14: preflight checks, then the run folder's lock (stitchkit.experiments.guard)
+@guarded_run  # issue 14: preflight checks, then the run folder's lock, rank 0 (stitchkit.experiments.guard)
 def run_experiment(config: ExperimentConfig, *, progress: bool = True, pipe=None, force_new: bool = False) -> Path:
     """Run every unit not yet done, then (re)write the reports. Returns the folder.
 
     The folder's config.resolved.yaml must match this config (else refused, or with ``force_new`` a fresh
     folder is used); environment.json is rewritten whenever units are generated.
+
+    Started by ``torchrun`` or ``accelerate launch`` (``RANK``/``WORLD_SIZE`` set), every process runs its
+    share of the units (:func:`stitchkit.experiments.distributed.shard`) into the same folder and rank 0 alone
+    writes the reports; a plain call never initialises torch.distributed.
     """
+    from stitchkit.experiments.distributed import process_group, world_from_env
+
+    world = world_from_env()
+    on_cuda = config.pair.device.startswith("cuda") and config.pair.name is None
+    with process_group(world, use_cuda=on_cuda) as world:
+        return _run(config, world=world, progress=progress, pipe=pipe, force_new=force_new)
+
+
+def _run(config: ExperimentConfig, *, world, progress: bool, pipe, force_new: bool) -> Path:
     from tqdm.auto import tqdm
 
-    from stitchkit.experiments.run_folder import claim, write_environment
+    from stitchkit.experiments.distributed import barrier
+    from stitchkit.experiments.run_folder import write_environment
 
+    main = world is None or world.is_main
     metrics = build_metrics(config)  # built (and their weights checked) before any image is generated
-    config = claim(config, force_new=force_new)
+    config = _claim(config, world, force_new)
+    if world is not None:  # each process on its own GPU; the resolved config keeps what the user wrote
+        config = attrs.evolve(config, pair=attrs.evolve(config.pair, device=world.device(config.pair.device)))
     out_dir = config.output
-    todo = units_to_do(config)  # issue 14: a record whose image does not open is redone
+    remaining = units_to_do(config)  # issue 14: a record whose image does not open is redone
     failures = []  # issue 14: units stopped on NaN/inf (stitchkit.experiments.resume)
-    if todo:
-        write_environment(config)
+    if remaining:
+        if main:
+            write_environment(config, world_size=1 if world is None else world.world_size)
         pipe = pipe or load_pair(config)
         threads = use_threads(pipe, config)
         size = _size(pipe, config)
         check_methods(pipe, config, size)
+        todo = remaining if world is None else _share(pipe, config, size, world, remaining)
         # One untimed generation first: the first call pays for allocations and lazy initialisation
         # (the profile too would otherwise time a cold model: 44 ms against 19 ms on the shapes pair).
         _generate(pipe, config, config.methods[0], config.prompts[0], config.seeds[0])
-        costs = ensure_profile(pipe, config, size)
-        bar = tqdm(todo, desc=config.name, unit="image", disable=not progress)
+        barrier(world)  # no rank generates while its node's profile is measured
+        costs = _node_profile(pipe, config, size, world)
+        bar = tqdm(todo, desc=config.name, unit="image", disable=not (progress and main))
         for method, pi, prompt, seed in bar:
             bar.set_description(f"{config.name}: {method.name}", refresh=False)
             bar.set_postfix_str(unit_stem(pi, seed), refresh=False)
@@ -140,10 +160,56 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = True, pipe=None
             record["sampler"] = ran_sampler(pipe, config)
             record["threads"], record["load"] = threads, _load()
             atomic_write(record_path(out_dir, method.name, pi, seed), json.dumps(record).encode())
-    write_report(config, metrics=metrics)
-    if failures:  # issue 14: after the report of everything that finished
+    barrier(world)  # every rank's units are on disk
+    if main:
+        write_report(config, metrics=metrics)
+    if failures:  # issue 14: after the report of everything that finished (each rank names its own)
         raise UnitsFailed(failures)
     return out_dir
+
+
+def _claim(config: ExperimentConfig, world, force_new: bool) -> ExperimentConfig:
+    """Rank 0 checks the run folder against this config and writes config.resolved.yaml; every rank gets
+    the folder to run into, or the same one-line refusal (no rank is left waiting for the others)."""
+    from stitchkit.errors import ConfigError
+    from stitchkit.experiments.distributed import broadcast
+    from stitchkit.experiments.run_folder import claim
+
+    if world is None:
+        return claim(config, force_new=force_new)
+    answer: Any = None
+    if world.is_main:
+        try:
+            answer = str(claim(config, force_new=force_new).output)
+        except ConfigError as err:
+            answer = (err.path, err.problem, err.allowed)
+    answer = broadcast(world, answer)
+    if isinstance(answer, tuple):
+        raise ConfigError(*answer)
+    return attrs.evolve(config, output=Path(answer))
+
+
+def _share(pipe, config: ExperimentConfig, size, world, remaining: list) -> list:
+    """This rank's units among ``remaining``: its shard of *all* units (a pure function of the unit list,
+    each method's predicted cost and the world size), so any world size resumes any folder correctly."""
+    from stitchkit.experiments.distributed import shard
+    from stitchkit.experiments.plan import method_weights
+
+    weights = method_weights(pipe, config, height=size.height, width=size.width, text_tokens=size.text_tokens)
+    mine = shard(config.units, lambda u: weights[u[0].name], world.world_size)[world.rank]
+    left = {(m.name, pi, seed) for m, pi, _, seed in remaining}
+    return [u for u in mine if (u[0].name, u[1], u[3]) in left]
+
+
+def _node_profile(pipe, config: ExperimentConfig, size, world):
+    """The pair's costs, measured (or read from the cache) once per node by its local rank 0 and handed to
+    the node's other ranks, instead of K processes timing the same device at once."""
+    from stitchkit.experiments.distributed import gather
+
+    if world is None:
+        return ensure_profile(pipe, config, size)
+    costs = ensure_profile(pipe, config, size) if world.is_local_main else None
+    return gather(world, costs)[world.rank - world.local_rank]
 
 
 def use_threads(pipe, config: ExperimentConfig) -> int:
