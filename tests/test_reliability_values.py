@@ -116,3 +116,8 @@ def test_profile_of_the_pixel_space_pair_is_the_one_run_loads(monkeypatch, tmp_p
                                          "sampler": {"steps": 2, "max_sequence_length": 8}}, base=tmp_path)
     costs = runner.ensure_profile(pipe, config, runner._size(pipe, config))
     assert [r for r, _ in costs.masked_ms] == [0.5]
+
+
+def test_profile_of_an_unknown_pair_names_the_option(capsys):
+    assert main(["profile", "--pair", "nosuchpair", "--height", "64", "--width", "64"]) == 2
+    assert capsys.readouterr().err.startswith("stitchkit profile: error: --pair: unknown built-in pair 'nosuchpair'")

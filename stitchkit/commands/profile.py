@@ -171,7 +171,10 @@ def pair_shape(pair: str, max_sequence_length: int) -> tuple[int, int]:
 
     from stitchkit.pairs import load_pair_pipeline
 
-    pipe = load_pair_pipeline(pair)
+    try:
+        pipe = load_pair_pipeline(pair)
+    except ConfigError as err:
+        raise ConfigError("--pair", err.problem, err.allowed) from None
     with torch.no_grad():
         cond = pipe.adapter.encode(guidance_scale=1.0, num_images_per_prompt=1,
                                    max_sequence_length=max_sequence_length, prompt="a", prompt_2=None, prompt_3=None)
