@@ -40,6 +40,8 @@ def _load(tmp_path, text):
         ("seeds: [0, 1]", "seeds: [0, 9223372036854775808]", "seeds[1]: is 9223372036854775808, outside"),
         ("seeds: [0, 1]", "seeds: [0, 0]", "seeds[1]: duplicate seed 0; list each seed once"),
         ("name: demo", "name: demo\nname: other", "name: duplicate key at line 3 (first at line 2)"),
+        ("steps: 4,", "steps: 4, steps: 40,", "sampler.steps: duplicate key at line 4 (first at line 4)"),
+        ("mask: static}", "mask: static, name: again}", "methods[1].name: duplicate key at line 9"),
         ("  - large", "  - {switch: {kind: srdiffusion, min_switch_step: 4, max_switch_step: 10}}",
          "methods[0].switch.min_switch_step: is 4, at or past the last step"),
         ("  - large", "  - {switch: t-stitch, mask: static}", "methods[0].mask: TStitch never runs a hybrid"),

@@ -1,7 +1,9 @@
-"""A YAML loader that refuses duplicate mapping keys.
+"""A YAML reader that refuses duplicate mapping keys, naming the key's full path and line.
 
 PyYAML's ``safe_load`` lets the last of two equal keys win without a word (``steps: 4`` then ``steps: 40``
-runs 40 steps); an experiment file is read with :func:`load` instead, which names the key and its line.
+runs 40 steps); an experiment file is read with :func:`load` instead: the document is composed into nodes
+first, every mapping is checked for a key written twice (``sampler.steps: duplicate key at line 5 (first at
+line 3)``), then constructed by ``yaml.SafeLoader`` as before.
 """
 
 from __future__ import annotations
@@ -13,26 +15,27 @@ import yaml
 from stitchkit.errors import ConfigError
 
 
-class UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` whose mappings refuse a key that appears twice."""
-
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            seen: dict[Any, int] = {}
-            for key_node, _ in node.value:
-                key = self.construct_object(key_node, deep=True)
-                try:
-                    hash(key)
-                except TypeError:
-                    continue  # PyYAML refuses it itself, with its own message
-                line = key_node.start_mark.line + 1
+def _check(node: yaml.Node, path: str) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            where = f"{path}.{key}" if path else str(key)
+            line = key_node.start_mark.line + 1
+            if key is not None and key != "<<":
                 if key in seen:
-                    raise ConfigError(str(key), f"duplicate key at line {line} (first at line {seen[key]})",
+                    raise ConfigError(where, f"duplicate key at line {line} (first at line {seen[key]})",
                                       "keep one of them")
                 seen[key] = line
-        return super().construct_mapping(node, deep=deep)
+            _check(value_node, where)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check(item, f"{path}[{i}]")
 
 
 def load(text: str) -> Any:
-    """The YAML document in ``text``; a duplicate key is a :class:`ConfigError`."""
-    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    """The YAML document in ``text`` (``yaml.safe_load``); a duplicate key is a :class:`ConfigError`."""
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    if node is not None:
+        _check(node, "")
+    return yaml.safe_load(text)
