@@ -231,6 +231,11 @@ class StitchPipeline:
                              skip_guidance_layers=skip_guidance_layers, joint_attention_kwargs=joint_attention_kwargs)
         step_end = step_end_hook(self, callback_on_step_end, callback_on_step_end_tensor_inputs)
         scale = lora_scale(joint_attention_kwargs)
+        from stitchkit.values import check_guidance, check_steps
+
+        if num_inference_steps is not None:  # 0 would fall back to the default steps without a word
+            check_steps(num_inference_steps, "num_inference_steps")
+        check_guidance(guidance_scale, "guidance_scale")  # NaN / negative refused; <= 1: guidance off
         policies = self.resolve_policies(switch, mask, context)
         cache_specs = self.resolve_caches(cache)
         adapter = self.adapter

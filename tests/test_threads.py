@@ -116,7 +116,9 @@ def test_profile_command_refuses_to_cache_a_noisy_profile(monkeypatch, tmp_path)
     monkeypatch.setenv("STITCHKIT_CACHE", str(tmp_path))
     noisy = Costs(large_ms=10.0, small_ms=3.0, masked_ms=[(0.2, 6.0), (0.4, 2.0)], source="profile")
     command, calls = _fake_pair(monkeypatch, noisy)
-    args = ["--pair", "p", "--height", "64", "--width", "64", "--ratios", "0.2,0.4", "--threads", "1", "--json"]
+    # The fake pair "p" has no pipeline to read its VAE factor and text length from: given explicitly.
+    args = ["--pair", "p", "--height", "64", "--width", "64", "--ratios", "0.2,0.4", "--threads", "1", "--json",
+            "--vae-scale-factor", "8", "--text-tokens", "333"]
     result = CliRunner().invoke(command, args)
     assert isinstance(result.exception, ConfigError) and len(calls) == 3  # measured three times, then refused
     message = str(result.exception)

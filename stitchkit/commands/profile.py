@@ -81,22 +81,31 @@ def measure_pair(key: ProfileKey, *, vae_scale_factor: int, ratios, warmup: int,
               metavar="M1,...", help="Mask ratios to time the masked forward at.")
 @click.option("--batch", default="2", show_default=True,
               help="Transformer batch (2: one image with guidance).")
-@click.option("--text-tokens", default="333", show_default=True, help="Text tokens (SD3: 77 CLIP + 256 T5).")
+@click.option("--text-tokens", default="", metavar="N",
+              help="Text tokens (default: what the pair's encoder produces at --max-sequence-length, as `run` "
+                   "sees them; SD3: 77 CLIP + 256 T5).")
+@click.option("--max-sequence-length", default="256", show_default=True,
+              help="The experiment's sampler.max_sequence_length, which sets the default --text-tokens.")
 @click.option("--warmup", default="5", show_default=True,
               help="Untimed calls before timing (the first calls after loading are slow).")
 @click.option("--repeats", default="5", show_default=True, help="Timed calls; the median is kept.")
 @click.option("--threads", default="", metavar="N",
               help="CPU threads while measuring (default: the pair's, see stitchkit.threads); "
                    "1 gives repeatable CPU timings.")
-@click.option("--vae-scale-factor", default="8", show_default=True, help="Pixels per latent pixel.")
+@click.option("--vae-scale-factor", default="", metavar="N",
+              help="Pixels per latent pixel (default: the pair's, e.g. 8 for SD3, 1 for the pixel-space shapes pair).")
 @click.option("--refresh", is_flag=True, help="Measure again even if a cached profile exists.")
 @click.option("--allow-noisy", is_flag=True,
               help="Cache a profile that failed its sanity checks (noisy repeats, masked cost not rising).")
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON object of the costs.")
 def profile(pair: str, height: str, width: str, dtype: str, device: str, ratios: str, batch: str,
-            text_tokens: str, warmup: str, repeats: str, threads: str, vae_scale_factor: str, refresh: bool,
-            allow_noisy: bool, as_json: bool) -> None:
+            text_tokens: str, max_sequence_length: str, warmup: str, repeats: str, threads: str,
+            vae_scale_factor: str, refresh: bool, allow_noisy: bool, as_json: bool) -> None:
     """Measure L_l, L_s and the masked L_l(M) of a pair (medians after warm-up); cache and print them."""
+    if not vae_scale_factor.strip() or not text_tokens.strip():  # the pair's own, so the key is the one `run` loads
+        pair_scale, pair_tokens = pair_shape(pair, _positive("--max-sequence-length", max_sequence_length))
+        vae_scale_factor = vae_scale_factor.strip() or str(pair_scale)
+        text_tokens = text_tokens.strip() or str(pair_tokens)
     scale = _positive("--vae-scale-factor", vae_scale_factor)
     size = {}
     for option, text in (("--height", height), ("--width", width)):
@@ -153,6 +162,23 @@ def profile(pair: str, height: str, width: str, dtype: str, device: str, ratios:
         click.echo(line)
     if as_json:
         click.echo(json.dumps({"key": key.to_dict(), **costs.to_dict()}))
+
+
+def pair_shape(pair: str, max_sequence_length: int) -> tuple[int, int]:
+    """The pair's VAE scale factor and the text length its encoder produces (one prompt encoded), the two
+    numbers `run` and `plan` put in the profile key: SD3's 8 and 333 are wrong for a pixel-space pair."""
+    import torch
+
+    from stitchkit.pairs import load_pair_pipeline
+
+    try:
+        pipe = load_pair_pipeline(pair)
+    except ConfigError as err:
+        raise ConfigError("--pair", err.problem, err.allowed) from None
+    with torch.no_grad():
+        cond = pipe.adapter.encode(guidance_scale=1.0, num_images_per_prompt=1,
+                                   max_sequence_length=max_sequence_length, prompt="a", prompt_2=None, prompt_3=None)
+    return int(pipe.adapter.vae_scale_factor), int(cond.prompt_embeds.shape[1])
 
 
 def _pair_threads(pair: str) -> int | None:

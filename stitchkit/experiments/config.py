@@ -28,6 +28,8 @@ import attrs
 import yaml
 
 from stitchkit.errors import ConfigError
+from stitchkit.experiments.names import check_name, normalised
+from stitchkit.values import check_guidance, check_seed, check_steps
 
 from stitchkit.pairs import BUILTIN_PAIRS
 
@@ -125,7 +127,9 @@ class ExperimentConfig:
         """Read and validate an experiment file; policies are checked against ``registry`` (default: all)."""
         path = Path(path)
         try:
-            data = yaml.safe_load(path.read_text())
+            from stitchkit.experiments.yaml_loader import load
+
+            data = load(path.read_text())
         except FileNotFoundError:
             raise ConfigError(str(path), "no such file", "give the path of an experiment YAML") from None
         except yaml.YAMLError as err:
@@ -143,15 +147,19 @@ class ExperimentConfig:
 
         name = _typed(data.get("name", source.stem if source else "experiment"), "name", str)
         prompts = read_prompts(data, base)
-        seeds = tuple(_typed(s, f"seeds[{i}]", int) for i, s in enumerate(_list(data.get("seeds", [0]), "seeds")))
+        seeds = tuple(check_seed(s, f"seeds[{i}]") for i, s in enumerate(_list(data.get("seeds", [0]), "seeds")))
         if not seeds:
             raise ConfigError("seeds", "is empty", "give at least one integer seed")
-        methods = _methods(data.get("methods"), registry)
+        for i, seed in enumerate(seeds):
+            if seed in seeds[:i]:  # the unit would be generated and counted twice
+                raise ConfigError(f"seeds[{i}]", f"duplicate seed {seed}", "list each seed once")
+        sampler = _sampler(data.get("sampler", {}))
+        methods = _methods(data.get("methods"), registry, sampler)
         output = Path(_typed(data.get("output", f"runs/{name}"), "output", str))
         pair = _pair(data.get("pair", "tiny-random"))
         metrics = _metrics(data.get("metrics", []), pair, registry, base)
         return cls(
-            name=name, pair=pair, sampler=_sampler(data.get("sampler", {})), metrics=metrics,
+            name=name, pair=pair, sampler=sampler, metrics=metrics,
             prompts=prompts.prompts, prompt_indices=prompts.indices, prompt_source=prompts.source, seeds=seeds, methods=methods, output=output if output.is_absolute() else base / output,
             allow_unprofitable=_typed(data.get("allow_unprofitable", False), "allow_unprofitable", bool),
             source=source,
@@ -227,9 +235,9 @@ def _sampler(value: Any) -> SamplerConfig:
     _only(data, "sampler", tuple(fields))
     kwargs: dict[str, Any] = {}
     if "steps" in data:
-        kwargs["steps"] = _positive(data["steps"], "sampler.steps", int)
-    if "guidance_scale" in data:
-        kwargs["guidance_scale"] = _typed(data["guidance_scale"], "sampler.guidance_scale", float)
+        kwargs["steps"] = check_steps(data["steps"], "sampler.steps")
+    if "guidance_scale" in data:  # 0 <= g <= 1 is accepted: guidance off, as in diffusers (stitchkit.values)
+        kwargs["guidance_scale"] = check_guidance(data["guidance_scale"], "sampler.guidance_scale")
     for field in ("height", "width", "max_sequence_length"):
         if field in data and data[field] is not None:
             kwargs[field] = _positive(data[field], f"sampler.{field}", int)
@@ -248,7 +256,7 @@ def _method_name(spec: Any) -> str | None:
     return None
 
 
-def _methods(value: Any, registry) -> tuple[MethodConfig, ...]:
+def _methods(value: Any, registry, sampler: SamplerConfig = SamplerConfig()) -> tuple[MethodConfig, ...]:
     if value is None:
         raise ConfigError("methods", "missing", "list at least one method, e.g. [large, small, hybridstitch-30]")
     if registry is None:
@@ -269,7 +277,7 @@ def _methods(value: Any, registry) -> tuple[MethodConfig, ...]:
         name = data.get("name", _method_name(data["switch"]))
         if name is None:
             raise ConfigError(f"{path}.name", "missing", "name a method whose switch is a parameter mapping")
-        name = _typed(name, f"{path}.name", str)
+        name = check_name(_typed(name, f"{path}.name", str), f"{path}.name")
         points: list[tuple[str, str, Any, dict]] = [(name, path, data["switch"], {})]
         if "grid" in data:
             from stitchkit.experiments.sweeps import expand_grid, point_name, switch_kind_and_params
@@ -279,13 +287,17 @@ def _methods(value: Any, registry) -> tuple[MethodConfig, ...]:
                        {"kind": kind, **params, **point}, point)
                       for point in expand_grid(data["grid"], f"{path}.grid")]
         for method_name, where, switch, point in points:
-            if method_name in seen:
-                raise ConfigError(f"{path}.name", f"duplicate method name {method_name!r}",
+            check_name(method_name, f"{path}.name")
+            if normalised(method_name) in seen:  # one folder on a case-insensitive filesystem
+                raise ConfigError(f"{path}.name", f"duplicate method name {method_name!r}"
+                                  + ("" if method_name in {m.name for m in methods} else " (names differ only in case)"),
                                   "give each method its own name")
-            seen.add(method_name)
+            seen.add(normalised(method_name))
+            built = {}
             for kind, spec in (("switch", switch), ("mask", data.get("mask")), ("context", data.get("context"))):
                 if spec is not None:  # built once here so each policy's validators speak
-                    registry.create(kind, spec, path=f"{where}.{kind}" if point else f"{path}.{kind}")
+                    built[kind] = registry.create(kind, spec, path=f"{where}.{kind}" if point else f"{path}.{kind}")[0]
+            _check_switch(built["switch"], data.get("mask"), sampler, where if point else path)
             if data.get("cache") is not None:
                 _check_cache(registry, data["cache"], f"{path}.cache")
             methods.append(MethodConfig(name=method_name, switch=switch, mask=data.get("mask"),
@@ -303,6 +315,23 @@ def _check_cache(registry, cache: Any, path: str) -> None:
     per_role = isinstance(cache, Mapping) and "kind" not in cache
     for role, spec in normalize_cache_spec(cache, path).items():
         registry.create("cache", spec, path=f"{path}.{role}" if per_role else path)
+
+
+def _check_switch(switch: Any, mask: Any, sampler: SamplerConfig, path: str) -> None:
+    """What a switch policy's own validators cannot see: the sampler's step count, the method's ``mask:``.
+
+    A policy learns ``num_steps`` only at ``reset``, so a ``min_switch_step`` at or past the last step (a
+    method that can never switch) is refused here, against ``sampler.steps``. A ``mask:`` on a switch policy
+    that never masks (``may_mask = False``, or no ``mask_ratios``) would be ignored: refused too."""
+    low = getattr(switch, "min_switch_step", None)
+    if isinstance(low, int) and not isinstance(low, bool) and low >= sampler.steps:
+        raise ConfigError(f"{path}.switch.min_switch_step",
+                          f"is {low}, at or past the last step ({sampler.steps - 1} of sampler.steps {sampler.steps})",
+                          "the method could never switch: lower it or raise sampler.steps")
+    if mask is not None and (getattr(switch, "may_mask", True) is False
+                             or (hasattr(switch, "mask_ratios") and not switch.mask_ratios)):
+        raise ConfigError(f"{path}.mask", f"{type(switch).__name__} never runs a hybrid (masked) step, so a "
+                          "mask policy would be ignored", "remove mask: or use a switch policy with mask_ratios")
 
 
 def _metrics(value: Any, pair: PairConfig, registry, base: Path) -> tuple[MetricConfig, ...]:

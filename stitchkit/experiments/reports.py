@@ -20,7 +20,7 @@ import attrs
 import numpy as np
 
 from stitchkit.experiments.config import BASELINE, ExperimentConfig
-from stitchkit.experiments.store import atomic_write, image_path, load_records
+from stitchkit.experiments.store import atomic_write, atomic_write_chunks, image_path, load_records, trace_lines
 
 
 def _image(out_dir: Path, method: str, prompt_index: int, seed: int) -> np.ndarray:
@@ -150,9 +150,7 @@ def write_results(config: ExperimentConfig, *, records=None, metrics=None):
                                                        else values[h]) for h in header])
     atomic_write(out_dir / "results.md", ("\n".join(lines) + "\n").encode())
     atomic_write(out_dir / "results.csv", buffer.getvalue().encode())
-    trace_lines = [json.dumps({"method": method, "prompt_index": r["prompt_index"], "seed": r["seed"], **step})
-                   for method, recs in records.items() for r in recs for step in r["trace"]]
-    atomic_write(out_dir / "trace.jsonl", ("\n".join(trace_lines) + "\n").encode())
+    atomic_write_chunks(out_dir / "trace.jsonl", trace_lines(config))  # streamed from the records on disk
     return rows, quality, metrics
 
 

@@ -27,6 +27,9 @@ import attrs
 from stitchkit.experiments.config import ExperimentConfig, MethodConfig
 from stitchkit.experiments.metrics.scoring import build_metrics
 from stitchkit.experiments.reports import write_report
+from stitchkit.errors import NonFiniteError
+from stitchkit.experiments.guard import guarded_run
+from stitchkit.experiments.resume import UnitsFailed, units_to_do
 from stitchkit.experiments.store import atomic_write, image_path, record_path, unit_stem
 from stitchkit.trace import large_step_equivalents, latency_steps
 
@@ -94,6 +97,7 @@ def _record(method: str, prompt_index: int, prompt: str, seed: int, out, total_m
     }
 
 
+@guarded_run  # issue 14: preflight checks, then the run folder's lock, rank 0 (stitchkit.experiments.guard)
 def run_experiment(config: ExperimentConfig, *, progress: bool = True, pipe=None, force_new: bool = False) -> Path:
     """Run every unit not yet done, then (re)write the reports. Returns the folder.
 
@@ -124,7 +128,8 @@ def _run(config: ExperimentConfig, *, world, progress: bool, pipe, force_new: bo
     if world is not None:  # each process on its own GPU; the resolved config keeps what the user wrote
         config = attrs.evolve(config, pair=attrs.evolve(config.pair, device=world.device(config.pair.device)))
     out_dir = config.output
-    remaining = [u for u in config.units if not record_path(out_dir, u[0].name, u[1], u[3]).exists()]
+    remaining = units_to_do(config)  # issue 14: a record whose image does not open is redone
+    failures = []  # issue 14: units stopped on NaN/inf (stitchkit.experiments.resume)
     if remaining:
         if main:
             write_environment(config, world_size=1 if world is None else world.world_size)
@@ -142,7 +147,11 @@ def _run(config: ExperimentConfig, *, world, progress: bool, pipe, force_new: bo
         for method, pi, prompt, seed in bar:
             bar.set_description(f"{config.name}: {method.name}", refresh=False)
             bar.set_postfix_str(unit_stem(pi, seed), refresh=False)
-            out, total_ms, masks = _generate(pipe, config, method, prompt, seed)
+            try:
+                out, total_ms, masks = _generate(pipe, config, method, prompt, seed)
+            except NonFiniteError as err:  # issue 14: the other units go on; no record, so a rerun retries
+                failures.append((method.name, pi, seed, err))
+                continue
             buffer = io.BytesIO()
             out.images[0].save(buffer, format="PNG")
             atomic_write(image_path(out_dir, method.name, pi, seed), buffer.getvalue())
@@ -154,6 +163,8 @@ def _run(config: ExperimentConfig, *, world, progress: bool, pipe, force_new: bo
     barrier(world)  # every rank's units are on disk
     if main:
         write_report(config, metrics=metrics)
+    if failures:  # issue 14: after the report of everything that finished (each rank names its own)
+        raise UnitsFailed(failures)
     return out_dir
 
 

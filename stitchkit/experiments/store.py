@@ -10,19 +10,34 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterable, Iterator
 
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never half of one."""
+    atomic_write_chunks(path, (data,))
+
+
+def atomic_write_chunks(path: Path, chunks: Iterable[bytes]) -> None:
+    """:func:`atomic_write` of ``chunks`` written one by one (a long run's trace.jsonl is never one string)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            for chunk in chunks:
+                f.write(chunk)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; outputs get the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process umask (read by setting and restoring it: there is no read-only call before Python 3.13)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def unit_stem(prompt_index: int, seed: int) -> str:
@@ -45,3 +60,17 @@ def load_records(config) -> dict[str, list[dict]]:
                  for pi in config.prompt_indices for seed in config.seeds)
         records[method.name] = [json.loads(path.read_text()) for path in paths if path.exists()]
     return records
+
+
+def trace_lines(config) -> Iterator[bytes]:
+    """trace.jsonl's lines (one per unit and step), read from the records on disk one record at a time."""
+    for method in config.methods:
+        for pi in config.prompt_indices:
+            for seed in config.seeds:
+                path = record_path(config.output, method.name, pi, seed)
+                if not path.exists():
+                    continue
+                record = json.loads(path.read_text())
+                for step in record["trace"]:
+                    yield (json.dumps({"method": method.name, "prompt_index": record["prompt_index"],
+                                       "seed": record["seed"], **step}) + "\n").encode()

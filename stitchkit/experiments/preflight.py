@@ -1,0 +1,107 @@
+"""Failures found before any model is loaded, not after loading, warming up or generating everything.
+
+:func:`preflight` checks what the configuration alone can tell (issue 14, "late failures"):
+
+- ``output``: the folder can be created and written to (a probe file is written and removed);
+- ``pair.large`` / ``pair.small``: a path that looks like a folder (absolute, ``./``, ``~``) exists;
+  a hub id (``org/name``) is left to diffusers;
+- ``pair.device``: CUDA asked for on a machine without it;
+- ``sampler.height`` / ``sampler.width``: for a pair of diffusers folders, a side that is not a multiple
+  of the VAE factor times the patch size, or beyond the transformer's position embedding, read from the
+  folders' ``config.json`` files (for a built-in pair the adapter checks it once loaded).
+
+Each refusal is one :class:`~stitchkit.errors.ConfigError` line naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from stitchkit.errors import ConfigError
+
+
+def preflight(config) -> None:
+    """Refuse, before any model is loaded, what would fail later."""
+    check_output(Path(config.output))
+    pair = config.pair
+    if pair.name is None:
+        for field in ("large", "small"):
+            check_model_folder(getattr(pair, field), f"pair.{field}")
+        check_size(pair.large, config.sampler.height, config.sampler.width)
+    check_device(pair.device)
+
+
+def check_output(folder: Path, path: str = "output") -> None:
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise ConfigError(path, f"{existing} is a file, not a folder", "give a folder for the results")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ConfigError(path, f"cannot write to {folder} ({err.strerror or err})",
+                          "give a folder you can write to (--output)") from None
+
+
+def _looks_local(spec: str) -> bool:
+    """A path, not a hub id (``org/name``): absolute, ``./``, ``../``, ``~``, or existing here."""
+    return spec.startswith(("/", "./", "../", "~")) or Path(spec).expanduser().exists()
+
+
+def check_model_folder(spec: str, path: str) -> None:
+    """A local path must exist and hold a diffusers pipeline (``model_index.json``) or a model's config."""
+    if not _looks_local(spec):
+        return  # a hub id: diffusers resolves it (offline: from its cache)
+    folder = Path(spec).expanduser()
+    if not folder.is_dir():
+        raise ConfigError(path, f"no such folder {spec!r}", "give a diffusers model folder or a hub id")
+    if not any((folder / name).exists() for name in ("model_index.json", "config.json", "transformer")):
+        raise ConfigError(path, f"{spec!r} is not a diffusers model folder (no model_index.json)",
+                          "give the folder save_pretrained wrote")
+
+
+def check_device(device: str, path: str = "pair.device") -> None:
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(path, f"{device!r} asked for, but this machine has no CUDA device",
+                          "use device: cpu, or run on a machine with a GPU")
+
+
+def _config(folder: Path, sub: str) -> dict[str, Any] | None:
+    path = folder / sub / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def check_size(large: str, height: int | None, width: int | None) -> None:
+    """Sides the pair cannot make, known from its folders' configs (nothing is checked when they are absent)."""
+    folder = Path(large).expanduser()
+    transformer, vae = _config(folder, "transformer"), _config(folder, "vae")
+    if transformer is None or vae is None or "block_out_channels" not in vae:
+        return
+    factor = 2 ** (len(vae["block_out_channels"]) - 1)
+    patch = int(transformer.get("patch_size", 1))
+    multiple = factor * patch
+    largest = transformer.get("pos_embed_max_size")
+    for name, side in (("height", height), ("width", width)):
+        if side is None:
+            continue
+        if side % multiple:
+            raise ConfigError(f"sampler.{name}", f"{side} is not a multiple of {multiple} (VAE factor {factor} × "
+                              f"patch {patch})", f"use a multiple of {multiple}")
+        if largest is not None and side > largest * multiple:
+            raise ConfigError(f"sampler.{name}", f"{side} is beyond the {largest * multiple} the large model's "
+                              "position embedding covers", f"use at most {largest * multiple}")

@@ -1,0 +1,197 @@
+"""Issue 14 at run time: late failures found before any model is loaded, a NaN unit that does not end the
+experiment, a damaged image regenerated, the run folder's lock, and output files' permissions."""
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from stitchkit import ConfigError
+from stitchkit.cli import main
+from stitchkit.errors import NonFiniteError
+from stitchkit.experiments import runner
+from stitchkit.experiments.config import ExperimentConfig
+from stitchkit.experiments.lock import lock_run_folder
+
+EXPERIMENT = """
+    name: tiny
+    pair: tiny-random
+    sampler: {steps: 1, guidance_scale: 3, height: 64, width: 64, max_sequence_length: 8}
+    prompts: [a red circle, a blue square]
+    seeds: [0]
+    methods: [large, small]
+    output: out
+"""
+
+
+def _config(tmp_path, text=EXPERIMENT):
+    (tmp_path / "exp.yaml").write_text(textwrap.dedent(text))
+    return ExperimentConfig.from_yaml(tmp_path / "exp.yaml")
+
+
+def _no_model(*args, **kwargs):
+    raise AssertionError("a model was loaded before the refusal")
+
+
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        ("pair: tiny-random", "pair: {large: /nonexistent/large, small: /nonexistent/small}",
+         "pair.large: no such folder '/nonexistent/large'; give a diffusers model folder or a hub id"),
+        ("pair: tiny-random", "pair: {large: /, small: /, device: cuda}",
+         "pair.large: '/' is not a diffusers model folder"),
+    ],
+)
+def test_bad_pair_refused_before_loading(tmp_path, monkeypatch, old, new, message):
+    monkeypatch.setattr(runner, "load_pair", _no_model)
+    config = _config(tmp_path, EXPERIMENT.replace(old, new))
+    with pytest.raises(ConfigError) as err:
+        runner.run_experiment(config, progress=False)
+    assert str(err.value).startswith(message)
+
+
+def test_cuda_on_a_cpu_machine_refused_before_loading(tmp_path, monkeypatch):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    monkeypatch.setattr(runner, "load_pair", _no_model)
+    for name in ("large", "small"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model_index.json").write_text("{}")
+    config = _config(tmp_path, EXPERIMENT.replace(
+        "pair: tiny-random", f"pair: {{large: {tmp_path / 'large'}, small: {tmp_path / 'small'}, device: cuda}}"))
+    with pytest.raises(ConfigError, match=r"^pair.device: 'cuda' asked for, but this machine has no CUDA device"):
+        runner.run_experiment(config, progress=False)
+
+
+def test_output_under_a_file_refused_on_the_cli(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(runner, "load_pair", _no_model)
+    _config(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    assert main(["run", str(tmp_path / "exp.yaml"), "-q", "--output", str(tmp_path / "afile" / "out")]) == 2
+    assert capsys.readouterr().err == (f"stitchkit run: error: output: {tmp_path / 'afile'} is a file, not a folder; "
+                                       "give a folder for the results\n")
+
+
+def test_size_the_pair_cannot_make_refused_from_its_folder(tmp_path):
+    from stitchkit.experiments.preflight import check_size
+
+    (tmp_path / "transformer").mkdir()
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "transformer" / "config.json").write_text(json.dumps({"patch_size": 2, "pos_embed_max_size": 8}))
+    (tmp_path / "vae" / "config.json").write_text(json.dumps({"block_out_channels": [4, 4, 4, 4]}))
+    with pytest.raises(ConfigError, match=r"^sampler.width: 72 is not a multiple of 16"):
+        check_size(str(tmp_path), 64, 72)
+    with pytest.raises(ConfigError, match=r"^sampler.height: 256 is beyond the 128"):
+        check_size(str(tmp_path), 256, 64)
+    check_size(str(tmp_path), 128, 64)  # fits: no error
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_unwritable_output_refused_on_the_cli(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(runner, "load_pair", _no_model)
+    _config(tmp_path)
+    locked = tmp_path / "ro"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        assert main(["run", str(tmp_path / "exp.yaml"), "-q", "--output", str(locked / "out")]) == 2
+    finally:
+        locked.chmod(0o700)
+    err = capsys.readouterr().err
+    assert err.startswith(f"stitchkit run: error: output: cannot write to {locked / 'out'}") and err.count("\n") == 1
+
+
+def test_nan_unit_named_others_kept_rerun_retries(tmp_path, monkeypatch):
+    config = _config(tmp_path)
+    real = runner._generate
+    calls = []
+
+    def nan_once(pipe, config, method, prompt, seed, **kwargs):
+        calls.append((method.name, prompt))
+        if method.name == "small" and prompt == "a blue square" and len(calls) > 1:
+            raise NonFiniteError(0, "small")
+        return real(pipe, config, method, prompt, seed, **kwargs)
+
+    monkeypatch.setattr(runner, "_generate", nan_once)
+    with pytest.raises(NonFiniteError) as err:
+        runner.run_experiment(config, progress=False)
+    assert str(err.value).startswith("method 'small', prompt 1, seed 0: step 0: the small model returned NaN")
+    records = sorted(p.relative_to(config.output).as_posix() for p in (config.output / "records").rglob("*.json"))
+    assert records == ["records/large/p0000-s0.json", "records/large/p0001-s0.json", "records/small/p0000-s0.json"]
+    assert (config.output / "results.md").exists()  # the report of what finished was written
+    monkeypatch.setattr(runner, "_generate", real)
+    runner.run_experiment(config, progress=False)
+    assert (config.output / "records" / "small" / "p0001-s0.json").exists()
+
+
+def test_damaged_image_is_regenerated(tmp_path):
+    config = _config(tmp_path)
+    runner.run_experiment(config, progress=False)
+    image = config.output / "images" / "small" / "p0001-s0.png"
+    record = image.parent.parent.parent / "records" / "small" / "p0001-s0.json"
+    good, stamp = image.read_bytes(), record.stat().st_mtime_ns
+    image.write_bytes(good[:40])  # truncated: the record is intact, the PNG does not open
+    runner.run_experiment(config, progress=False)
+    assert image.read_bytes() == good  # same seed, same bits
+    assert record.stat().st_mtime_ns != stamp
+    # Output files have the usual permissions (mkstemp alone makes 0600).
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in (image, record, config.output / "results.md", config.output / "config.resolved.yaml"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask, path
+    # trace.jsonl, streamed from the records on disk, holds every step of every record in order.
+    from stitchkit.experiments.store import load_records
+
+    expected = [{"method": m, "prompt_index": r["prompt_index"], "seed": r["seed"], **step}
+                for m, recs in load_records(config).items() for r in recs for step in r["trace"]]
+    lines = (config.output / "trace.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == expected and len(expected) == 4
+
+
+def test_atomic_write_follows_the_umask(tmp_path):
+    from stitchkit.experiments.store import atomic_write
+
+    old = os.umask(0o027)
+    try:
+        atomic_write(tmp_path / "a.txt", b"x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o640
+
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from stitchkit.experiments.lock import lock_run_folder
+lock = lock_run_folder(Path(sys.argv[1]))
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_second_run_into_a_locked_folder_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(runner, "load_pair", _no_model)
+    config = _config(tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(config.output)], stdout=subprocess.PIPE, text=True,
+                              env=env)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["run", str(tmp_path / "exp.yaml"), "-q"]) == 2
+        err = capsys.readouterr().err
+        import socket
+
+        assert err == (f"stitchkit run: error: output: {config.output} is in use by another run (pid {holder.pid} "
+                       f"on {socket.gethostname()}); wait for it to finish, or give another output folder\n")
+    finally:
+        holder.kill()
+        holder.wait()
+    # Released when its holder dies (kill included): the folder can be locked again.
+    with lock_run_folder(config.output):
+        pass
