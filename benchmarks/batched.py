@@ -7,8 +7,8 @@ model once on every sample that needs it). This script measures, on the shapes p
 20 steps, guidance 3, 8 prompts of ``examples/shapes_prompts_200.txt``:
 
 1. images per second at batch 1 (8 generations of one prompt) and batch 8 (one generation of 8), for
-   HybridStitch-30 with the pair's calibrated thresholds (0.15, 0.05) and SRDiffusion (its defaults, as in
-   the README's tables), and the share of the batch-8 steps that were mixed;
+   HybridStitch-30 with the pair's calibrated thresholds (0.15, 0.05) and SRDiffusion (its defaults:
+   the `fastvideo` rule, threshold 0.01, min 5, max 30), and the share of the batch-8 steps that were mixed;
 2. the cost of a mixed step against the sum of its groups: every distinct mix of decisions seen in the
    batch-8 runs is replayed as one step of 8 samples (after a large step that records the K/V cache) and,
    separately, as one step of each group alone (a batch of just its samples, the same decision for all);

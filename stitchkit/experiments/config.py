@@ -61,6 +61,8 @@ class SamplerConfig:
     negative_prompt: str | None = None
     #: CPU threads (None: the pair's default, stitchkit.threads.default_threads); ``--threads`` overrides.
     threads: int | None = None
+    #: Units of one method generated in one batched loop (decisions stay per sample: stitchkit.per_sample).
+    batch_size: int = 1
 
 
 @attrs.frozen(kw_only=True)
@@ -243,6 +245,8 @@ def _sampler(value: Any) -> SamplerConfig:
             kwargs[field] = _positive(data[field], f"sampler.{field}", int)
     if data.get("threads") is not None:
         kwargs["threads"] = _positive(data["threads"], "sampler.threads", int)
+    if data.get("batch_size") is not None:
+        kwargs["batch_size"] = _positive(data["batch_size"], "sampler.batch_size", int)
     if data.get("negative_prompt") is not None:
         kwargs["negative_prompt"] = _typed(data["negative_prompt"], "sampler.negative_prompt", str)
     return SamplerConfig(**kwargs)

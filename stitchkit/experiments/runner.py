@@ -51,8 +51,6 @@ def load_pair(config: ExperimentConfig):
 def _generate(pipe, config: ExperimentConfig, method: MethodConfig, prompt: str, seed: int, *, save: bool = True):
     import torch
 
-    s = config.sampler
-    sampler = ran_sampler(pipe, config)  # explicit, so that what ran is what the record says
     generator = torch.Generator(device="cpu").manual_seed(seed)
     masks: dict[str, Any] = {"grid": None, "steps": []}
 
@@ -63,13 +61,48 @@ def _generate(pipe, config: ExperimentConfig, method: MethodConfig, prompt: str,
             masks["steps"].append([step["step"], step["indices"][0].tolist()])
 
     start = time.perf_counter()
-    out = pipe(prompt, height=sampler["height"], width=sampler["width"], num_inference_steps=sampler["steps"],
-               guidance_scale=s.guidance_scale, negative_prompt=s.negative_prompt,
-               max_sequence_length=s.max_sequence_length, generator=generator, output_type="pil",
-               switch=method.switch, mask=method.mask, context=method.context, cache=method.cache,
-               allow_unprofitable=config.allow_unprofitable, callback=keep_mask)
+    out = pipe(prompt, generator=generator, output_type="pil", callback=keep_mask, **_call(pipe, config, method))
     total_ms = (time.perf_counter() - start) * 1000.0
     return out, total_ms, masks
+
+
+def _call(pipe, config: ExperimentConfig, method: MethodConfig) -> dict[str, Any]:
+    """What every unit of ``method`` passes to the pipeline besides its prompt and seed."""
+    s = config.sampler
+    sampler = ran_sampler(pipe, config)  # explicit, so that what ran is what the record says
+    return dict(height=sampler["height"], width=sampler["width"], num_inference_steps=sampler["steps"],
+                guidance_scale=s.guidance_scale, negative_prompt=s.negative_prompt,
+                max_sequence_length=s.max_sequence_length, switch=method.switch, mask=method.mask,
+                context=method.context, cache=method.cache, allow_unprofitable=config.allow_unprofitable)
+
+
+def _batches(todo: list, size: int) -> list[list]:
+    """``todo`` cut into runs of at most ``size`` consecutive units of one method (``sampler.batch_size``)."""
+    out: list[list] = []
+    for unit in todo:
+        if out and len(out[-1]) < size and out[-1][0][0].name == unit[0].name:
+            out[-1].append(unit)
+        else:
+            out.append([unit])
+    return out
+
+
+def _generate_batch(pipe, config: ExperimentConfig, batch: list) -> list[tuple[Any, Any, float, dict]]:
+    """``(image, trace holder, latency ms, masks)`` per unit of ``batch`` (units of one method): one
+    generation per unit at ``batch_size`` 1 (exactly the single-unit path), else one batched loop whose
+    decisions are per sample (:func:`stitchkit.units.generate_units`; a unit's latency is its share)."""
+    method = batch[0][0]
+    if len(batch) == 1:
+        _, _, prompt, seed = batch[0]
+        out, total_ms, masks = _generate(pipe, config, method, prompt, seed)
+        return [(out.images[0], out, total_ms, masks)]
+    from stitchkit.units import generate_units
+
+    kwargs = _call(pipe, config, method)
+    switch, mask, context = kwargs.pop("switch"), kwargs.pop("mask"), kwargs.pop("context")
+    units = generate_units(pipe, [u[2] for u in batch], [u[3] for u in batch], switch=switch, mask=mask,
+                           context=context, **kwargs)
+    return [(u.image, u, u.latency_ms, u.masks) for u in units]
 
 
 def ran_sampler(pipe, config: ExperimentConfig) -> dict[str, Any]:
@@ -143,23 +176,28 @@ def _run(config: ExperimentConfig, *, world, progress: bool, pipe, force_new: bo
         _generate(pipe, config, config.methods[0], config.prompts[0], config.seeds[0])
         barrier(world)  # no rank generates while its node's profile is measured
         costs = _node_profile(pipe, config, size, world)
-        bar = tqdm(todo, desc=config.name, unit="image", disable=not (progress and main))
-        for method, pi, prompt, seed in bar:
+        bar = tqdm(total=len(todo), desc=config.name, unit="image", disable=not (progress and main))
+        for batch in _batches(todo, config.sampler.batch_size):
+            method = batch[0][0]
             bar.set_description(f"{config.name}: {method.name}", refresh=False)
-            bar.set_postfix_str(unit_stem(pi, seed), refresh=False)
+            bar.set_postfix_str(", ".join(unit_stem(pi, seed) for _, pi, _, seed in batch), refresh=False)
             try:
-                out, total_ms, masks = _generate(pipe, config, method, prompt, seed)
+                outputs = _generate_batch(pipe, config, batch)
             except NonFiniteError as err:  # issue 14: the other units go on; no record, so a rerun retries
-                failures.append((method.name, pi, seed, err))
+                failures += [(method.name, pi, seed, err) for _, pi, _, seed in batch]
+                bar.update(len(batch))
                 continue
-            buffer = io.BytesIO()
-            out.images[0].save(buffer, format="PNG")
-            atomic_write(image_path(out_dir, method.name, pi, seed), buffer.getvalue())
-            record = _record(method.name, pi, prompt, seed, out, total_ms, costs)
-            record["masks"] = masks
-            record["sampler"] = ran_sampler(pipe, config)
-            record["threads"], record["load"] = threads, _load()
-            atomic_write(record_path(out_dir, method.name, pi, seed), json.dumps(record).encode())
+            for (_, pi, prompt, seed), (image, out, total_ms, masks) in zip(batch, outputs):
+                buffer = io.BytesIO()
+                image.save(buffer, format="PNG")
+                atomic_write(image_path(out_dir, method.name, pi, seed), buffer.getvalue())
+                record = _record(method.name, pi, prompt, seed, out, total_ms, costs)
+                record["masks"] = masks
+                record["sampler"] = ran_sampler(pipe, config)
+                record["threads"], record["load"] = threads, _load()
+                record["batch_size"] = len(batch)
+                atomic_write(record_path(out_dir, method.name, pi, seed), json.dumps(record).encode())
+            bar.update(len(batch))
     barrier(world)  # every rank's units are on disk
     if main:
         write_report(config, metrics=metrics)

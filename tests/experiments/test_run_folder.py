@@ -157,3 +157,38 @@ def test_a_method_may_carry_a_diffusers_cache_from_yaml(tmp_path):
     bad = {**data, "methods": ["large", {"name": "x", "cache": {"kind": "no-such-cache"}}]}
     with pytest.raises(ConfigError, match=r"^methods\[1\]\.cache"):
         ExperimentConfig.from_dict(bad, base=tmp_path)
+
+
+def test_batch_size_generates_units_together_and_records_each_as_alone(tmp_path):
+    """sampler.batch_size: units of one method share one batched loop; each unit keeps its own record and
+    image, with the switch steps it gets alone and pixels within one 8-bit level of the batch-1 run (batched
+    matmuls round differently in the last float bits; see tests/test_batched_generation.py)."""
+    import json
+
+    import numpy as np
+    import yaml
+    from PIL import Image
+
+    from stitchkit.experiments.config import ExperimentConfig
+    from stitchkit.experiments.runner import run_experiment
+
+    base = {"name": "b", "pair": "tiny-random", "allow_unprofitable": True, "seeds": [0, 1],
+            "prompts": ["a red circle", "a blue square", "a green star"],
+            "methods": ["large", {"name": "hs", "switch": {"kind": "hybridstitch-30", "thresholds": [0.5, 0.3]}}]}
+    runs = {}
+    for k in (1, 4):
+        data = {**base, "output": f"out{k}", "sampler": {"steps": 6, "guidance_scale": 3.0, "height": 64,
+                                                          "width": 64, "max_sequence_length": 8, "batch_size": k}}
+        (tmp_path / f"e{k}.yaml").write_text(yaml.safe_dump(data))
+        runs[k] = run_experiment(ExperimentConfig.from_yaml(tmp_path / f"e{k}.yaml"), progress=False)
+    one, four = runs[1], runs[4]
+    records = sorted(p.relative_to(one) for p in (one / "records").rglob("*.json"))
+    assert records == sorted(p.relative_to(four) for p in (four / "records").rglob("*.json")) and len(records) == 12
+    for rel in records:
+        a, b = json.loads((one / rel).read_text()), json.loads((four / rel).read_text())
+        assert [r["stage"] for r in a["trace"]] == [r["stage"] for r in b["trace"]]
+        assert a["batch_size"] == 1 and b["batch_size"] in (2, 4)  # 6 units a method: one batch of 4, one of 2
+        image = rel.with_suffix(".png").as_posix().replace("records/", "images/", 1)
+        x = np.asarray(Image.open(one / image), dtype=np.int16)
+        y = np.asarray(Image.open(four / image), dtype=np.int16)
+        assert np.abs(x - y).max() <= 1
