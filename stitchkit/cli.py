@@ -27,8 +27,18 @@ COMMANDS = (
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="stitchkit")
-def group() -> None:
+@click.option("--verbose", "-v", is_flag=True,
+              help="Log what happens behind the table: profiles measured or read from the cache, cache hooks.")
+def group(verbose: bool) -> None:
     """Stitch a large and a small diffusion transformer inside one denoising loop."""
+    if verbose:  # stitchkit's own loggers only: diffusers' and torch's stay at their levels
+        import logging
+
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("stitchkit: %(message)s"))
+        logger = logging.getLogger("stitchkit")
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 for _module in COMMANDS:

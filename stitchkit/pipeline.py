@@ -17,6 +17,7 @@ installed for one generation and restored after it (also on error).
 from __future__ import annotations
 
 from dataclasses import dataclass
+import logging
 import math
 from typing import Any, Callable, Mapping
 
@@ -321,6 +322,8 @@ class StitchPipeline:
                 key = magcache_key(pair_id=self.pair_id, role=role, model=model, num_steps=num_steps,
                                    num_tokens=math.prod(latents.shape[2:]), guided=cond.guided)
                 ratios = load_ratios(key)
+                logging.getLogger(__name__).info("MagCache ratios of the %s model: %s", role,
+                                                 "calibrating now" if ratios is None else "read from the cache")
                 if ratios is None:
                     probe = ModelCache(model=model, cache=spec, role=role, calibrating=True)
                     scheduler = self.adapter.new_scheduler()

@@ -14,6 +14,7 @@ torch is imported only inside the functions that run models, so the cache and th
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import statistics
@@ -48,6 +49,8 @@ DEFAULT_RATIOS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.7)
 DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 #: Bumped when the cache file's layout changes; older files are then ignored.
 CACHE_VERSION = 1
+
+_log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------------- cache
@@ -115,6 +118,8 @@ def save_profile(key: ProfileKey, costs: Costs, *, directory: str | os.PathLike 
     reader never sees half a file; ``extra`` (e.g. warm-up and repeats) is stored beside it.
     Returns the path."""
     path = profile_path(key, directory)
+    _log.info("profile of %s at %dx%d measured: L_l %.1f ms, L_s %.1f ms; cached at %s", key.pair, key.height,
+              key.width, costs.large_ms, costs.small_ms, path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {"version": CACHE_VERSION, "key": key.to_dict(), "costs": costs.to_dict(), **dict(extra or {})}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -2,6 +2,7 @@
 one line naming the field (Python: ConfigError; CLI: `stitchkit run: error: <path>: ...`, exit 2)."""
 
 import json
+import logging
 import math
 import textwrap
 
@@ -90,7 +91,7 @@ def test_pipeline_refuses_zero_steps_and_nan_guidance():
              max_sequence_length=8, switch="large")
 
 
-def test_profile_of_the_pixel_space_pair_is_the_one_run_loads(monkeypatch, tmp_path, capsys):
+def test_profile_of_the_pixel_space_pair_is_the_one_run_loads(monkeypatch, tmp_path, capsys, caplog):
     """Issue 14: `stitchkit profile --pair shapes` took SD3's VAE factor 8 and 333 text tokens, timing the
     wrong size under the key `run` loads. Now both come from the pair, so `run` finds the profile and
     measures nothing."""
@@ -116,8 +117,10 @@ def test_profile_of_the_pixel_space_pair_is_the_one_run_loads(monkeypatch, tmp_p
     monkeypatch.setattr(stitchkit.profile, "profile_transformers", no_measuring)
     config = ExperimentConfig.from_dict({"pair": "shapes", "prompts": ["a red circle"], "methods": ["large"],
                                          "sampler": {"steps": 2, "max_sequence_length": 8}}, base=tmp_path)
-    costs = runner.ensure_profile(pipe, config, runner._size(pipe, config))
+    with caplog.at_level(logging.INFO, logger="stitchkit"):  # what `stitchkit --verbose` shows
+        costs = runner.ensure_profile(pipe, config, runner._size(pipe, config))
     assert [r for r, _ in costs.masked_ms] == [0.5]
+    assert any(m.startswith("profile of shapes at 32x32 read from the cache") for m in caplog.messages)
 
 
 def test_profile_of_an_unknown_pair_names_the_option(capsys):

@@ -307,6 +307,12 @@ def ensure_profile(pipe, config: ExperimentConfig, size: _Size):
     key = ProfileKey(pair=pipe.pair_id, height=size.height, width=size.width, dtype=dtype, device=device,
                      batch=2 if size.guided else 1, text_tokens=size.text_tokens, threads=cpu_threads(device))
     costs = load_profile(key)
+    if costs is not None:
+        import logging
+
+        logging.getLogger(__name__).info("profile of %s at %dx%d read from the cache (threads %s): L_l %.1f ms, "
+                                         "L_s %.1f ms", key.pair, key.height, key.width, key.threads,
+                                         costs.large_ms, costs.small_ms)
     if costs is None:
         from stitchkit.profile_checks import measure_checked
 
