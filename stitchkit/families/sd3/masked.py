@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from diffusers.models.transformers.transformer_sd3 import SD3Transformer2DModel
 
 from stitchkit.models.cuda_graphs import CudaGraphs, cuda_graphs_enabled, locked as _locked
+from stitchkit.models.indices import check_indices
 
 if TYPE_CHECKING:
     from diffusers.models.attention_processor import Attention
@@ -387,7 +388,7 @@ class MaskedTransformer:
             raise RuntimeError("forward_masked needs recorded K/V: call forward(inputs, record=True) first")
         x = inputs.hidden_states
         n = self.num_tokens(*x.shape[-2:])
-        self._check_indices(indices, x.shape[0], n)
+        check_indices(indices, x.shape[0], n)
         extra = ()
         if rows is not None:
             self._check_rows(rows, x.shape[0], self._processors[0].key.shape[0])
@@ -420,18 +421,6 @@ class MaskedTransformer:
     def _require_begun(self) -> None:
         if self._originals is None:
             raise RuntimeError("call MaskedTransformer.begin() (or use it as a context manager) before a forward")
-
-    @staticmethod
-    def _check_indices(indices: torch.Tensor, batch: int, n: int) -> None:
-        if indices.dtype != torch.int64 or indices.ndim != 2 or indices.shape[0] != batch or indices.shape[1] == 0:
-            raise ValueError(
-                f"indices must be int64 of shape (B={batch}, m) with m >= 1, got {indices.dtype} "
-                f"{tuple(indices.shape)}"
-            )
-        ordered = indices.sort(dim=1).values
-        bad = (ordered[:, 0] < 0) | (ordered[:, -1] >= n) | (ordered[:, 1:] == ordered[:, :-1]).any(dim=1)
-        if bool(bad.any()):
-            raise ValueError(f"indices must be distinct token numbers in [0, {n}) in every row")
 
     @staticmethod
     def _check_rows(rows: torch.Tensor, batch: int, cache_rows: int) -> None:
