@@ -47,3 +47,25 @@ def test_the_shapes_twin_samples_32_prompts_and_sweeps_the_mask_ratios():
     assert "hybridstitch[mask_ratios=0.1]" in [m.name for m in config.methods]
     assert "staticmask[mask_ratios=0.4]" in [m.name for m in config.methods]
     assert config.metric_names == ("caption_accuracy", "feature_distance", "frechet", "psnr", "ssim")
+
+
+def test_the_calibrated_paper_tables_carry_every_row_and_the_ablations_share_their_sizes_thresholds():
+    """examples/paper_tables.calibrated.yaml is what examples/paper_tables.sh wrote: every row of the README's
+    tables (a)-(c), and Table 2's ablations at exactly the thresholds of their HybridStitch size (§4.3)."""
+    base = ExperimentConfig.from_yaml(EXAMPLES / "paper_tables.yaml")
+    config = ExperimentConfig.from_yaml(EXAMPLES / "paper_tables.calibrated.yaml")
+    assert (config.pair.name, config.sampler, config.metric_names) == (base.pair.name, base.sampler,
+                                                                        base.metric_names)
+    assert config.prompts == base.prompts and len(config.prompts) == 200
+    switches = {m.name: m.switch for m in config.methods}
+    single = ["t-stitch", "srdiffusion"] + [f"hybridstitch-{s}" for s in (10, 20, 30, 40)]
+    expected = {"large", "small", *single, "hybridstitch-20-10", "hybridstitch-30-10", "hybridstitch-40-30",
+                "srdiffusion[=hybridstitch-30]", "t-stitch[=hybridstitch-30]",
+                *(f"{m}[{t}x]" for m in single for t in ("2.0", "1.5")),
+                *(f"{k}-{s}" for k in ("staticmask", "fulllarge") for s in (10, 20, 30, 40))}
+    assert set(switches) == expected
+    for size in (10, 20, 30, 40):
+        thresholds = switches[f"hybridstitch-{size}"]["thresholds"]
+        assert len(thresholds) == 2
+        for ablation in ("staticmask", "fulllarge"):
+            assert switches[f"{ablation}-{size}"] == {"kind": f"{ablation}-{size}", "thresholds": thresholds}
