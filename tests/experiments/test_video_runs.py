@@ -204,3 +204,31 @@ def test_a_mask_drawn_on_a_saved_strip_is_the_mask_drawn_on_the_frames():
     want = np.asarray(mask_strip(frames, (3, 2, 3), indices, count=STRIP_FRAMES))
     got = np.asarray(strip_mask_view(frame_strip(frames), num_frames=FRAMES, grid=(3, 2, 3), indices=indices))
     np.testing.assert_array_equal(got, want)
+
+
+def test_the_wan_example_yaml_is_a_valid_video_experiment():
+    from pathlib import Path
+
+    from stitchkit.experiments.run_folder import resolved
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "wan_t2v.yaml"
+    config = ExperimentConfig.from_yaml(path)
+    assert config.pair.large == "Wan-AI/Wan2.1-T2V-14B-Diffusers" and config.pair.dtype == "bfloat16"
+    assert config.sampler.num_frames == 81 and (config.sampler.num_frames - 1) % 4 == 0
+    assert resolved(config)["sampler"]["num_frames"] == 81
+    assert "NOT RUNNABLE" not in path.read_text()
+
+
+def test_the_readme_video_experiment_is_this_files_experiment():
+    """The README's video YAML is valid and is the experiment the smoke run above runs."""
+    from pathlib import Path
+
+    import yaml
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = text[text.index("### Model families and video"):text.index("## Memory")]
+    block = section[section.index("```yaml\n") + len("```yaml\n"):]
+    data = yaml.safe_load(block[:block.index("```")])
+    config = ExperimentConfig.from_dict(data)
+    assert config.pair.name == "wan-tiny-random" and config.sampler.num_frames == FRAMES
+    assert data["sampler"] == SAMPLER and data["methods"][1]["switch"] == HYBRID
