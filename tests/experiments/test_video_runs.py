@@ -232,3 +232,18 @@ def test_the_readme_video_experiment_is_this_files_experiment():
     config = ExperimentConfig.from_dict(data)
     assert config.pair.name == "wan-tiny-random" and config.sampler.num_frames == FRAMES
     assert data["sampler"] == SAMPLER and data["methods"][1]["switch"] == HYBRID
+
+
+def test_calibration_generates_the_experiments_frames(tmp_path, wan_pipe):
+    """`stitchkit calibrate` on a video experiment replays over its video tokens at sampler.num_frames."""
+    from stitchkit.calibration import prepare
+    from stitchkit.latency import Costs
+
+    config = ExperimentConfig.from_dict({"pair": "wan-tiny-random", "prompts": ["a red circle"], "sampler": SAMPLER,
+                                         "methods": ["large", {"name": "hs", "switch": HYBRID}], "output": "run"},
+                                        base=tmp_path)
+    costs = Costs(large_ms=10.0, small_ms=3.0, masked_ms=[(0.3, 5.0)], source="profile")
+    problem, setup = prepare(config, "hs", units=1, pipe=wan_pipe, costs=costs)
+    assert problem.num_tokens == TOKENS
+    video = setup.generate(setup.units[0], "large", output_type="np").images[0]
+    assert video.shape == (FRAMES, HEIGHT, WIDTH, 3)
