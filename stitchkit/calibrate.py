@@ -33,7 +33,7 @@ def collect_changes(pipe, config, *, progress: bool = False) -> dict[str, np.nda
 
         pipe(prompt, height=s.height, width=s.width, num_inference_steps=s.steps, guidance_scale=s.guidance_scale,
              negative_prompt=s.negative_prompt, max_sequence_length=s.max_sequence_length, output_type="latent",
-             generator=torch.Generator().manual_seed(seed), switch="large", callback=keep)
+             generator=torch.Generator().manual_seed(seed), switch="large", callback=keep, num_frames=s.num_frames)
         for name, measure in MEASURES.items():
             per_step, previous = [], None
             for current in steps:

@@ -66,7 +66,8 @@ class Setup:
                             guidance_scale=s["guidance_scale"], negative_prompt=self.config.sampler.negative_prompt,
                             max_sequence_length=self.config.sampler.max_sequence_length,
                             generator=torch.Generator(device="cpu").manual_seed(seed), output_type=output_type,
-                            switch=switch, mask=self.mask, context=self.context, allow_unprofitable=True)
+                            switch=switch, mask=self.mask, context=self.context, allow_unprofitable=True,
+                            num_frames=s.get("num_frames"))
         self.generation_s += time.perf_counter() - start
         self.generations += 1
         return out
@@ -90,7 +91,7 @@ def prepare(config: ExperimentConfig, method_name: str, *, units: int, pipe=None
     size = _size(pipe, config)
     pipe.check_plan(method.switch, context=method.context, height=size.height, width=size.width,
                     text_tokens=size.text_tokens, guided=size.guided, allow_unprofitable=config.allow_unprofitable,
-                    path="--method")
+                    path="--method", num_frames=size.num_frames)
     setup = Setup(pipe=pipe, config=config, method=method, base=base,
                   mask=method.mask if method.mask is not None else implied.get("mask", DEFAULT_MASK),
                   context=method.context if method.context is not None else implied.get("context", DEFAULT_CONTEXT),
@@ -104,11 +105,11 @@ def prepare(config: ExperimentConfig, method_name: str, *, units: int, pipe=None
     def record(unit, prefix):
         return handed_from_trace(setup.generate(unit, scheduled_like(policy, prefix)).trace)
 
-    vae, p = pipe.adapter.vae_scale_factor, pipe.adapter.patch_size
     problem = Problem(
         build=lambda values: registry.create("switch", {**base, **with_values(knobs, values)}, path="--method")[0],
         knobs=knobs, store=TraceStore(record), units=setup.units, num_steps=setup.sampler["steps"],
-        num_tokens=(size.height // vae // p) * (size.width // vae // p), costs=costs,
+        num_tokens=pipe.adapter.num_tokens(height=size.height, width=size.width, num_frames=size.num_frames),
+        costs=costs,
         computes_all_tokens=bool(getattr(context_policy, "computes_all_tokens", False)))
     return problem, setup
 

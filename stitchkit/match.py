@@ -104,5 +104,5 @@ def _call(setup, unit) -> dict[str, Any]:
     s = setup.sampler
     return dict(height=s["height"], width=s["width"], num_inference_steps=s["steps"],
                 guidance_scale=s["guidance_scale"], negative_prompt=setup.config.sampler.negative_prompt,
-                max_sequence_length=setup.config.sampler.max_sequence_length,
+                max_sequence_length=setup.config.sampler.max_sequence_length, num_frames=s.get("num_frames"),
                 generator=torch.Generator(device="cpu").manual_seed(unit[1]))

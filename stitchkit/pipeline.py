@@ -340,13 +340,15 @@ class StitchPipeline:
     def costs(self, *, height: int, width: int, text_tokens: int, guided: bool, num_frames: int | None = None):
         """The pair's per-step costs at this size: its cached profile, else a FLOPs estimate (``.source``)."""
         from stitchkit.validation import pair_costs
+        from stitchkit.video import frames_for
 
+        num_frames = frames_for(self.adapter, num_frames)
         return pair_costs(
             pair_id=self.pair_id, large_config=self.adapter.large_transformer.config,
             small_config=self.small.config, height=height, width=width,
             num_tokens=self.adapter.num_tokens(height=height, width=width, num_frames=num_frames),
             text_tokens=text_tokens, batch=2 if guided else 1, dtype=str(self.adapter.dtype).removeprefix("torch."),
-            device=self.adapter.device.type, flops=self.family.flops)
+            device=self.adapter.device.type, flops=self.family.flops, num_frames=num_frames)
 
     def check_plan(self, switch: Any, *, height: int, width: int, text_tokens: int, guided: bool,
                    allow_unprofitable: bool = False, path: str = "switch", context: Any = None,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import statistics
@@ -72,15 +73,19 @@ class ProfileKey:
     #: CPU threads the costs were measured with (0 on a GPU): two threads are not twice one, and a profile
     #: taken with one thread mispredicts a run with two.
     threads: int = 0
+    #: Video frames per sample (0: an image). Left out of the file name and the stored key when 0, so an
+    #: image's profile keeps the name and key it always had.
+    frames: int = 0
 
     def filename(self) -> str:
         """A file name safe on every platform (the key itself is stored inside the file and checked)."""
-        raw = (f"{self.pair}-{self.height}x{self.width}-{self.dtype}-{self.device}"
-               f"-b{self.batch}-t{self.text_tokens}" + (f"-th{self.threads}" if self.threads else ""))
+        raw = (f"{self.pair}-{self.height}x{self.width}" + (f"x{self.frames}f" if self.frames else "")
+               + f"-{self.dtype}-{self.device}-b{self.batch}-t{self.text_tokens}"
+               + (f"-th{self.threads}" if self.threads else ""))
         return re.sub(r"[^A-Za-z0-9._-]+", "_", raw) + ".json"
 
     def to_dict(self) -> dict:
-        return attrs.asdict(self)
+        return attrs.asdict(self, filter=lambda field, value: not (field.name == "frames" and value == 0))
 
 
 def profile_dir() -> Path:
@@ -286,7 +291,7 @@ def profile_transformers(large, small, *, latent_height: int, latent_width: int,
                          batch: int = 2, dtype: Any = "float32", device: Any = "cpu",
                          ratios: Sequence[float] = DEFAULT_RATIOS, warmup: int = 5, repeats: int = 5,
                          seed: int = 0, num_threads: int | None = None,
-                         timings: dict[str, list[float]] | None = None) -> Costs:
+                         timings: dict[str, list[float]] | None = None, latent_frames: int | None = None) -> Costs:
     """Measure ``L_l``, ``L_s`` and the masked ``L_l(M)`` of two ``SD3Transformer2DModel``s, in ms per step.
 
     Inputs are random, of the shapes a pipeline hands the transformers: latents ``(batch, C, H, W)``
@@ -301,6 +306,8 @@ def profile_transformers(large, small, *, latent_height: int, latent_width: int,
     can make CPU timings tens of times slower and erratic, and one thread makes them repeatable.
     ``timings``, when given, receives every timed call per quantity (``"large"``, ``"small"``,
     ``"masked 0.3"``) so that :func:`stitchkit.profile_checks.check_profile` can judge the spread.
+    ``latent_frames`` (a video family): latents ``(batch, C, F, H, W)``, the inputs made by the family's
+    ``random_inputs``; tokens are then (frame, row, column).
     """
     import torch
 
@@ -319,16 +326,29 @@ def profile_transformers(large, small, *, latent_height: int, latent_width: int,
     dev = torch.device(device)
     sync = _synchronizer(dev)
     large, small = _move(large, dev, torch_dtype), _move(small, dev, torch_dtype)
-    p = int(_config(large)["patch_size"])
-    if latent_height % p or latent_width % p:
+    latent = (latent_height, latent_width) if latent_frames is None else (latent_frames, latent_height, latent_width)
+    from stitchkit.models.tokens import patch_tuple
+
+    raw_patch = _config(large)["patch_size"]
+    patch = patch_tuple(raw_patch if isinstance(raw_patch, int) else tuple(raw_patch), len(latent))
+    if any(side % q for side, q in zip(latent, patch)):
+        shown = raw_patch if isinstance(raw_patch, int) else "x".join(map(str, patch))
         raise ConfigError("latent size",
-                          f"{latent_height}x{latent_width} is not divisible by the patch size {p}",
-                          f"use a size that is a multiple of {p} latent pixels")
-    n_tokens = (latent_height // p) * (latent_width // p)
-    shapes = dict(latent_height=latent_height, latent_width=latent_width, text_tokens=text_tokens,
-                  batch=batch, dtype=torch_dtype, device=dev, seed=seed)
-    inputs_large = random_inputs(large, **shapes)
-    inputs_small = random_inputs(small, **shapes)
+                          f"{'x'.join(map(str, latent))} is not divisible by the patch size {shown}",
+                          f"use a size that is a multiple of {shown} latent pixels")
+    n_tokens = math.prod(side // q for side, q in zip(latent, patch))
+    shapes = dict(text_tokens=text_tokens, batch=batch, dtype=torch_dtype, device=dev, seed=seed)
+    from stitchkit.registry import get_registry
+
+    make = get_registry().family_for_transformer(large, path="large").random_inputs
+    if make is None and latent_frames is not None:
+        raise ConfigError("latent_frames", "the large model's family makes images", "leave it unset")
+    if make is None:
+        inputs_large = random_inputs(large, latent_height=latent_height, latent_width=latent_width, **shapes)
+        inputs_small = random_inputs(small, latent_height=latent_height, latent_width=latent_width, **shapes)
+    else:
+        inputs_large = make(large, latent_shape=latent, **shapes)
+        inputs_small = make(small, latent_shape=latent, **shapes)
     timing = dict(warmup=warmup, repeats=repeats, sync=sync)
     g = torch.Generator().manual_seed(seed + 1)
     threads = torch.get_num_threads()

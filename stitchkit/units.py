@@ -29,13 +29,20 @@ from stitchkit.trace import StepRecord
 class UnitOutput:
     """One unit of a batch: its ``image`` (as ``output_type`` gives it), its ``trace`` (its own stages and
     tokens; ``large_ms``/``small_ms`` its share of the batched calls), the ``masks`` its hybrid steps used
-    (``{"grid": [h, w], "steps": [[step, [token, ...]], ...]}``), and ``latency_ms``, its share of the
+    (``{"grid": [h, w] or [frames, h, w], "steps": [[step, [token, ...]], ...]}``), and ``latency_ms``, its share of the
     batch's wall time (the batch's time over its size)."""
 
     image: Any
     trace: tuple[StepRecord, ...]
     masks: dict[str, Any]
     latency_ms: float
+
+
+def mask_grid(pipe, latents) -> list[int]:
+    """The token grid of ``latents``: ``[rows, columns]``, or ``[frames, rows, columns]`` for a video."""
+    from stitchkit.models.tokens import token_grid
+
+    return list(token_grid(latents.shape[2:], pipe.adapter.patch_size))
 
 
 def generate_units(pipe, prompts: Sequence[str], seeds: Sequence[int], *, switch: Any, mask: Any = None,
@@ -49,10 +56,9 @@ def generate_units(pipe, prompts: Sequence[str], seeds: Sequence[int], *, switch
     k = len(prompts)
     generators = [torch.Generator(device="cpu").manual_seed(int(seed)) for seed in seeds]
     masks: list[dict[str, Any]] = [{"grid": None, "steps": []} for _ in range(k)]
-    p = pipe.adapter.patch_size
 
     def keep_masks(step: dict) -> None:  # the tokens the large model recomputed, per unit
-        grid = [step["latents"].shape[-2] // p, step["latents"].shape[-1] // p]
+        grid = mask_grid(pipe, step["latents"])
         for b, indices in enumerate(step["sample_indices"]):
             if indices is not None:
                 masks[b]["grid"] = grid

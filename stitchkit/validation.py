@@ -23,11 +23,12 @@ from stitchkit.profile import ProfileKey, cpu_threads, estimate_costs_from_confi
 
 
 def pair_costs(*, pair_id: str, large_config: Any, small_config: Any, height: int, width: int, num_tokens: int,
-               text_tokens: int, batch: int, dtype: str, device: str, flops=None) -> Costs:
+               text_tokens: int, batch: int, dtype: str, device: str, flops=None, num_frames: int | None = None) -> Costs:
     """The pair's profiled costs at this size, else an estimate from the configs' FLOPs (``flops``: the model
-    family's FLOP model, :attr:`stitchkit.families.Family.flops`; the default is the joint-attention one)."""
+    family's FLOP model, :attr:`stitchkit.families.Family.flops`; the default is the joint-attention one).
+    ``num_frames``: a video's frame count (part of the profile's key), ``None`` for an image."""
     key = ProfileKey(pair=pair_id, height=height, width=width, dtype=dtype, device=device, batch=batch,
-                     text_tokens=text_tokens, threads=cpu_threads(device))
+                     text_tokens=text_tokens, threads=cpu_threads(device), frames=num_frames or 0)
     extra = {} if flops is None else {"flops": flops}
     return load_profile(key) or estimate_costs_from_configs(large_config, small_config, num_tokens, text_tokens,
                                                             **extra)

@@ -2,15 +2,51 @@
 mask strip that shows a hybrid step's tokens on chosen frames (tokens are (frame, row, column)).
 
 ``export_to_video`` writes with imageio and imageio-ffmpeg, whose wheel carries its own ffmpeg binary:
-nothing is downloaded at run time (pyproject's ``video`` extra).
+nothing is downloaded at run time (pyproject's ``wan`` extra).
+
+Whether a pair makes videos is its adapter's business (:class:`stitchkit.families.family.VideoAdapter`):
+:func:`frames_for` and :func:`latent_shape` ask it without naming a family.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from stitchkit.errors import ConfigError
+
+#: Frames in a unit's strip (the experiment runner's PNG for a video: grid cell, metrics, resume).
+STRIP_FRAMES = 8
+#: Pixels between two frames of a strip.
+STRIP_GAP = 2
+
+
+def is_video(adapter: Any) -> bool:
+    """Does ``adapter``'s pipeline make videos (it has ``check_num_frames``)?"""
+    return callable(getattr(adapter, "check_num_frames", None))
+
+
+def frames_for(adapter: Any, num_frames: int | None, path: str = "num_frames") -> int | None:
+    """The frames a generation with ``num_frames`` makes: the video family's count (its default when
+    ``None``), checked against its VAE; ``None`` for an image pair, which refuses a frame count at ``path``."""
+    if is_video(adapter):
+        return adapter.check_num_frames(num_frames, path)
+    if num_frames is not None:
+        raise ConfigError(path, "this pair makes images, not videos", "leave it unset")
+    return None
+
+
+def latent_shape(adapter: Any, *, height: int, width: int, num_frames: int | None = None) -> tuple[int, ...]:
+    """The latents' spatial shape: ``(H, W)`` for an image pair, ``(F, H, W)`` for a video pair."""
+    factor = int(adapter.vae_scale_factor)
+    frames = frames_for(adapter, num_frames)
+    spatial = (height // factor, width // factor)
+    return spatial if frames is None else (int(adapter.latent_frames(frames)), *spatial)
 
 
 def _frames_array(frames) -> np.ndarray:
@@ -34,7 +70,18 @@ def save_video(frames, path: str | Path, *, fps: int = 16) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     array = _frames_array(frames)
-    export_to_video([frame for frame in array], str(path), fps=fps)
+    # Written beside its final name, then renamed: a reader sees the old video or the new one, never half.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        export_to_video([frame for frame in array], tmp, fps=fps)
+        mask = os.umask(0o022)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp creates 0600; outputs get the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -45,7 +92,7 @@ def chosen_frames(num_frames: int, count: int) -> list[int]:
     return [round(i * (num_frames - 1) / (count - 1)) for i in range(count)] if count > 1 else [0]
 
 
-def frame_strip(frames, *, count: int = 8, gap: int = 2):
+def frame_strip(frames, *, count: int = STRIP_FRAMES, gap: int = STRIP_GAP):
     """A PIL image of ``count`` evenly spread frames side by side, for a grid cell or a README."""
     from PIL import Image
 
@@ -72,10 +119,31 @@ def mask_strip(frames, grid: Sequence[int], indices: Sequence[int], *, latent_fr
     """A strip of chosen frames with the tokens outside ``indices`` dimmed: the mask of a hybrid step on
     video tokens. ``grid`` is the token grid ``(frames, rows, columns)``; ``latent_frames`` the latents'
     frame count (``grid[0]`` unless the patch spans frames)."""
+    array = _frames_array(frames)
+    picked = chosen_frames(len(array), count)
+    return _dimmed_strip([array[f] for f in picked], picked, len(array), grid, indices,
+                         latent_frames=latent_frames, dim=dim, gap=gap)
+
+
+def strip_mask_view(strip, *, num_frames: int, grid: Sequence[int], indices: Sequence[int],
+                    count: int = STRIP_FRAMES, gap: int = STRIP_GAP, latent_frames: int | None = None,
+                    dim: float = 0.3):
+    """:func:`mask_strip` drawn on a saved :func:`frame_strip` (``count`` frames of a ``num_frames`` video,
+    ``gap`` apart) instead of the frames themselves: what masks.png shows for a unit of a video run."""
+    picked = chosen_frames(num_frames, count)
+    width = (strip.width - (len(picked) - 1) * gap) // len(picked)
+    pixels = np.asarray(strip.convert("RGB"))
+    frames = [pixels[:, i * (width + gap):i * (width + gap) + width] for i in range(len(picked))]
+    return _dimmed_strip(frames, picked, num_frames, grid, indices, latent_frames=latent_frames, dim=dim, gap=gap)
+
+
+def _dimmed_strip(frames: list[np.ndarray], picked: list[int], num_frames: int, grid: Sequence[int],
+                  indices: Sequence[int], *, latent_frames: int | None, dim: float, gap: int):
+    """Frames ``picked`` (their numbers in a ``num_frames`` video) side by side, each with the tokens of its
+    latent frame outside ``indices`` dimmed."""
     from PIL import Image
 
-    array = _frames_array(frames)
-    num_frames, height, width = array.shape[:3]
+    height, width = frames[0].shape[:2]
     t, rows, cols = (int(g) for g in grid)
     latent_frames = latent_frames or t
     chosen = np.zeros(t * rows * cols, dtype=bool)
@@ -83,11 +151,10 @@ def mask_strip(frames, grid: Sequence[int], indices: Sequence[int], *, latent_fr
     chosen = chosen.reshape(t, rows, cols)
     pixel_row = np.arange(height) * rows // height  # the token row of each pixel row
     pixel_col = np.arange(width) * cols // width
-    picked = chosen_frames(num_frames, count)
     out = Image.new("RGB", (len(picked) * width + (len(picked) - 1) * gap, height), (255, 255, 255))
-    for i, f in enumerate(picked):
+    for i, (f, pixels) in enumerate(zip(picked, frames)):
         token_frame = latent_frame(f, num_frames, latent_frames) * t // latent_frames
         weight = np.where(chosen[token_frame], 1.0, dim)[pixel_row][:, pixel_col]
-        frame = (array[f].astype(np.float32) * weight[..., None]).astype(np.uint8)
+        frame = (pixels.astype(np.float32) * weight[..., None]).astype(np.uint8)
         out.paste(Image.fromarray(frame), (i * (width + gap), 0))
     return out

@@ -228,7 +228,7 @@ def test_profile_command(monkeypatch, tmp_path, tiny_transformers):
         (["--dtype", "float64"],
          "--dtype: 'float64' is not a profiling dtype; one of float32, float16, bfloat16"),
         (["--height", "60"], "--height: 60 is not a multiple of the VAE scale factor 8; "
-                             "use a multiple of 8 (of 16 for SD3's patch size 2)"),
+                             "use a multiple of 8 (of 16 for the pair's patch size 2)"),
         (["--ratios", "0.1,1.2"],
          "--ratios: 1.2 is outside (0, 1); mask ratios lie strictly between 0 and 1"),
         (["--repeats", "0"], "--repeats: 0 is below 1; must be at least 1"),

@@ -8,6 +8,7 @@ a typo must not silently fall back to a default.
     name: quickstart
     pair: tiny-random            # or {large: <hub id or folder>, small: <...>, dtype: bfloat16, device: cuda}
     sampler: {steps: 20, guidance_scale: 4.0, height: 64, width: 64, max_sequence_length: 8}
+                                     # a video pair also takes num_frames: 81 (its outputs: MP4 + frame strip)
     prompts: ["a red circle", ...]   # or prompts_file: prompts.txt, or {from: FILE, sample: N, seed: S}
     seeds: [0, 1]
     metrics: [psnr, ssim, {kind: clip_score, model: PATH}]   # metric plugins (stitchkit plugins)
@@ -63,6 +64,9 @@ class SamplerConfig:
     threads: int | None = None
     #: Units of one method generated in one batched loop (decisions stay per sample: stitchkit.per_sample).
     batch_size: int = 1
+    #: Frames per video (a video family's pair only; None: its default). Checked against the pair's VAE
+    #: once it is loaded (:func:`stitchkit.video.frames_for`), refused on an image pair.
+    num_frames: int | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -240,7 +244,7 @@ def _sampler(value: Any) -> SamplerConfig:
         kwargs["steps"] = check_steps(data["steps"], "sampler.steps")
     if "guidance_scale" in data:  # 0 <= g <= 1 is accepted: guidance off, as in diffusers (stitchkit.values)
         kwargs["guidance_scale"] = check_guidance(data["guidance_scale"], "sampler.guidance_scale")
-    for field in ("height", "width", "max_sequence_length"):
+    for field in ("height", "width", "max_sequence_length", "num_frames"):
         if field in data and data[field] is not None:
             kwargs[field] = _positive(data[field], f"sampler.{field}", int)
     if data.get("threads") is not None:

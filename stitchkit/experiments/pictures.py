@@ -7,16 +7,21 @@
 * ``masks.png``: for a few prompts (:data:`MASK_PROMPTS`), each method with hybrid steps: its final image,
   then one view per hybrid step (numbered) with the tokens the large model recomputed at that step bright
   and the rest dimmed, like the paper's Fig. 1b; the label gives the step's mask ratio.
+
+A video run's unit picture is its frame strip (:func:`stitchkit.video.frame_strip`): grid cells keep the
+strip's proportions, and masks.png shows each hybrid step's tokens on the strip's frames
+(:func:`stitchkit.video.strip_mask_view`), a few steps per row (:data:`VIDEO_MASK_VIEWS`).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import textwrap
 from pathlib import Path
 
-from stitchkit.experiments.store import atomic_write, image_path, record_path
+from stitchkit.experiments.store import atomic_write, image_path, is_video_run, record_path
 
 #: Pictures are scaled up so that a 32 px image is still readable in a grid.
 MIN_CELL = 96
@@ -30,6 +35,7 @@ PAGE_PROMPTS = 32  # prompts per grid page
 MAX_PAGES = 4
 MASK_PROMPTS = 3  # prompts shown in masks.png
 MASK_VIEWS = 12  # at most this many hybrid steps per row (evenly spaced when there are more)
+VIDEO_MASK_VIEWS = 4  # the same for a video run, whose views are frame strips
 HEADER = 2 * LINE + 6
 
 
@@ -48,8 +54,13 @@ def _font():
         return ImageFont.load_default()
 
 
-def _cell_size(image) -> int:
-    return max(MIN_CELL, image.width)
+def _cell_size(image, video: bool = False) -> tuple[int, int]:
+    """A cell's ``(width, height)``: an image's is square, a video's frame strip keeps its proportions
+    (between MIN_CELL and twice that high)."""
+    if not video:
+        return (max(MIN_CELL, image.width),) * 2
+    height = max(MIN_CELL, min(image.height, 2 * MIN_CELL))
+    return round(image.width * height / image.height), height
 
 
 def _png(image) -> bytes:
@@ -67,18 +78,20 @@ def _wrap(text: str, width_px: int, lines: int) -> list[str]:
     return wrapped
 
 
-def caption_height(cell: int, captions: list[str]) -> int:
+def caption_height(cell: int, captions: list[str]) -> int:  # cell: the column's width
     """Pixels under a block of columns for the tallest caption (index line + wrapped prompt)."""
     return (1 + max(len(_wrap(c, cell, CAPTION_LINES)) for c in captions)) * LINE + 4
 
 
-def _grid_page(rows: list[list], labels: list[str], columns: list[tuple[int, str]], cell: int, title: str):
+def _grid_page(rows: list[list], labels: list[str], columns: list[tuple[int, str]], cell_size: tuple[int, int],
+               title: str):
     """One page: blocks of up to COLUMNS prompts, each block the methods' rows then the captions."""
     from PIL import Image, ImageDraw
 
     font = _font()
+    cell, cell_h = cell_size
     blocks = [columns[i:i + COLUMNS] for i in range(0, len(columns), COLUMNS)]
-    heights = [len(rows) * (cell + GAP) + caption_height(cell, [p for _, p in b]) for b in blocks]
+    heights = [len(rows) * (cell_h + GAP) + caption_height(cell, [p for _, p in b]) for b in blocks]
     width = LABEL_WIDTH + min(COLUMNS, len(columns)) * (cell + GAP) - GAP
     canvas = Image.new("RGB", (width, HEADER + sum(heights) + GAP * (len(blocks) - 1)), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
@@ -89,14 +102,14 @@ def _grid_page(rows: list[list], labels: list[str], columns: list[tuple[int, str
     for b, block in enumerate(blocks):
         first = b * COLUMNS
         for y, (row, label) in enumerate(zip(rows, labels)):
-            ty = top + y * (cell + GAP)
+            ty = top + y * (cell_h + GAP)
             for k, line in enumerate(_wrap(label, LABEL_WIDTH - 8, 3)):
-                draw.text((4, ty + cell // 2 - 8 + k * LINE), line, fill=(0, 0, 0), font=font)
+                draw.text((4, ty + cell_h // 2 - 8 + k * LINE), line, fill=(0, 0, 0), font=font)
             for x in range(len(block)):
                 image = row[first + x]
                 if image is not None:
-                    canvas.paste(image.resize((cell, cell), resample=0), (LABEL_WIDTH + x * (cell + GAP), ty))
-        ty = top + len(rows) * (cell + GAP)
+                    canvas.paste(image.resize(cell_size, resample=0), (LABEL_WIDTH + x * (cell + GAP), ty))
+        ty = top + len(rows) * (cell_h + GAP)
         for x, (index, prompt) in enumerate(block):
             cx = LABEL_WIDTH + x * (cell + GAP)
             draw.text((cx, ty + 2), f"p{index:04d}", fill=(0, 0, 160), font=font)
@@ -113,7 +126,7 @@ def write_grid(config) -> list[Path]:
     first = next((p for paths in images.values() for p in paths if p.exists()), None)
     if first is None:
         return []
-    cell = _cell_size(_open(first))
+    cell = _cell_size(_open(first), is_video_run(out_dir))
     written = []
     pages = [columns[i:i + PAGE_PROMPTS] for i in range(0, len(columns), PAGE_PROMPTS)][:MAX_PAGES]
     for n, page in enumerate(pages):
@@ -165,10 +178,18 @@ def mask_rows(config) -> list[dict]:
             masks = data.get("masks") or {}
             if not masks.get("steps"):
                 continue
-            tokens = masks["grid"][0] * masks["grid"][1]  # the mask's share, also where FullLarge ran everything
+            grid = tuple(masks["grid"])
+            tokens = math.prod(grid)  # the mask's share, also where FullLarge ran everything
             image = _open(image_file)
-            views = [(step, len(idx) / tokens, masked_view(image, tuple(masks["grid"]), idx))
-                     for step, idx in _spread(masks["steps"], MASK_VIEWS)]
+            if len(grid) == 3:  # video tokens (frame, row, column), drawn on the unit's frame strip
+                from stitchkit.video import strip_mask_view
+
+                frames = data["sampler"]["num_frames"]
+                views = [(step, len(idx) / tokens, strip_mask_view(image, num_frames=frames, grid=grid, indices=idx))
+                         for step, idx in _spread(masks["steps"], VIDEO_MASK_VIEWS)]
+            else:
+                views = [(step, len(idx) / tokens, masked_view(image, grid, idx))
+                         for step, idx in _spread(masks["steps"], MASK_VIEWS)]
             found.append({"method": method.name, "index": index, "prompt": prompt, "image": image,
                           "views": views, "hybrid_steps": len(masks["steps"])})
         if found:
@@ -186,9 +207,10 @@ def write_masks(config) -> list[Path]:
     if not rows:
         return []
     font = _font()
-    cell = _cell_size(rows[0]["image"])
+    cell_size = _cell_size(rows[0]["image"], is_video_run(config.output))
+    cell, cell_h = cell_size
     label_width = LABEL_WIDTH + 40
-    row_h = LINE + cell + GAP + LINE  # step numbers above, prompt line below
+    row_h = LINE + cell_h + GAP + LINE  # step numbers above, prompt line below
     width = label_width + (1 + max(len(r["views"]) for r in rows)) * (cell + GAP) - GAP
     width = max(width, 640)
     canvas = Image.new("RGB", (width, HEADER + LINE + len(rows) * (row_h + 4)), (255, 255, 255))
@@ -207,12 +229,12 @@ def write_masks(config) -> list[Path]:
         for k, line in enumerate(label):
             draw.text((4, top + LINE + k * LINE), line, fill=(0, 0, 0), font=font)
         draw.text((label_width, top), "final", fill=(0, 0, 160), font=font)
-        canvas.paste(row["image"].resize((cell, cell), resample=0), (label_width, top + LINE))
+        canvas.paste(row["image"].resize(cell_size, resample=0), (label_width, top + LINE))
         for x, (step, _, view) in enumerate(row["views"], 1):
             cx = label_width + x * (cell + GAP)
             draw.text((cx, top), f"step {step}", fill=(0, 0, 160), font=font)
-            canvas.paste(view.resize((cell, cell), resample=0), (cx, top + LINE))
-        draw.text((label_width, top + LINE + cell + 2), _wrap(row["prompt"], width - label_width, 1)[0],
+            canvas.paste(view.resize(cell_size, resample=0), (cx, top + LINE))
+        draw.text((label_width, top + LINE + cell_h + 2), _wrap(row["prompt"], width - label_width, 1)[0],
                   fill=(60, 60, 60), font=font)
     atomic_write(config.output / "masks.png", _png(canvas))
     return [config.output / "masks.png"]

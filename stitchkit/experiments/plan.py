@@ -116,9 +116,9 @@ def experiment_costs(config: ExperimentConfig) -> tuple[Costs, int]:
 
     pipe = load_pair(config)
     size = _size(pipe, config)
-    vae, p = pipe.adapter.vae_scale_factor, pipe.adapter.patch_size
-    costs = pipe.costs(height=size.height, width=size.width, text_tokens=size.text_tokens, guided=size.guided)
-    return costs, (size.height // vae // p) * (size.width // vae // p)
+    costs = pipe.costs(height=size.height, width=size.width, text_tokens=size.text_tokens, guided=size.guided,
+                       num_frames=size.num_frames)
+    return costs, pipe.adapter.num_tokens(height=size.height, width=size.width, num_frames=size.num_frames)
 
 
 def plan_experiment(config: ExperimentConfig, registry: Registry | None = None) -> tuple[Costs, list[MethodPlan]]:
@@ -138,7 +138,7 @@ def plan_experiment(config: ExperimentConfig, registry: Registry | None = None) 
 
 
 def method_weights(pipe, config: ExperimentConfig, *, height: int, width: int, text_tokens: int,
-                   registry: Registry | None = None) -> dict[str, float]:
+                   registry: Registry | None = None, num_frames: int | None = None) -> dict[str, float]:
     """Each method's predicted denoising cost per unit, in large-model steps, from the two transformer
     configs' FLOPs only (Eq. 3-5 over :func:`plan_method`'s schedules, averaged over the plausible first
     switches of an adaptive method). Never from a cached profile: data-parallel ranks shard units by these
@@ -146,7 +146,7 @@ def method_weights(pipe, config: ExperimentConfig, *, height: int, width: int, t
     from stitchkit.profile import estimate_costs_from_configs
 
     registry = registry or pipe.registry
-    num_tokens = pipe.adapter.num_tokens(height=height, width=width)
+    num_tokens = pipe.adapter.num_tokens(height=height, width=width, num_frames=num_frames)
     costs = estimate_costs_from_configs(pipe.adapter.large_transformer.config, pipe.small.config, num_tokens,
                                         text_tokens, flops=pipe.family.flops)
     weights = {}

@@ -77,10 +77,12 @@ def collect_results(config: ExperimentConfig, records: dict[str, list[dict]]) ->
 
 
 def sampler_label(sampler: dict[str, Any] | None) -> str:
-    """``20 steps 64x64 cfg 3`` (a results row's ``sampler`` cell)."""
+    """``20 steps 64x64 cfg 3`` (a results row's ``sampler`` cell; ``32x48 9 frames`` for videos)."""
     if not sampler:
         return "–"
-    return f"{sampler['steps']} steps {sampler['height']}x{sampler['width']} cfg {sampler['guidance_scale']:g}"
+    frames = f" {sampler['num_frames']} frames" if sampler.get("num_frames") else ""  # a video: frames too
+    return (f"{sampler['steps']} steps {sampler['height']}x{sampler['width']}{frames} "
+            f"cfg {sampler['guidance_scale']:g}")
 
 
 def _fmt(value: Any, digits: int) -> str:

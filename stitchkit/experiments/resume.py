@@ -1,6 +1,6 @@
 """Which units a rerun still has to generate, and what happens to a unit that fails.
 
-A unit is done when its record exists **and** its image opens: a damaged image whose record is intact (a
+A unit is done when its record exists **and** its image opens (and, in a video run, its MP4 exists): a damaged image whose record is intact (a
 disk error, a file truncated by hand) used to crash every rerun at the report; now its record is deleted and
 the unit regenerated. (What the record's content must match is the run folder's business: a changed
 config is refused by :func:`stitchkit.experiments.run_folder.claim`.)
@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from stitchkit.errors import NonFiniteError
-from stitchkit.experiments.store import image_path, record_path
+from stitchkit.experiments.store import image_path, is_video_run, record_path, video_path
 
 
 def image_opens(path: Path) -> bool:
@@ -32,12 +32,15 @@ def image_opens(path: Path) -> bool:
 
 
 def units_to_do(config) -> list:
-    """The units without a record or whose image does not open (their stale records are deleted)."""
+    """The units without a record or whose image does not open, or in a video run (a folder with
+    ``videos/``) whose MP4 is missing (their stale records are deleted)."""
     todo = []
+    videos = is_video_run(config.output)
     for unit in config.units:
         method, pi, _, seed = unit
         record = record_path(config.output, method.name, pi, seed)
-        if record.exists() and image_opens(image_path(config.output, method.name, pi, seed)):
+        if record.exists() and image_opens(image_path(config.output, method.name, pi, seed)) \
+                and (not videos or video_path(config.output, method.name, pi, seed).is_file()):
             continue
         record.unlink(missing_ok=True)
         todo.append(unit)

@@ -59,7 +59,9 @@ def resolved(config) -> dict[str, Any]:
         "name": config.name,
         "pair": pair_data,
         # Threads change timings, never images (same seed, same bits at 1 and 2 threads): not a config field.
-        "sampler": {k: v for k, v in attrs.asdict(config.sampler).items() if k != "threads"},
+        # num_frames only when given: an image run's resolved file is what it always was.
+        "sampler": {k: v for k, v in attrs.asdict(config.sampler).items()
+                    if k != "threads" and not (k == "num_frames" and v is None)},
         "prompts": prompts,
         "seeds": list(config.seeds),
         "metrics": [{"kind": m.kind, **_plain(m.params)} for m in config.metrics],

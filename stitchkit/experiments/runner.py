@@ -2,7 +2,9 @@
 
 Layout of the output folder (paths: :mod:`~stitchkit.experiments.store`)::
 
-    images/<method>/p<prompt>-s<seed>.png   the generated image (<prompt>: the index in the prompt source)
+    images/<method>/p<prompt>-s<seed>.png   the generated image (<prompt>: the index in the prompt source);
+                                            for a video pair, a strip of chosen frames (grid, metrics)
+    videos/<method>/p<prompt>-s<seed>.mp4   a video pair's unit (diffusers' export_to_video)
     records/<method>/p<prompt>-s<seed>.json one unit's measurements and its per-step trace
     config.resolved.yaml, environment.json  what ran, and where (:mod:`~stitchkit.experiments.run_folder`)
     trace.jsonl, results.md, results.csv    the reports (:mod:`~stitchkit.experiments.reports`), with the
@@ -30,7 +32,7 @@ from stitchkit.experiments.reports import write_report
 from stitchkit.errors import NonFiniteError
 from stitchkit.experiments.guard import guarded_run
 from stitchkit.experiments.resume import UnitsFailed, units_to_do
-from stitchkit.experiments.store import atomic_write, image_path, record_path, unit_stem
+from stitchkit.experiments.store import atomic_write, image_path, record_path, unit_stem, video_path
 from stitchkit.trace import large_step_equivalents, latency_steps
 
 
@@ -51,13 +53,14 @@ def load_pair(config: ExperimentConfig):
 def _generate(pipe, config: ExperimentConfig, method: MethodConfig, prompt: str, seed: int, *, save: bool = True):
     import torch
 
+    from stitchkit.units import mask_grid
+
     generator = torch.Generator(device="cpu").manual_seed(seed)
     masks: dict[str, Any] = {"grid": None, "steps": []}
 
     def keep_mask(step: dict) -> None:  # the tokens the large model recomputed, for the mask picture
         if step["indices"] is not None:
-            p = pipe.adapter.patch_size
-            masks["grid"] = [step["latents"].shape[-2] // p, step["latents"].shape[-1] // p]
+            masks["grid"] = mask_grid(pipe, step["latents"])
             masks["steps"].append([step["step"], step["indices"][0].tolist()])
 
     start = time.perf_counter()
@@ -70,10 +73,12 @@ def _call(pipe, config: ExperimentConfig, method: MethodConfig) -> dict[str, Any
     """What every unit of ``method`` passes to the pipeline besides its prompt and seed."""
     s = config.sampler
     sampler = ran_sampler(pipe, config)  # explicit, so that what ran is what the record says
+    frames = {"num_frames": sampler["num_frames"]} if "num_frames" in sampler else {}
     return dict(height=sampler["height"], width=sampler["width"], num_inference_steps=sampler["steps"],
                 guidance_scale=s.guidance_scale, negative_prompt=s.negative_prompt,
                 max_sequence_length=s.max_sequence_length, switch=method.switch, mask=method.mask,
-                context=method.context, cache=method.cache, allow_unprofitable=config.allow_unprofitable)
+                context=method.context, cache=method.cache, allow_unprofitable=config.allow_unprofitable,
+                **frames)
 
 
 def _batches(todo: list, size: int) -> list[list]:
@@ -106,11 +111,37 @@ def _generate_batch(pipe, config: ExperimentConfig, batch: list) -> list[tuple[A
 
 
 def ran_sampler(pipe, config: ExperimentConfig) -> dict[str, Any]:
-    """The sampler settings every unit runs with, the pair's default size filled in."""
+    """The sampler settings every unit runs with, the pair's default size (and a video pair's default frame
+    count) filled in."""
+    from stitchkit.video import frames_for
+
     s = config.sampler
+    height, width = _default_sides(pipe)
+    sampler = {"steps": s.steps, "height": s.height or height, "width": s.width or width,
+               "guidance_scale": s.guidance_scale}
+    frames = frames_for(pipe.adapter, s.num_frames, "sampler.num_frames")
+    if frames is not None:  # an image's record keeps the fields it always had
+        sampler["num_frames"] = frames
+    return sampler
+
+
+def _default_sides(pipe) -> tuple[int, int]:
+    """The pair's default ``(height, width)`` (an adapter gives one side of a square, or both)."""
     default = pipe.adapter.default_size()
-    return {"steps": s.steps, "height": s.height or default, "width": s.width or default,
-            "guidance_scale": s.guidance_scale}
+    return (default, default) if isinstance(default, int) else tuple(default)
+
+
+def _save_unit(out_dir: Path, method: str, prompt_index: int, seed: int, output) -> None:
+    """A unit's picture: the image as PNG; for a video (a list of frames) the MP4 first, then the frame
+    strip as the unit's PNG (its cell in the grid, what metrics compare, what a rerun checks)."""
+    if isinstance(output, (list, tuple)):
+        from stitchkit.video import frame_strip, save_video
+
+        save_video(output, video_path(out_dir, method, prompt_index, seed))
+        output = frame_strip(output)
+    buffer = io.BytesIO()
+    output.save(buffer, format="PNG")
+    atomic_write(image_path(out_dir, method, prompt_index, seed), buffer.getvalue())
 
 
 def _record(method: str, prompt_index: int, prompt: str, seed: int, out, total_ms: float, costs) -> dict[str, Any]:
@@ -188,9 +219,7 @@ def _run(config: ExperimentConfig, *, world, progress: bool, pipe, force_new: bo
                 bar.update(len(batch))
                 continue
             for (_, pi, prompt, seed), (image, out, total_ms, masks) in zip(batch, outputs):
-                buffer = io.BytesIO()
-                image.save(buffer, format="PNG")
-                atomic_write(image_path(out_dir, method.name, pi, seed), buffer.getvalue())
+                _save_unit(out_dir, method.name, pi, seed, image)
                 record = _record(method.name, pi, prompt, seed, out, total_ms, costs)
                 record["masks"] = masks
                 record["sampler"] = ran_sampler(pipe, config)
@@ -233,7 +262,8 @@ def _share(pipe, config: ExperimentConfig, size, world, remaining: list) -> list
     from stitchkit.experiments.distributed import shard
     from stitchkit.experiments.plan import method_weights
 
-    weights = method_weights(pipe, config, height=size.height, width=size.width, text_tokens=size.text_tokens)
+    weights = method_weights(pipe, config, height=size.height, width=size.width, text_tokens=size.text_tokens,
+                             num_frames=size.num_frames)
     mine = shard(config.units, lambda u: weights[u[0].name], world.world_size)[world.rank]
     left = {(m.name, pi, seed) for m, pi, _, seed in remaining}
     return [u for u in mine if (u[0].name, u[1], u[3]) in left]
@@ -270,20 +300,23 @@ class _Size:
     width: int
     text_tokens: int
     guided: bool
+    #: A video pair's frames per unit; None for images.
+    num_frames: int | None = None
 
 
 def _size(pipe, config: ExperimentConfig) -> _Size:
-    """The image size and text length every unit of this experiment runs at (one prompt encoded to see)."""
+    """The image size (a video's frames) and text length every unit of this experiment runs at (one prompt
+    encoded to see). ``sampler.num_frames`` is checked here against the loaded pair (refused on images)."""
     import torch
 
+    sampler = ran_sampler(pipe, config)
     s = config.sampler
-    default = pipe.adapter.default_size()
     with torch.no_grad():
         cond = pipe.adapter.encode(guidance_scale=s.guidance_scale, num_images_per_prompt=1,
                                    max_sequence_length=s.max_sequence_length, prompt=config.prompts[0],
                                    prompt_2=None, prompt_3=None)
-    return _Size(height=s.height or default, width=s.width or default, text_tokens=cond.prompt_embeds.shape[1],
-                 guided=cond.guided)
+    return _Size(height=sampler["height"], width=sampler["width"], text_tokens=cond.prompt_embeds.shape[1],
+                 guided=cond.guided, num_frames=sampler.get("num_frames"))
 
 
 def check_methods(pipe, config: ExperimentConfig, size: _Size) -> None:
@@ -292,7 +325,7 @@ def check_methods(pipe, config: ExperimentConfig, size: _Size) -> None:
         pipe.check_plan(method.switch, context=method.context, height=size.height, width=size.width,
                         text_tokens=size.text_tokens,
                         guided=size.guided, allow_unprofitable=config.allow_unprofitable,
-                        path=f"methods[{i}].switch")
+                        path=f"methods[{i}].switch", num_frames=size.num_frames)
 
 
 def ensure_profile(pipe, config: ExperimentConfig, size: _Size):
@@ -300,12 +333,14 @@ def ensure_profile(pipe, config: ExperimentConfig, size: _Size):
     import torch
 
     from stitchkit.profile import ProfileKey, cpu_threads, load_profile, profile_transformers, save_profile
+    from stitchkit.video import latent_shape
 
-    vae = pipe.adapter.vae_scale_factor
+    latent = latent_shape(pipe.adapter, height=size.height, width=size.width, num_frames=size.num_frames)
     dtype = str(pipe.adapter.dtype).removeprefix("torch.")
     device = pipe.adapter.device.type
     key = ProfileKey(pair=pipe.pair_id, height=size.height, width=size.width, dtype=dtype, device=device,
-                     batch=2 if size.guided else 1, text_tokens=size.text_tokens, threads=cpu_threads(device))
+                     batch=2 if size.guided else 1, text_tokens=size.text_tokens, threads=cpu_threads(device),
+                     frames=size.num_frames or 0)
     costs = load_profile(key)
     if costs is not None:
         import logging
@@ -317,8 +352,8 @@ def ensure_profile(pipe, config: ExperimentConfig, size: _Size):
         from stitchkit.profile_checks import measure_checked
 
         costs, problems = measure_checked(lambda timings: profile_transformers(
-            pipe.adapter.large_transformer, pipe.small, latent_height=size.height // vae,
-            latent_width=size.width // vae, text_tokens=size.text_tokens, batch=key.batch,
+            pipe.adapter.large_transformer, pipe.small, latent_height=latent[-2], latent_width=latent[-1],
+            latent_frames=latent[0] if len(latent) == 3 else None, text_tokens=size.text_tokens, batch=key.batch,
             dtype=getattr(torch, dtype), device=device, num_threads=torch.get_num_threads(), timings=timings))
         if problems:  # used for this run's predictions, never cached: a noisy profile would price every later run
             import warnings

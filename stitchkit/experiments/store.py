@@ -52,6 +52,16 @@ def image_path(out_dir: Path, method: str, prompt_index: int, seed: int) -> Path
     return out_dir / "images" / method / f"{unit_stem(prompt_index, seed)}.png"
 
 
+def video_path(out_dir: Path, method: str, prompt_index: int, seed: int) -> Path:
+    """A video unit's MP4 (its image, :func:`image_path`, is then the frame strip)."""
+    return out_dir / "videos" / method / f"{unit_stem(prompt_index, seed)}.mp4"
+
+
+def is_video_run(out_dir: Path) -> bool:
+    """Does the run folder hold a video pair's units (MP4s under ``videos/``)? A folder is one pair's."""
+    return (out_dir / "videos").is_dir()
+
+
 def load_records(config) -> dict[str, list[dict]]:
     """Each method's finished units (a unit is done when its record exists), in prompt and seed order."""
     records = {}

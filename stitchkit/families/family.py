@@ -56,6 +56,10 @@ class Family:
     check_pair: Callable[[Any, Any], None]
     #: ``flops(config, num_tokens, text_tokens, *, mask_ratio=1.0)`` per sample, or None (no estimate).
     flops: Callable[..., float] | None = None
+    #: ``random_inputs(transformer, *, latent_shape, text_tokens, batch, dtype, device, seed)`` -> random
+    #: :class:`~stitchkit.protocols.ModelInputs` of the shapes its pipeline hands the transformer, for
+    #: ``stitchkit profile``; None: :func:`stitchkit.profile.random_inputs` (joint attention, pooled text).
+    random_inputs: Callable[..., Any] | None = None
     #: ``load(large, small, *, torch_dtype, device, **kwargs)`` -> ``(large_pipeline, small_transformer)``.
     load: Callable[..., tuple[Any, Any]] | None = None
     #: Pipeline class names (``model_index.json``'s ``_class_name``) whose checkpoints this family loads.
@@ -122,3 +126,15 @@ class Adapter(Protocol):
                   mu: float | None = None) -> "torch.Tensor": ...
 
     def decode(self, latents: "torch.Tensor", output_type: str) -> Any: ...
+
+
+class VideoAdapter(Adapter, Protocol):
+    """An adapter whose pipeline makes videos has two more methods (:mod:`stitchkit.video` asks for them
+    with ``getattr``: an adapter without them makes images, and refuses ``num_frames``)."""
+
+    def check_num_frames(self, num_frames: int | None, path: str = "num_frames") -> int:
+        """The frame count a call with ``num_frames`` generates (the family's default for ``None``); a
+        ConfigError at ``path`` for a count the VAE cannot make."""
+
+    def latent_frames(self, num_frames: int | None) -> int:
+        """Latent frames for ``num_frames`` video frames (the VAE's temporal compression)."""

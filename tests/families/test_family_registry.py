@@ -118,9 +118,6 @@ def test_a_family_or_pair_registered_twice_names_both_origins():
 
 #: The families' own files; and the shapes pair's trainer and its CLI, which are the shapes family's.
 FAMILY_OWN = ("stitchkit/families/", "stitchkit/shapes/", "stitchkit/commands/train_pair.py")
-#: Not a family's, and still naming one: the profile CLI sizes latents for SD3 (VAE 8, patch 2) and says so in
-#: messages that tests/test_profile.py asserts verbatim. Profiling by family is not done yet (issue 13).
-KNOWN_EXCEPTIONS = ("stitchkit/commands/profile.py",)
 NAMES = re.compile(r"sd3|stablediffusion3|(?:^|[^a-z])wan(?:[^a-z]|$)|wan(?:pipeline|transformer|attn)",
                    re.IGNORECASE)
 
@@ -165,7 +162,7 @@ def test_no_file_outside_a_family_names_one():
     offenders = []
     for path in sorted([*ROOT.glob("stitchkit/**/*.py"), *ROOT.glob("policies/*.py")]):
         rel = path.relative_to(ROOT).as_posix()
-        if rel.startswith(FAMILY_OWN) or rel in KNOWN_EXCEPTIONS:
+        if rel.startswith(FAMILY_OWN):
             continue
         offenders += [f"{rel}:{line}: {word!r}" for line, word in _code_words(path.read_text())
                       if NAMES.search(word)]

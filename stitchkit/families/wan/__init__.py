@@ -44,6 +44,22 @@ def wan_forward(model, inputs):
                  encoder_hidden_states=inputs.encoder_hidden_states, return_dict=False)[0]
 
 
+def _random_inputs(transformer, *, latent_shape, text_tokens: int, batch: int, dtype, device, seed: int = 0):
+    """Random inputs shaped as ``WanPipeline`` hands them over: latents ``(B, C, F, H, W)``, umT5 text
+    ``(B, T, text_dim)``, one timestep per sample; no pooled text vector."""
+    import torch
+
+    from stitchkit.protocols import ModelInputs
+
+    c = transformer.config
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(batch, int(c["in_channels"]), *latent_shape, generator=g)
+    text = torch.randn(batch, text_tokens, int(c["text_dim"]), generator=g)
+    return ModelInputs(hidden_states=hidden.to(device=device, dtype=dtype),
+                       timestep=torch.full((batch,), 500.0, device=device),
+                       encoder_hidden_states=text.to(device=device, dtype=dtype))
+
+
 def _check_pair(large, small) -> None:
     from stitchkit.families.wan.adapter import check_pair
 
@@ -81,7 +97,7 @@ def _load(large: str, small: str, *, torch_dtype=None, device=None, **kwargs):
 FAMILY = Family(
     name="wan", accepts_pipeline=_is_pipeline, accepts_transformer=_is_transformer, adapter=_adapter,
     masked_runner=_masked_runner, forward=wan_forward, check_pair=_check_pair, flops=_flops, load=_load,
-    pipeline_class_names=("WanPipeline",),
+    random_inputs=_random_inputs, pipeline_class_names=("WanPipeline",),
     description="Wan 2.1 text-to-video (WanPipeline, WanTransformer3DModel)",
 )
 

@@ -9,6 +9,7 @@ step. Latents stay float32 as there; the transformer sees them in its own dtype 
 
 from __future__ import annotations
 
+from numbers import Integral
 from typing import Any
 
 import torch
@@ -70,9 +71,23 @@ class WanAdapter:
         """WanPipeline's defaults: 480 × 832 (480p)."""
         return 480, 832
 
+    @property
+    def temporal_scale_factor(self) -> int:
+        """Video frames per latent frame after the first (4 for Wan 2.1's VAE)."""
+        return int(self.pipeline.vae_scale_factor_temporal)
+
+    def check_num_frames(self, num_frames: int | None, path: str = "num_frames") -> int:
+        """The frames a call generates: ``num_frames`` (81 when unset), which must be 1 + a multiple of the
+        VAE's temporal factor (the causal VAE keeps the first frame alone)."""
+        frames = DEFAULT_FRAMES if num_frames is None else num_frames
+        temporal = self.temporal_scale_factor
+        if isinstance(frames, bool) or not isinstance(frames, Integral) or frames < 1 or frames % temporal != 1:
+            raise ConfigError(path, f"{frames!r} is not 1 more than a multiple of {temporal} (the VAE's temporal "
+                              "factor)", f"use {temporal}k + 1 frames, e.g. {DEFAULT_FRAMES}")
+        return int(frames)
+
     def latent_frames(self, num_frames: int | None) -> int:
-        frames = DEFAULT_FRAMES if num_frames is None else int(num_frames)
-        return (frames - 1) // int(self.pipeline.vae_scale_factor_temporal) + 1
+        return (self.check_num_frames(num_frames) - 1) // self.temporal_scale_factor + 1
 
     def num_tokens(self, *, height: int, width: int, num_frames: int | None = None) -> int:
         p_t, p_h, p_w = self.patch_size
@@ -122,11 +137,7 @@ class WanAdapter:
     def prepare_latents(self, *, batch_size: int, height: int, width: int, num_frames: int | None = None, dtype,
                         generator, latents):
         """WanPipeline's latents: float32, ``(B, C, (frames - 1) / 4 + 1, H / 8, W / 8)``."""
-        frames = DEFAULT_FRAMES if num_frames is None else int(num_frames)
-        temporal = int(self.pipeline.vae_scale_factor_temporal)
-        if frames < 1 or frames % temporal != 1:
-            raise ConfigError("num_frames", f"{frames} is not 1 more than a multiple of {temporal}",
-                              f"use 4k + 1 frames, e.g. {DEFAULT_FRAMES}")
+        frames = self.check_num_frames(num_frames)
         channels = self.pipeline.transformer.config.in_channels
         return self.pipeline.prepare_latents(batch_size, channels, height, width, frames, torch.float32,
                                              self.device, generator, latents)
