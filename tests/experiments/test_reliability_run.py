@@ -195,3 +195,29 @@ def test_second_run_into_a_locked_folder_is_refused(tmp_path, monkeypatch, capsy
     # Released when its holder dies (kill included): the folder can be locked again.
     with lock_run_folder(config.output):
         pass
+
+
+def test_prompt_a_metric_cannot_read_refused_before_loading(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(runner, "load_pair", _no_model)
+    _config(tmp_path, EXPERIMENT.replace("pair: tiny-random", "pair: shapes")
+            .replace("prompts: [a red circle, a blue square]",
+                     "prompts: [a small red circle at the top left on a white background, a dog]")
+            .replace("seeds: [0]", "seeds: [0]\n    metrics: [psnr, caption_accuracy]"))
+    assert main(["run", str(tmp_path / "exp.yaml"), "-q"]) == 2
+    assert capsys.readouterr().err == (
+        "stitchkit run: error: prompts[1]: caption_accuracy reads shapes captions only: cannot parse 'a dog' "
+        "(expected 'a <size> <colour> <shape> at the <position> on a <colour> background'); reword the prompt, "
+        "or remove caption_accuracy (metrics[1])\n")
+    assert not (tmp_path / "out" / "records").exists()
+
+
+def test_prompt_index_is_the_index_in_the_prompt_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "load_pair", _no_model)
+    lines = ["a small red circle at the top left on a white background"] * 3 + ["a large blue square"]
+    (tmp_path / "prompts.txt").write_text("\n".join(lines) + "\n")
+    config = _config(tmp_path, EXPERIMENT.replace("pair: tiny-random", "pair: shapes")
+                     .replace("prompts: [a red circle, a blue square]", "prompts: {from: prompts.txt}")
+                     .replace("seeds: [0]", "seeds: [0]\n    metrics: [caption_accuracy]"))
+    with pytest.raises(ConfigError, match=r"^prompts\[3\]: caption_accuracy reads shapes captions only: "
+                                          r"cannot parse 'a large blue square'"):
+        runner.run_experiment(config, progress=False)
