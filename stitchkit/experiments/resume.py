@@ -9,7 +9,8 @@ A unit whose generation stops on NaN or inf (:class:`~stitchkit.errors.NonFinite
 experiment: by default the run goes on with the other units, every finished unit is kept, the report is
 written from them, and the run then ends with :class:`UnitsFailed` (the CLI: exit 1), naming method, prompt
 index and seed of the first failure and the count. No record is written for a failed unit, so a rerun
-retries it.
+retries it. A unit whose image or record cannot be written (an ``OSError``: disk full, quota, I/O error) is
+handled the same way: named with its cause, the other units go on, and the rerun redoes it.
 """
 
 from __future__ import annotations
@@ -45,12 +46,22 @@ def units_to_do(config) -> list:
 
 
 class UnitsFailed(NonFiniteError):
-    """Some units stopped on NaN/inf; the others finished and are kept. A rerun retries the failed ones."""
+    """Some units stopped on NaN/inf or could not be written (an ``OSError``: disk full, quota, I/O); the
+    others finished and are kept. A rerun retries the failed ones. ``failures``: ``(method, prompt index,
+    seed, error)`` per failed unit, in the order they failed."""
 
-    def __init__(self, failures: list[tuple[str, int, int, NonFiniteError]]) -> None:
+    def __init__(self, failures: list[tuple[str, int, int, Exception]]) -> None:
         method, pi, seed, err = failures[0]
         more = f" (and {len(failures) - 1} more unit(s))" if len(failures) > 1 else ""
-        RuntimeError.__init__(self, f"method {method!r}, prompt {pi}, seed {seed}: {err}{more}; the other units "
-                              "finished and were kept; rerun to retry the failed ones")
-        self.step, self.model = err.step, err.model
+        RuntimeError.__init__(self, f"method {method!r}, prompt {pi}, seed {seed}: {cause(err)}{more}; the other "
+                              "units finished and were kept; rerun to retry the failed ones")
+        self.step, self.model = getattr(err, "step", None), getattr(err, "model", None)
         self.failures = failures
+
+
+def cause(err: Exception) -> str:
+    """What stopped a unit, in words: the NaN's step and model, or the file that could not be written."""
+    if isinstance(err, OSError):
+        where = f" {err.filename}" if err.filename else ""
+        return f"could not write its outputs ({err.strerror or err}{':' if where else ''}{where}); no record written"
+    return str(err)

@@ -162,7 +162,7 @@ def _run(config: ExperimentConfig, *, world, progress: bool, pipe, force_new: bo
         config = attrs.evolve(config, pair=attrs.evolve(config.pair, device=world.device(config.pair.device)))
     out_dir = config.output
     remaining = units_to_do(config)  # issue 14: a record whose image does not open is redone
-    failures = []  # issue 14: units stopped on NaN/inf (stitchkit.experiments.resume)
+    failures = []  # issue 14: units stopped on NaN/inf or whose outputs could not be written (resume.py)
     if remaining:
         if main:
             write_environment(config, world_size=1 if world is None else world.world_size)
@@ -188,15 +188,15 @@ def _run(config: ExperimentConfig, *, world, progress: bool, pipe, force_new: bo
                 bar.update(len(batch))
                 continue
             for (_, pi, prompt, seed), (image, out, total_ms, masks) in zip(batch, outputs):
-                buffer = io.BytesIO()
-                image.save(buffer, format="PNG")
-                atomic_write(image_path(out_dir, method.name, pi, seed), buffer.getvalue())
                 record = _record(method.name, pi, prompt, seed, out, total_ms, costs)
                 record["masks"] = masks
                 record["sampler"] = ran_sampler(pipe, config)
                 record["threads"], record["load"] = threads, _load()
                 record["batch_size"] = len(batch)
-                atomic_write(record_path(out_dir, method.name, pi, seed), json.dumps(record).encode())
+                try:
+                    _write_unit(out_dir, method.name, pi, seed, image, record)
+                except OSError as err:  # disk full, quota, I/O error: like a NaN unit, named and retried
+                    failures.append((method.name, pi, seed, err))
             bar.update(len(batch))
     barrier(world)  # every rank's units are on disk
     if main:
@@ -204,6 +204,14 @@ def _run(config: ExperimentConfig, *, world, progress: bool, pipe, force_new: bo
     if failures:  # issue 14: after the report of everything that finished (each rank names its own)
         raise UnitsFailed(failures)
     return out_dir
+
+
+def _write_unit(out_dir: Path, method: str, prompt_index: int, seed: int, image, record: dict) -> None:
+    """The unit's image, then its record (the record last: a unit is done when its record exists)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    atomic_write(image_path(out_dir, method, prompt_index, seed), buffer.getvalue())
+    atomic_write(record_path(out_dir, method, prompt_index, seed), json.dumps(record).encode())
 
 
 def _claim(config: ExperimentConfig, world, force_new: bool) -> ExperimentConfig:

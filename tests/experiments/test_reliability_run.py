@@ -221,3 +221,34 @@ def test_prompt_index_is_the_index_in_the_prompt_file(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"^prompts\[3\]: caption_accuracy reads shapes captions only: "
                                           r"cannot parse 'a large blue square'"):
         runner.run_experiment(config, progress=False)
+
+
+def test_disk_full_unit_named_others_kept_rerun_redoes_it(tmp_path, monkeypatch):
+    import errno
+
+    from stitchkit.experiments.resume import UnitsFailed
+    from stitchkit.experiments.store import atomic_write
+
+    config = _config(tmp_path)
+    full = config.output / "images" / "small" / "p0001-s0.png"
+
+    def disk_full_once(path, data):
+        if path == full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        atomic_write(path, data)
+
+    monkeypatch.setattr(runner, "atomic_write", disk_full_once)
+    with pytest.raises(UnitsFailed) as err:
+        runner.run_experiment(config, progress=False)
+    assert str(err.value) == (f"method 'small', prompt 1, seed 0: could not write its outputs "
+                              f"({os.strerror(errno.ENOSPC)}: {full}); no record written; the other units finished "
+                              "and were kept; rerun to retry the failed ones")
+    assert [(m, pi, seed, type(e)) for m, pi, seed, e in err.value.failures] == [("small", 1, 0, OSError)]
+    records = sorted(p.relative_to(config.output).as_posix() for p in (config.output / "records").rglob("*.json"))
+    assert records == ["records/large/p0000-s0.json", "records/large/p0001-s0.json", "records/small/p0000-s0.json"]
+    assert not full.exists() and not list(full.parent.glob(".*.tmp"))  # no half-written file left behind
+    assert "| small | 1 |" in (config.output / "results.md").read_text()  # reported from what finished
+    monkeypatch.setattr(runner, "atomic_write", atomic_write)
+    runner.run_experiment(config, progress=False)
+    assert (config.output / "records" / "small" / "p0001-s0.json").exists() and full.exists()
+    assert "| small | 2 |" in (config.output / "results.md").read_text()
