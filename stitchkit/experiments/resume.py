@@ -1,9 +1,11 @@
 """Which units a rerun still has to generate, and what happens to a unit that fails.
 
-A unit is done when its record exists **and** its image opens: a damaged image whose record is intact (a
+A unit is done when its record exists, its key is the unit's key now
+(:mod:`~stitchkit.experiments.unit_keys`: a record left by another configuration is stale and redone), **and**
+its image opens: a damaged image whose record is intact (a
 disk error, a file truncated by hand) used to crash every rerun at the report; now its record is deleted and
-the unit regenerated. (What the record's content must match is the run folder's business: a changed
-config is refused by :func:`stitchkit.experiments.run_folder.claim`.)
+the unit regenerated. (A changed config is refused first by
+:func:`stitchkit.experiments.run_folder.claim`; the key catches what that file cannot see.)
 
 A unit whose generation stops on NaN or inf (:class:`~stitchkit.errors.NonFiniteError`) does not end the
 experiment: by default the run goes on with the other units, every finished unit is kept, the report is
@@ -15,10 +17,12 @@ handled the same way: named with its cause, the other units go on, and the rerun
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from stitchkit.errors import NonFiniteError
 from stitchkit.experiments.store import image_path, record_path
+from stitchkit.experiments.unit_keys import UnitKeys
 
 
 def image_opens(path: Path) -> bool:
@@ -32,13 +36,25 @@ def image_opens(path: Path) -> bool:
     return True
 
 
-def units_to_do(config) -> list:
-    """The units without a record or whose image does not open (their stale records are deleted)."""
+def read_record(path: Path) -> dict | None:
+    """A record's content, or ``None`` when it is missing or does not parse."""
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+def units_to_do(config, keys: UnitKeys | None = None) -> list:
+    """The units without a current record: none, one whose key is not the unit's key now (stale), or one
+    whose image does not open. Stale and orphaned records are deleted."""
+    keys = UnitKeys(config) if keys is None else keys
     todo = []
     for unit in config.units:
-        method, pi, _, seed = unit
+        method, pi, prompt, seed = unit
         record = record_path(config.output, method.name, pi, seed)
-        if record.exists() and image_opens(image_path(config.output, method.name, pi, seed)):
+        found = read_record(record) if record.exists() else None
+        if found is not None and keys.current(found, method.name, prompt, seed) \
+                and image_opens(image_path(config.output, method.name, pi, seed)):
             continue
         record.unlink(missing_ok=True)
         todo.append(unit)

@@ -8,7 +8,8 @@ Layout of the output folder (paths: :mod:`~stitchkit.experiments.store`)::
     trace.jsonl, results.md, results.csv    the reports (:mod:`~stitchkit.experiments.reports`), with the
     grid.png, masks.png, *.png plots        pictures and plots, all rebuilt from the records
 
-A unit (method, prompt, seed) is done when its record exists; records are written last and atomically
+A unit (method, prompt, seed) is done when its record exists and holds the unit's key (a hash of what
+determines its output: :mod:`~stitchkit.experiments.unit_keys`); records are written last and atomically
 (temp file + ``os.replace``), so an interrupted run loses at most the unit in flight and a rerun skips what
 is done. The table is always rebuilt from the records, never from memory.
 """
@@ -31,6 +32,7 @@ from stitchkit.errors import NonFiniteError
 from stitchkit.experiments.guard import guarded_run
 from stitchkit.experiments.resume import UnitsFailed, units_to_do
 from stitchkit.experiments.store import atomic_write, image_path, record_path, unit_stem
+from stitchkit.experiments.unit_keys import FIELD as KEY_FIELD, UnitKeys
 from stitchkit.trace import large_step_equivalents, latency_steps
 
 
@@ -161,7 +163,8 @@ def _run(config: ExperimentConfig, *, world, progress: bool, pipe, force_new: bo
     if world is not None:  # each process on its own GPU; the resolved config keeps what the user wrote
         config = attrs.evolve(config, pair=attrs.evolve(config.pair, device=world.device(config.pair.device)))
     out_dir = config.output
-    remaining = units_to_do(config)  # issue 14: a record whose image does not open is redone
+    keys = UnitKeys(config)  # issue 14: a record counts only for the unit it was made for
+    remaining = units_to_do(config, keys)  # a stale record, or one whose image does not open, is redone
     failures = []  # issue 14: units stopped on NaN/inf or whose outputs could not be written (resume.py)
     if remaining:
         if main:
@@ -193,6 +196,7 @@ def _run(config: ExperimentConfig, *, world, progress: bool, pipe, force_new: bo
                 record["sampler"] = ran_sampler(pipe, config)
                 record["threads"], record["load"] = threads, _load()
                 record["batch_size"] = len(batch)
+                record[KEY_FIELD] = keys(method.name, prompt, seed)
                 try:
                     _write_unit(out_dir, method.name, pi, seed, image, record)
                 except OSError as err:  # disk full, quota, I/O error: like a NaN unit, named and retried
