@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     mib = 1024 * 1024
     print(f"\n{args.prompts} prompts x 1 seed x 1 method, tiny-random 64x64, {args.steps} step(s), 1 thread "
           f"(peak: {'VmHWM, reset between phases, and ' if reset else ''}VmRSS sampled every 5 ms)")
-    print(f"| phase | wall (s) | peak RSS (MiB) | VmRSS sampled max (MiB) |\n|---|---|---|---|")
+    print("| phase | wall (s) | peak RSS (MiB) | VmRSS sampled max (MiB) |\n|---|---|---|---|")
     for phase in ("generation", "end"):
         print(f"| {phase} | {times[phase]:.1f} | {peaks[phase] / mib:.1f} | {sampler.peaks[phase] / mib:.1f} |")
     ratio = peaks["end"] / peaks["generation"]

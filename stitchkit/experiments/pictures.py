@@ -117,9 +117,13 @@ def write_grid(config, done: set | None = None) -> list[Path]:
     out_dir, seed = config.output, config.seeds[0]
     done = _done(config) if done is None else done
     columns = list(zip(config.prompt_indices, config.prompts))
-    images = {m.name: [image_path(out_dir, m.name, i, seed) if (m.name, i, seed) in done else None
-                       for i, _ in columns] for m in config.methods}
-    first = next((p for paths in images.values() for p in paths if p is not None and p.exists()), None)
+
+    def shown(method: str, index: int) -> Path | None:  # its record is current and its image is there
+        path = image_path(out_dir, method, index, seed)
+        return path if (method, index, seed) in done and path.exists() else None
+
+    images = {m.name: [shown(m.name, i) for i, _ in columns] for m in config.methods}
+    first = next((p for paths in images.values() for p in paths if p is not None), None)
     if first is None:
         return []
     cell = _cell_size(_open(first))
@@ -127,7 +131,7 @@ def write_grid(config, done: set | None = None) -> list[Path]:
     pages = [columns[i:i + PAGE_PROMPTS] for i in range(0, len(columns), PAGE_PROMPTS)][:MAX_PAGES]
     for n, page in enumerate(pages):
         start = n * PAGE_PROMPTS
-        rows = [[_open(p) if p is not None and p.exists() else None for p in images[m.name][start:start + len(page)]]
+        rows = [[None if p is None else _open(p) for p in images[m.name][start:start + len(page)]]
                 for m in config.methods]
         shown = f"prompts {start + 1}-{start + len(page)} of {len(columns)}" if len(columns) > len(page) \
             else f"{len(columns)} prompts"

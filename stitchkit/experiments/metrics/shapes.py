@@ -59,7 +59,8 @@ class CaptionAccuracy(_ShapesMetric):
         try:
             parse_caption(prompt)
         except ConfigError as err:
-            return f"{self.kind} reads shapes captions only: {err.problem}" + (f" ({err.allowed})" if err.allowed else "")
+            why = f"{err.problem} ({err.allowed})" if err.allowed else err.problem
+            return f"{self.kind} reads shapes captions only: {why}"
         return None
 
     def score(self, batches: Iterable[MetricBatch]) -> float:
