@@ -86,8 +86,8 @@ def command(experiment: str, output: str | None, quiet: bool, dry_run: bool, for
     if world is not None and not world.is_main:  # a data-parallel rank: rank 0 reports for the job
         return
     click.echo((out_dir / "results.md").read_text().rstrip())
-    from stitchkit.experiments.store import load_records
+    from stitchkit.experiments.store import compact_records
 
-    for line in timing_warnings(load_records(attrs.evolve(config, output=out_dir))):
+    for line in timing_warnings(compact_records(attrs.evolve(config, output=out_dir))):
         click.echo(line)
     click.echo(closing_line(out_dir, [out_dir / name for name in REPORT_FILES]))

@@ -119,11 +119,24 @@ def _grid_page(rows: list[list], labels: list[str], columns: list[tuple[int, str
     return canvas
 
 
-def write_grid(config) -> list[Path]:
+def _done(config) -> set[tuple[str, int, int]]:
+    """The units with a current record (their images are the ones the pictures may show)."""
+    from stitchkit.experiments.store import current_records
+
+    return {(m, r["prompt_index"], r["seed"]) for m, r in current_records(config)}
+
+
+def write_grid(config, done: set | None = None) -> list[Path]:
     out_dir, seed = config.output, config.seeds[0]
+    done = _done(config) if done is None else done
     columns = list(zip(config.prompt_indices, config.prompts))
-    images = {m.name: [image_path(out_dir, m.name, i, seed) for i, _ in columns] for m in config.methods}
-    first = next((p for paths in images.values() for p in paths if p.exists()), None)
+
+    def shown(method: str, index: int) -> Path | None:  # its record is current and its image is there
+        path = image_path(out_dir, method, index, seed)
+        return path if (method, index, seed) in done and path.exists() else None
+
+    images = {m.name: [shown(m.name, i) for i, _ in columns] for m in config.methods}
+    first = next((p for paths in images.values() for p in paths if p is not None), None)
     if first is None:
         return []
     cell = _cell_size(_open(first), is_video_run(out_dir))
@@ -131,7 +144,7 @@ def write_grid(config) -> list[Path]:
     pages = [columns[i:i + PAGE_PROMPTS] for i in range(0, len(columns), PAGE_PROMPTS)][:MAX_PAGES]
     for n, page in enumerate(pages):
         start = n * PAGE_PROMPTS
-        rows = [[_open(p) if p.exists() else None for p in images[m.name][start:start + len(page)]]
+        rows = [[None if p is None else _open(p) for p in images[m.name][start:start + len(page)]]
                 for m in config.methods]
         shown = f"prompts {start + 1}-{start + len(page)} of {len(columns)}" if len(columns) > len(page) \
             else f"{len(columns)} prompts"
@@ -164,15 +177,16 @@ def _spread(items: list, limit: int) -> list:
     return [items[round(i * (len(items) - 1) / (limit - 1))] for i in range(limit)]
 
 
-def mask_rows(config) -> list[dict]:
+def mask_rows(config, done: set | None = None) -> list[dict]:
     """The rows of masks.png: per chosen prompt, per method with hybrid steps, its image and masked views."""
     out_dir, seed = config.output, config.seeds[0]
+    done = _done(config) if done is None else done
     rows, prompts_used = [], 0
     for index, prompt in zip(config.prompt_indices, config.prompts):
         found = []
         for method in config.methods:
             record, image_file = record_path(out_dir, method.name, index, seed), image_path(out_dir, method.name, index, seed)
-            if not (record.exists() and image_file.exists()):
+            if (method.name, index, seed) not in done or not (record.exists() and image_file.exists()):
                 continue
             data = json.loads(record.read_text())
             masks = data.get("masks") or {}
@@ -200,10 +214,10 @@ def mask_rows(config) -> list[dict]:
     return rows
 
 
-def write_masks(config) -> list[Path]:
+def write_masks(config, done: set | None = None) -> list[Path]:
     from PIL import Image, ImageDraw
 
-    rows = mask_rows(config)
+    rows = mask_rows(config, done)
     if not rows:
         return []
     font = _font()
@@ -240,6 +254,8 @@ def write_masks(config) -> list[Path]:
     return [config.output / "masks.png"]
 
 
-def write_pictures(config) -> list[Path]:
-    """Write grid.png (and its pages and prompt legend) and, when any method took hybrid steps, masks.png."""
-    return write_grid(config) + write_masks(config)
+def write_pictures(config, done: set | None = None) -> list[Path]:
+    """Write grid.png (and its pages and prompt legend) and, when any method took hybrid steps, masks.png;
+    ``done``: the units with a current record (default: read from the folder)."""
+    done = _done(config) if done is None else done
+    return write_grid(config, done) + write_masks(config, done)

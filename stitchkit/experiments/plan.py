@@ -10,7 +10,6 @@ Costs are the pair's cached profile, else a FLOPs estimate of the two configs (i
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import attrs
@@ -106,8 +105,10 @@ def plan_from_records(name: str, records: list[dict], costs: Costs) -> MethodPla
 
 
 def _records(config: ExperimentConfig, method: str) -> list[dict]:
-    folder = config.output / "records" / method
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    """The method's current records (a stale one, written for another configuration, is not counted)."""
+    from stitchkit.experiments.store import current_records
+
+    return [r for _, r in current_records(config, methods=[m for m in config.methods if m.name == method])]
 
 
 def experiment_costs(config: ExperimentConfig) -> tuple[Costs, int]:

@@ -54,11 +54,6 @@ def pareto_front(points: list[tuple[float, float]], higher_is_better: bool) -> l
     return sorted(front, key=lambda i: points[i][0])
 
 
-def first_switch_step(trace: list[dict]) -> int | None:
-    """The first step whose stage differs from step 0's (``None``: the unit never switched)."""
-    return next((r["step"] for r in trace if r["stage"] != trace[0]["stage"]), None)
-
-
 def write_frontier(config, rows, quality: dict[str, dict], metrics: dict[str, Any]) -> Path | None:
     """frontier.png: one panel per quality metric (else mean |image − large|), speedup on x."""
     from stitchkit.experiments.reports import COLUMNS, human_header
@@ -103,7 +98,7 @@ def write_frontier(config, rows, quality: dict[str, dict], metrics: dict[str, An
 def write_switch_steps(config, records: dict[str, list[dict]], adaptive: set[str]) -> Path | None:
     """switch_steps.png: a histogram of the first switch step of each adaptive method's units."""
     steps = config.sampler.steps
-    data = {m: [first_switch_step(r["trace"]) for r in recs] for m, recs in records.items()
+    data = {m: [r["first_switch_step"] for r in recs] for m, recs in records.items()
             if m in adaptive and recs}
     if not data:
         return None
@@ -129,13 +124,13 @@ def write_change(config, records: dict[str, list[dict]]) -> Path | None:
     """change.png: D_t per step, median and 10th-90th percentile band over the units, per method."""
     series = {}
     for method, recs in records.items():
-        table = [[r["change"] for r in rec["trace"]] for rec in recs if rec["trace"]]
+        table = [rec["change"] for rec in recs if len(rec["change"])]
         if not table:
             continue
         length = max(len(t) for t in table)
         values = np.full((len(table), length), np.nan)
         for i, t in enumerate(table):
-            values[i, :len(t)] = [np.nan if v is None else v for v in t]
+            values[i, :len(t)] = np.frombuffer(t, dtype=np.float64)
         if np.isfinite(values).any():
             series[method] = values
     if not series:
@@ -176,15 +171,17 @@ def adaptive_methods(config, records: dict[str, list[dict]]) -> set[str]:
     out = set()
     for method in config.methods:
         recs = records.get(method.name)
-        if not recs or not recs[0]["trace"]:
+        if not recs or recs[0]["num_tokens"] is None:
             continue
         policy, _ = registry.create("switch", method.switch)
-        if not is_fixed_schedule(policy, config.sampler.steps, recs[0]["trace"][0]["num_tokens"]):
+        if not is_fixed_schedule(policy, config.sampler.steps, recs[0]["num_tokens"]):
             out.add(method.name)
     return out
 
 
 def write_plots(config, records: dict[str, list[dict]], rows, quality, metrics) -> list[Path]:
+    """frontier.png, switch_steps.png and change.png; ``records`` in the reports' compact form
+    (:func:`stitchkit.experiments.store.compact`)."""
     written = [write_frontier(config, rows, quality, metrics),
                write_switch_steps(config, records, adaptive_methods(config, records)),
                write_change(config, records)]

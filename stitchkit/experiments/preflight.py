@@ -8,7 +8,10 @@
 - ``pair.device``: CUDA asked for on a machine without it;
 - ``sampler.height`` / ``sampler.width``: for a pair of diffusers folders, a side that is not a multiple
   of the VAE factor times the patch size, or beyond the transformer's position embedding, read from the
-  folders' ``config.json`` files (for a built-in pair the adapter checks it once loaded).
+  folders' ``config.json`` files (for a built-in pair the adapter checks it once loaded);
+- ``prompts[i]``: a prompt one of the metrics cannot read (its ``check_prompt``: the shapes classifier
+  parses a caption grammar, CLIP reads at most 77 tokens), found here rather than when the report is
+  scored after every image was generated; ``i`` is the prompt's index in its source (``p0003`` in file names).
 
 Each refusal is one :class:`~stitchkit.errors.ConfigError` line naming the field.
 """
@@ -33,6 +36,7 @@ def preflight(config) -> None:
             check_model_folder(getattr(pair, field), f"pair.{field}")
         check_size(pair.large, config.sampler.height, config.sampler.width)
     check_device(pair.device)
+    check_prompts(config)
 
 
 def check_output(folder: Path, path: str = "output") -> None:
@@ -105,3 +109,20 @@ def check_size(large: str, height: int | None, width: int | None) -> None:
         if largest is not None and side > largest * multiple:
             raise ConfigError(f"sampler.{name}", f"{side} is beyond the {largest * multiple} the large model's "
                               "position embedding covers", f"use at most {largest * multiple}")
+
+
+def check_prompts(config, metrics: dict[str, Any] | None = None) -> None:
+    """Refuse the first prompt a metric of the experiment cannot score (``prompts[i]``)."""
+    from stitchkit.experiments.metrics.base import prompt_problem
+    from stitchkit.experiments.metrics.scoring import build_metrics
+
+    metrics = build_metrics(config) if metrics is None else metrics
+    readers = [(j, name, m) for j, (name, m) in enumerate(metrics.items()) if hasattr(m, "check_prompt")]
+    if not readers:
+        return
+    for index, prompt in zip(config.prompt_indices, config.prompts):
+        for j, name, metric in readers:
+            problem = prompt_problem(metric, prompt)
+            if problem is not None:
+                raise ConfigError(f"prompts[{index}]", problem,
+                                  f"reword the prompt, or remove {name} (metrics[{j}])")

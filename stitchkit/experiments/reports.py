@@ -20,7 +20,7 @@ import attrs
 import numpy as np
 
 from stitchkit.experiments.config import BASELINE, ExperimentConfig
-from stitchkit.experiments.store import atomic_write, atomic_write_chunks, image_path, load_records, trace_lines
+from stitchkit.experiments.store import atomic_write, atomic_write_chunks, compact_records, image_path, trace_lines
 
 
 def _image(out_dir: Path, method: str, prompt_index: int, seed: int) -> np.ndarray:
@@ -127,7 +127,7 @@ def write_results(config: ExperimentConfig, *, records=None, metrics=None):
     from stitchkit.experiments.sweeps import format_value
 
     out_dir = config.output
-    records = load_records(config) if records is None else records
+    records = compact_records(config) if records is None else records
     metrics = build_metrics(config) if metrics is None else metrics
     rows = collect_results(config, records)
     quality = score_methods(config, records, BASELINE, metrics)
@@ -162,13 +162,27 @@ REPORT_FILES = ("results.md", "results.csv", "trace.jsonl", "grid.png", "grid_pr
 
 
 def write_report(config: ExperimentConfig, *, metrics=None) -> list[Path]:
-    """Every report file from the run folder's records and images; returns the paths written."""
+    """Every report file from the run folder's current records and images; returns the paths written.
+
+    Records are read one at a time and kept in compact form (:func:`~stitchkit.experiments.store.compact`),
+    trace.jsonl is streamed, and the grid has a bounded number of columns and pages, so the end of a
+    2,000-prompt run needs no more memory than its generation (``benchmarks/long_run_memory.py``).
+    A stale record (written for another configuration) is not counted, with a warning."""
     from stitchkit.experiments.pictures import write_pictures
 
-    records = load_records(config)
+    stale: list = []
+    records = compact_records(config, stale)
+    if stale:
+        import warnings
+
+        method, pi, seed = stale[0]
+        warnings.warn(f"{len(stale)} record(s) in {config.output} were written for another configuration (first: "
+                      f"method {method!r}, prompt {pi}, seed {seed}): not counted; `stitchkit run` remakes them",
+                      stacklevel=2)
     rows, quality, metrics = write_results(config, records=records, metrics=metrics)
     written = [config.output / name for name in ("results.md", "results.csv", "trace.jsonl")]
-    written += write_pictures(config)
+    done = {(m, r["prompt_index"], r["seed"]) for m, recs in records.items() for r in recs}
+    written += write_pictures(config, done)
     from stitchkit.experiments.plots import write_plots
 
     written += write_plots(config, records, rows, quality, metrics)

@@ -1,23 +1,28 @@
 """Which units a rerun still has to generate, and what happens to a unit that fails.
 
-A unit is done when its record exists **and** its image opens (and, in a video run, its MP4 exists): a damaged image whose record is intact (a
+A unit is done when its record exists, its key is the unit's key now
+(:mod:`~stitchkit.experiments.unit_keys`: a record left by another configuration is stale and redone), its
+image opens and, in a video run, its MP4 exists: a damaged image whose record is intact (a
 disk error, a file truncated by hand) used to crash every rerun at the report; now its record is deleted and
-the unit regenerated. (What the record's content must match is the run folder's business: a changed
-config is refused by :func:`stitchkit.experiments.run_folder.claim`.)
+the unit regenerated. (A changed config is refused first by
+:func:`stitchkit.experiments.run_folder.claim`; the key catches what that file cannot see.)
 
 A unit whose generation stops on NaN or inf (:class:`~stitchkit.errors.NonFiniteError`) does not end the
 experiment: by default the run goes on with the other units, every finished unit is kept, the report is
 written from them, and the run then ends with :class:`UnitsFailed` (the CLI: exit 1), naming method, prompt
 index and seed of the first failure and the count. No record is written for a failed unit, so a rerun
-retries it.
+retries it. A unit whose image or record cannot be written (an ``OSError``: disk full, quota, I/O error) is
+handled the same way: named with its cause, the other units go on, and the rerun redoes it.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from stitchkit.errors import NonFiniteError
 from stitchkit.experiments.store import image_path, is_video_run, record_path, video_path
+from stitchkit.experiments.unit_keys import UnitKeys
 
 
 def image_opens(path: Path) -> bool:
@@ -31,15 +36,27 @@ def image_opens(path: Path) -> bool:
     return True
 
 
-def units_to_do(config) -> list:
-    """The units without a record or whose image does not open, or in a video run (a folder with
-    ``videos/``) whose MP4 is missing (their stale records are deleted)."""
+def read_record(path: Path) -> dict | None:
+    """A record's content, or ``None`` when it is missing or does not parse."""
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+def units_to_do(config, keys: UnitKeys | None = None) -> list:
+    """The units without a current record: none, one whose key is not the unit's key now (stale), or one
+    whose image does not open, or in a video run (a folder with ``videos/``) whose MP4 is
+    missing. Stale and orphaned records are deleted."""
+    keys = UnitKeys(config) if keys is None else keys
     todo = []
     videos = is_video_run(config.output)
     for unit in config.units:
-        method, pi, _, seed = unit
+        method, pi, prompt, seed = unit
         record = record_path(config.output, method.name, pi, seed)
-        if record.exists() and image_opens(image_path(config.output, method.name, pi, seed)) \
+        found = read_record(record) if record.exists() else None
+        if found is not None and keys.current(found, method.name, prompt, seed) \
+                and image_opens(image_path(config.output, method.name, pi, seed)) \
                 and (not videos or video_path(config.output, method.name, pi, seed).is_file()):
             continue
         record.unlink(missing_ok=True)
@@ -48,12 +65,22 @@ def units_to_do(config) -> list:
 
 
 class UnitsFailed(NonFiniteError):
-    """Some units stopped on NaN/inf; the others finished and are kept. A rerun retries the failed ones."""
+    """Some units stopped on NaN/inf or could not be written (an ``OSError``: disk full, quota, I/O); the
+    others finished and are kept. A rerun retries the failed ones. ``failures``: ``(method, prompt index,
+    seed, error)`` per failed unit, in the order they failed."""
 
-    def __init__(self, failures: list[tuple[str, int, int, NonFiniteError]]) -> None:
+    def __init__(self, failures: list[tuple[str, int, int, Exception]]) -> None:
         method, pi, seed, err = failures[0]
         more = f" (and {len(failures) - 1} more unit(s))" if len(failures) > 1 else ""
-        RuntimeError.__init__(self, f"method {method!r}, prompt {pi}, seed {seed}: {err}{more}; the other units "
-                              "finished and were kept; rerun to retry the failed ones")
-        self.step, self.model = err.step, err.model
+        RuntimeError.__init__(self, f"method {method!r}, prompt {pi}, seed {seed}: {cause(err)}{more}; the other "
+                              "units finished and were kept; rerun to retry the failed ones")
+        self.step, self.model = getattr(err, "step", None), getattr(err, "model", None)
         self.failures = failures
+
+
+def cause(err: Exception) -> str:
+    """What stopped a unit, in words: the NaN's step and model, or the file that could not be written."""
+    if isinstance(err, OSError):
+        where = f" {err.filename}" if err.filename else ""
+        return f"could not write its outputs ({err.strerror or err}{':' if where else ''}{where}); no record written"
+    return str(err)

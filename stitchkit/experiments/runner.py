@@ -10,7 +10,8 @@ Layout of the output folder (paths: :mod:`~stitchkit.experiments.store`)::
     trace.jsonl, results.md, results.csv    the reports (:mod:`~stitchkit.experiments.reports`), with the
     grid.png, masks.png, *.png plots        pictures and plots, all rebuilt from the records
 
-A unit (method, prompt, seed) is done when its record exists; records are written last and atomically
+A unit (method, prompt, seed) is done when its record exists and holds the unit's key (a hash of what
+determines its output: :mod:`~stitchkit.experiments.unit_keys`); records are written last and atomically
 (temp file + ``os.replace``), so an interrupted run loses at most the unit in flight and a rerun skips what
 is done. The table is always rebuilt from the records, never from memory.
 """
@@ -33,6 +34,7 @@ from stitchkit.errors import NonFiniteError
 from stitchkit.experiments.guard import guarded_run
 from stitchkit.experiments.resume import UnitsFailed, units_to_do
 from stitchkit.experiments.store import atomic_write, image_path, record_path, unit_stem, video_path
+from stitchkit.experiments.unit_keys import FIELD as KEY_FIELD, UnitKeys
 from stitchkit.trace import large_step_equivalents, latency_steps
 
 
@@ -192,8 +194,9 @@ def _run(config: ExperimentConfig, *, world, progress: bool, pipe, force_new: bo
     if world is not None:  # each process on its own GPU; the resolved config keeps what the user wrote
         config = attrs.evolve(config, pair=attrs.evolve(config.pair, device=world.device(config.pair.device)))
     out_dir = config.output
-    remaining = units_to_do(config)  # issue 14: a record whose image does not open is redone
-    failures = []  # issue 14: units stopped on NaN/inf (stitchkit.experiments.resume)
+    keys = UnitKeys(config)  # issue 14: a record counts only for the unit it was made for
+    remaining = units_to_do(config, keys)  # a stale record, or one whose image does not open, is redone
+    failures = []  # issue 14: units stopped on NaN/inf or whose outputs could not be written (resume.py)
     if remaining:
         if main:
             write_environment(config, world_size=1 if world is None else world.world_size)
@@ -219,13 +222,16 @@ def _run(config: ExperimentConfig, *, world, progress: bool, pipe, force_new: bo
                 bar.update(len(batch))
                 continue
             for (_, pi, prompt, seed), (image, out, total_ms, masks) in zip(batch, outputs):
-                _save_unit(out_dir, method.name, pi, seed, image)
                 record = _record(method.name, pi, prompt, seed, out, total_ms, costs)
                 record["masks"] = masks
                 record["sampler"] = ran_sampler(pipe, config)
                 record["threads"], record["load"] = threads, _load()
                 record["batch_size"] = len(batch)
-                atomic_write(record_path(out_dir, method.name, pi, seed), json.dumps(record).encode())
+                record[KEY_FIELD] = keys(method.name, prompt, seed)
+                try:
+                    _write_unit(out_dir, method.name, pi, seed, image, record)
+                except OSError as err:  # disk full, quota, I/O error: like a NaN unit, named and retried
+                    failures.append((method.name, pi, seed, err))
             bar.update(len(batch))
     barrier(world)  # every rank's units are on disk
     if main:
@@ -233,6 +239,13 @@ def _run(config: ExperimentConfig, *, world, progress: bool, pipe, force_new: bo
     if failures:  # issue 14: after the report of everything that finished (each rank names its own)
         raise UnitsFailed(failures)
     return out_dir
+
+
+def _write_unit(out_dir: Path, method: str, prompt_index: int, seed: int, output, record: dict) -> None:
+    """The unit's picture (:func:`_save_unit`), then its record (the record last: a unit is done when its
+    record exists)."""
+    _save_unit(out_dir, method, prompt_index, seed, output)
+    atomic_write(record_path(out_dir, method, prompt_index, seed), json.dumps(record).encode())
 
 
 def _claim(config: ExperimentConfig, world, force_new: bool) -> ExperimentConfig:

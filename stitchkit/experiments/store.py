@@ -62,25 +62,68 @@ def is_video_run(out_dir: Path) -> bool:
     return (out_dir / "videos").is_dir()
 
 
-def load_records(config) -> dict[str, list[dict]]:
-    """Each method's finished units (a unit is done when its record exists), in prompt and seed order."""
-    records = {}
-    for method in config.methods:
-        paths = (record_path(config.output, method.name, pi, seed)
-                 for pi in config.prompt_indices for seed in config.seeds)
-        records[method.name] = [json.loads(path.read_text()) for path in paths if path.exists()]
-    return records
+def current_records(config, stale: list | None = None, methods=None) -> Iterator[tuple[str, dict]]:
+    """``(method name, record)`` of every unit whose record is current (its key is the unit's key now:
+    :mod:`~stitchkit.experiments.unit_keys`), read from disk one at a time, in method, prompt and seed
+    order (of ``methods``, default every method). The unit ``(method, prompt index, seed)`` of each stale
+    record is appended to ``stale``."""
+    from stitchkit.experiments.unit_keys import UnitKeys
 
-
-def trace_lines(config) -> Iterator[bytes]:
-    """trace.jsonl's lines (one per unit and step), read from the records on disk one record at a time."""
-    for method in config.methods:
-        for pi in config.prompt_indices:
+    keys = UnitKeys(config)
+    for method in config.methods if methods is None else methods:
+        for pi, prompt in zip(config.prompt_indices, config.prompts):
             for seed in config.seeds:
                 path = record_path(config.output, method.name, pi, seed)
                 if not path.exists():
                     continue
-                record = json.loads(path.read_text())
-                for step in record["trace"]:
-                    yield (json.dumps({"method": method.name, "prompt_index": record["prompt_index"],
-                                       "seed": record["seed"], **step}) + "\n").encode()
+                try:
+                    record = json.loads(path.read_bytes())
+                except (OSError, ValueError):
+                    record = {}
+                if keys.current(record, method.name, prompt, seed):
+                    yield method.name, record
+                elif stale is not None:
+                    stale.append((method.name, pi, seed))
+
+
+def load_records(config) -> dict[str, list[dict]]:
+    """Each method's finished units (current records, whole), in prompt and seed order."""
+    records: dict[str, list[dict]] = {m.name: [] for m in config.methods}
+    for method, record in current_records(config):
+        records[method].append(record)
+    return records
+
+
+def first_switch_step(trace: list[dict]) -> int | None:
+    """The first step whose stage differs from step 0's (``None``: the unit never switched)."""
+    return next((r["step"] for r in trace if r["stage"] != trace[0]["stage"]), None)
+
+
+def compact(record: dict) -> dict:
+    """A record as the reports read it: its scalar fields and, from its trace, ``first_switch_step``,
+    ``change`` (D_t per step, NaN where none, an ``array('d')``) and ``num_tokens``; no trace, no masks, so
+    a long run's records are never all in memory whole."""
+    from array import array
+
+    slim = {k: v for k, v in record.items() if k not in ("trace", "masks")}
+    trace = record.get("trace") or []
+    slim["first_switch_step"] = first_switch_step(trace) if trace else None
+    slim["change"] = array("d", (float("nan") if r["change"] is None else r["change"] for r in trace))
+    slim["num_tokens"] = trace[0]["num_tokens"] if trace else None
+    return slim
+
+
+def compact_records(config, stale: list | None = None) -> dict[str, list[dict]]:
+    """:func:`load_records` in :func:`compact` form, each record read and reduced before the next."""
+    records: dict[str, list[dict]] = {m.name: [] for m in config.methods}
+    for method, record in current_records(config, stale):
+        records[method].append(compact(record))
+    return records
+
+
+def trace_lines(config) -> Iterator[bytes]:
+    """trace.jsonl's lines (one per unit and step), read from the current records one record at a time."""
+    for method, record in current_records(config):
+        for step in record["trace"]:
+            yield (json.dumps({"method": method, "prompt_index": record["prompt_index"],
+                               "seed": record["seed"], **step}) + "\n").encode()

@@ -287,3 +287,31 @@ def test_an_outside_metric_plugin_registers_through_the_hook(tmp_path):
     with pytest.raises(ConfigError, match=r"^metrics\[0\]\.scal: unknown parameter of 'brightness'"):
         ExperimentConfig.from_dict({"prompts": ["a"], "methods": ["large"],
                                     "metrics": [{"kind": "brightness", "scal": 2}]}, registry=registry)
+
+
+def test_clip_score_refuses_a_prompt_past_its_token_limit(tmp_path, monkeypatch):
+    from transformers import CLIPTokenizerFast
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = _tiny_clip_folder(tmp_path)
+    metric = _create({"kind": "clip_score", "model": str(folder)})
+    tokenizer = CLIPTokenizerFast.from_pretrained(folder)
+
+    def count(text):  # an independent count: the tokenizer torchmetrics uses, start and end tokens included
+        return len(tokenizer(text, verbose=False)["input_ids"])
+
+    words = "red " * 80
+    assert count(words) > 77
+    assert metric.check_prompt(words) == (f"{count(words)} CLIP tokens, past the 77 CLIP reads (clip_score would "
+                                          "score its first part only)")
+    fits = max(n for n in range(1, 80) if count("red " * n) <= 77)
+    assert metric.check_prompt("red " * fits) is None and metric.check_prompt("red " * (fits + 1)) is not None
+
+    from stitchkit.experiments.config import ExperimentConfig
+    from stitchkit.experiments.preflight import check_prompts
+
+    (tmp_path / "exp.yaml").write_text(f"name: c\npair: tiny-random\nprompts: [a red circle, '{words}']\nseeds: [0]\n"
+                                       f"metrics: [{{kind: clip_score, model: {folder}}}]\nmethods: [large]\n")
+    with pytest.raises(ConfigError, match=r"^prompts\[1\]: \d+ CLIP tokens, past the 77 CLIP reads .*; reword the "
+                                          r"prompt, or remove clip_score \(metrics\[0\]\)$"):
+        check_prompts(ExperimentConfig.from_yaml(tmp_path / "exp.yaml"))

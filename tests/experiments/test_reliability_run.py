@@ -195,3 +195,117 @@ def test_second_run_into_a_locked_folder_is_refused(tmp_path, monkeypatch, capsy
     # Released when its holder dies (kill included): the folder can be locked again.
     with lock_run_folder(config.output):
         pass
+
+
+def test_prompt_a_metric_cannot_read_refused_before_loading(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(runner, "load_pair", _no_model)
+    _config(tmp_path, EXPERIMENT.replace("pair: tiny-random", "pair: shapes")
+            .replace("prompts: [a red circle, a blue square]",
+                     "prompts: [a small red circle at the top left on a white background, a dog]")
+            .replace("seeds: [0]", "seeds: [0]\n    metrics: [psnr, caption_accuracy]"))
+    assert main(["run", str(tmp_path / "exp.yaml"), "-q"]) == 2
+    assert capsys.readouterr().err == (
+        "stitchkit run: error: prompts[1]: caption_accuracy reads shapes captions only: cannot parse 'a dog' "
+        "(expected 'a <size> <colour> <shape> at the <position> on a <colour> background'); reword the prompt, "
+        "or remove caption_accuracy (metrics[1])\n")
+    assert not (tmp_path / "out" / "records").exists()
+
+
+def test_prompt_index_is_the_index_in_the_prompt_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "load_pair", _no_model)
+    lines = ["a small red circle at the top left on a white background"] * 3 + ["a large blue square"]
+    (tmp_path / "prompts.txt").write_text("\n".join(lines) + "\n")
+    config = _config(tmp_path, EXPERIMENT.replace("pair: tiny-random", "pair: shapes")
+                     .replace("prompts: [a red circle, a blue square]", "prompts: {from: prompts.txt}")
+                     .replace("seeds: [0]", "seeds: [0]\n    metrics: [caption_accuracy]"))
+    with pytest.raises(ConfigError, match=r"^prompts\[3\]: caption_accuracy reads shapes captions only: "
+                                          r"cannot parse 'a large blue square'"):
+        runner.run_experiment(config, progress=False)
+
+
+def test_disk_full_unit_named_others_kept_rerun_redoes_it(tmp_path, monkeypatch):
+    import errno
+
+    from stitchkit.experiments.resume import UnitsFailed
+    from stitchkit.experiments.store import atomic_write
+
+    config = _config(tmp_path)
+    full = config.output / "images" / "small" / "p0001-s0.png"
+
+    def disk_full_once(path, data):
+        if path == full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        atomic_write(path, data)
+
+    monkeypatch.setattr(runner, "atomic_write", disk_full_once)
+    with pytest.raises(UnitsFailed) as err:
+        runner.run_experiment(config, progress=False)
+    assert str(err.value) == (f"method 'small', prompt 1, seed 0: could not write its outputs "
+                              f"({os.strerror(errno.ENOSPC)}: {full}); no record written; the other units finished "
+                              "and were kept; rerun to retry the failed ones")
+    assert [(m, pi, seed, type(e)) for m, pi, seed, e in err.value.failures] == [("small", 1, 0, OSError)]
+    records = sorted(p.relative_to(config.output).as_posix() for p in (config.output / "records").rglob("*.json"))
+    assert records == ["records/large/p0000-s0.json", "records/large/p0001-s0.json", "records/small/p0000-s0.json"]
+    assert not full.exists() and not list(full.parent.glob(".*.tmp"))  # no half-written file left behind
+    assert "| small | 1 |" in (config.output / "results.md").read_text()  # reported from what finished
+    monkeypatch.setattr(runner, "atomic_write", atomic_write)
+    runner.run_experiment(config, progress=False)
+    assert (config.output / "records" / "small" / "p0001-s0.json").exists() and full.exists()
+    assert "| small | 2 |" in (config.output / "results.md").read_text()
+
+
+def _stamps(folder):
+    return {p.relative_to(folder / "records").as_posix(): p.stat().st_mtime_ns
+            for p in (folder / "records").rglob("*.json")}
+
+
+def test_edited_prompts_file_slips_past_claim_and_the_key_redoes_its_units(tmp_path):
+    (tmp_path / "prompts.txt").write_text("a red circle\na blue square\n")
+    text = EXPERIMENT.replace("prompts: [a red circle, a blue square]", "prompts: {from: prompts.txt}")
+    config = _config(tmp_path, text)
+    runner.run_experiment(config, progress=False)
+    before = _stamps(config.output)
+    (tmp_path / "prompts.txt").write_text("a red circle\na green triangle\n")  # edited in place
+    config = _config(tmp_path, text)
+    runner.run_experiment(config, progress=False)  # config.resolved.yaml holds {from: prompts.txt}: not refused
+    after = _stamps(config.output)
+    redone = sorted(p for p in after if after[p] != before[p])
+    assert redone == ["large/p0001-s0.json", "small/p0001-s0.json"]
+    record = json.loads((config.output / "records" / "small" / "p0001-s0.json").read_text())
+    assert record["prompt"] == "a green triangle"
+    # The redone image is the one a fresh run of the edited file makes (same seed, same bits).
+    fresh = _config(tmp_path, text.replace("output: out", "output: fresh"))
+    runner.run_experiment(fresh, progress=False)
+    for method in ("large", "small"):
+        for stem in ("p0000-s0", "p0001-s0"):
+            assert ((config.output / "images" / method / f"{stem}.png").read_bytes()
+                    == (fresh.output / "images" / method / f"{stem}.png").read_bytes()), (method, stem)
+
+
+def test_record_of_another_method_with_the_same_name_is_stale(tmp_path):
+    from stitchkit.experiments.reports import write_report
+
+    text = EXPERIMENT.replace("steps: 1", "steps: 4").replace(
+        "methods: [large, small]", "methods: [large, {name: fast, switch: {kind: t-stitch, small_fraction: 0.25}}]")
+    config = _config(tmp_path, text)
+    runner.run_experiment(config, progress=False)
+    (config.output / "config.resolved.yaml").unlink()  # what claim compares against is gone
+    other = _config(tmp_path, text.replace("small_fraction: 0.25", "small_fraction: 0.75"))
+    with pytest.warns(UserWarning, match=r"^2 record\(s\) in .* were written for another configuration \(first: "
+                                         r"method 'fast', prompt 0, seed 0\): not counted"):
+        write_report(other)
+    assert not any(line.startswith("| fast |") for line in (other.output / "results.md").read_text().splitlines())
+    before = _stamps(config.output)
+    runner.run_experiment(other, progress=False)
+    after = _stamps(config.output)
+    assert sorted(p for p in after if after[p] != before[p]) == ["fast/p0000-s0.json", "fast/p0001-s0.json"]
+    assert "| fast | 2 |" in (other.output / "results.md").read_text()
+    fresh = _config(tmp_path, text.replace("small_fraction: 0.25", "small_fraction: 0.75")
+                    .replace("output: out", "output: fresh"))
+    runner.run_experiment(fresh, progress=False)
+    for stem in ("p0000-s0", "p0001-s0"):
+        stages = [[s["stage"] for s in json.loads((f / "records" / "fast" / f"{stem}.json").read_text())["trace"]]
+                  for f in (other.output, fresh.output)]
+        assert stages[0] == stages[1] and stages[0].count(0) == 3  # 0.75 of 4 steps in the small stage
+        assert ((other.output / "images" / "fast" / f"{stem}.png").read_bytes()
+                == (fresh.output / "images" / "fast" / f"{stem}.png").read_bytes())

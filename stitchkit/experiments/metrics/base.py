@@ -12,6 +12,11 @@ memory at once.
 * ``"large_image"``: the large-only image of the same prompt and seed (LPIPS, PSNR, SSIM). Such a metric
   is not computed for the large-only method itself, and needs ``large`` among the methods;
 * ``"reference_set"``: a set of real images it reads itself (FID's reference folder or statistics).
+
+A metric that reads prompts may also have ``check_prompt(prompt) -> str | None``: the reason it cannot
+score that prompt (the shapes classifier parses a caption grammar; CLIP reads at most 77 tokens), or
+``None``. The run asks it of every prompt before any model is loaded
+(:func:`stitchkit.experiments.preflight.check_prompts`); a metric without it reads any prompt.
 """
 
 from __future__ import annotations
@@ -46,6 +51,12 @@ class Metric(Protocol):
 
     def score(self, batches: Iterable[MetricBatch]) -> float:
         """The metric over every batch of one method."""
+
+
+def prompt_problem(metric, prompt: str) -> str | None:
+    """Why ``metric`` cannot score ``prompt`` (its optional ``check_prompt``), or ``None``."""
+    check = getattr(metric, "check_prompt", None)
+    return None if check is None else check(prompt)
 
 
 def load_images(paths: Sequence) -> "torch.Tensor":  # noqa: F821

@@ -10,6 +10,7 @@ torchmetrics computes the score with them.
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 from typing import Iterable
 
@@ -71,6 +72,29 @@ class CLIPScore:
         elif not (hf_cached(self.model) or self.download):
             raise ConfigError("", f"clip_score needs the CLIP weights of {self.model}, not in the Hugging Face cache",
                               "give model: PATH of a CLIP folder, download it into the cache, or set download: true")
+
+    def check_prompt(self, prompt: str) -> str | None:
+        """CLIP's text encoder reads at most ``max_position_embeddings`` tokens (77), start and end tokens
+        included; torchmetrics cuts a longer prompt and scores the image against its first part only."""
+        if self._text_reader is None:  # not readable here (download: true, not yet cached): left to torchmetrics
+            return None
+        tokenizer, limit = self._text_reader
+        count = len(tokenizer(prompt, verbose=False)["input_ids"])
+        if count > limit:
+            return f"{count} CLIP tokens, past the {limit} CLIP reads (clip_score would score its first part only)"
+        return None
+
+    @cached_property
+    def _text_reader(self):
+        """``(tokenizer, token limit)`` from the local files (no weights loaded), or ``None``."""
+        from transformers import CLIPConfig, CLIPTokenizerFast
+
+        path = str(Path(self.model).expanduser()) if _is_path(self.model) else self.model
+        try:
+            limit = CLIPConfig.from_pretrained(path, local_files_only=True).text_config.max_position_embeddings
+            return CLIPTokenizerFast.from_pretrained(path, local_files_only=True), limit
+        except OSError:
+            return None
 
     def _load(self):
         from transformers import CLIPModel, CLIPProcessor

@@ -52,6 +52,17 @@ class CaptionAccuracy(_ShapesMetric):
     per_image = True
     digits = 3
 
+    def check_prompt(self, prompt: str) -> str | None:
+        """The classifier reads attributes back against the caption parsed from the prompt: it must parse."""
+        from stitchkit.shapes.world import parse_caption
+
+        try:
+            parse_caption(prompt)
+        except ConfigError as err:
+            why = f"{err.problem} ({err.allowed})" if err.allowed else err.problem
+            return f"{self.kind} reads shapes captions only: {why}"
+        return None
+
     def score(self, batches: Iterable[MetricBatch]) -> float:
         from stitchkit.experiments.metrics.standins import caption_accuracy
 
