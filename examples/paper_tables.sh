@@ -2,7 +2,7 @@
 # Calibrate every method of the README's tables (a)-(c) on the shapes pair, write them with
 # examples/paper_tables.yaml into examples/paper_tables.calibrated.yaml, then run it (issue 9).
 # Each `stitchkit calibrate` prints one method line; nothing here is hand-set but the targets.
-# About 25 min of calibration and 45 min of generation on one CPU thread.
+# About 25 min of calibration and 70 min of generation on one CPU thread (measured 2026-12-02).
 set -euo pipefail
 export OMP_NUM_THREADS=1
 cd "$(dirname "$0")"
