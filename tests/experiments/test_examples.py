@@ -69,3 +69,43 @@ def test_the_calibrated_paper_tables_carry_every_row_and_the_ablations_share_the
         assert len(thresholds) == 2
         for ablation in ("staticmask", "fulllarge"):
             assert switches[f"{ablation}-{size}"] == {"kind": f"{ablation}-{size}", "thresholds": thresholds}
+
+
+def test_paper_tables_summary_reprices_each_trace_with_the_given_profile(tmp_path, capsys):
+    """examples/paper_tables_summary.py --profile: the predicted speedup is the large model's mean over a
+    method's mean, each unit priced step by step by hand (a full step L_l, a 30 % step L_l(0.3) + L_s, a
+    small step L_s), not the run's own predicted column."""
+    import csv
+    import importlib.util
+
+    import yaml
+
+    spec = importlib.util.spec_from_file_location("paper_tables_summary", EXAMPLES / "paper_tables_summary.py")
+    summary = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summary)
+    run = tmp_path / "run"
+
+    def step(ratio, small):
+        return {"mask_ratio": ratio, "small_tokens": 256 if small else 0}
+
+    traces = {"large": [[step(1.0, False)] * 4] * 2,
+              "hybridstitch-30": [[step(1.0, False), step(0.3, True), step(0.3, True), step(0.0, True)],
+                                  [step(1.0, False), step(0.3, True), step(0.0, True), step(0.0, True)]]}
+    for method, units in traces.items():
+        (run / "records" / method).mkdir(parents=True)
+        for i, trace in enumerate(units):
+            (run / "records" / method / f"p{i:04d}-s0.json").write_text(json.dumps({"trace": trace}))
+    with open(run / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, ["method", "predicted_denoise_ms", "large_step_equivalents"])
+        writer.writeheader()
+        writer.writerows([{"method": m, "predicted_denoise_ms": 1.0, "large_step_equivalents": 1.0} for m in traces])
+    (run / "config.resolved.yaml").write_text(yaml.safe_dump({"methods": [
+        {"name": "large"}, {"name": "hybridstitch-30", "switch": {"kind": "hybridstitch-30", "thresholds": [0.1, 0.05]}}]}))
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps({"costs": {"large_ms": 40.0, "small_ms": 5.0,
+                                             "masked_ms": [[0.1, 10.0], [0.3, 20.0], [0.5, 30.0]]}}))
+    large = 4 * 40.0
+    method = ((40 + 2 * (20 + 5) + 5) + (40 + (20 + 5) + 2 * 5)) / 2
+    assert summary.main([str(run), "--profile", str(profile)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| hybridstitch-30 |"))
+    assert f"| {large / method:.2f}× |" in row and "thresholds 0.1, 0.05" in row
