@@ -74,8 +74,11 @@ class Setup:
 
 
 def prepare(config: ExperimentConfig, method_name: str, *, units: int, pipe=None,
-            costs: Costs | None = None) -> tuple[Problem, Setup]:
-    """The search problem for ``method_name`` over the first ``units`` units of ``config``."""
+            costs: Costs | None = None, costs_from: str = "profile") -> tuple[Problem, Setup]:
+    """The search problem for ``method_name`` over the first ``units`` units of ``config``. Without
+    ``costs``, they come from the pair's profile (``costs_from="profile"``, as ``stitchkit run`` prices its
+    rows) or from the loop's own step timings on the first unit (``"loop"``:
+    :mod:`stitchkit.loop_costs`)."""
     from stitchkit.experiments.runner import _size, ensure_profile, load_pair, ran_sampler, use_threads
     from stitchkit.pipeline import DEFAULT_CONTEXT, DEFAULT_MASK
 
@@ -97,9 +100,18 @@ def prepare(config: ExperimentConfig, method_name: str, *, units: int, pipe=None
                   context=method.context if method.context is not None else implied.get("context", DEFAULT_CONTEXT),
                   sampler=ran_sampler(pipe, config),
                   units=tuple((p, s) for p in config.prompts for s in config.seeds)[:units])
+    if costs_from not in ("profile", "loop"):
+        raise ConfigError("--costs", f"unknown source {costs_from!r}", "profile or loop")
     if costs is None:
         setup.generate(setup.units[0], "large")  # warm-up, as stitchkit run does before profiling
-        costs = ensure_profile(pipe, config, size)
+        if costs_from == "loop":
+            from stitchkit.loop_costs import costs_from_traces, spread_transitions
+
+            stages = scheduled_like(policy, spread_transitions(setup.sampler["steps"], len(policy.stages) - 1))
+            costs = costs_from_traces([setup.generate(setup.units[0], "large").trace,
+                                       setup.generate(setup.units[0], stages).trace])
+        else:
+            costs = ensure_profile(pipe, config, size)
     context_policy, _ = registry.create("context", setup.context)
 
     def record(unit, prefix):

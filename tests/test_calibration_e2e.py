@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from stitchkit.calibration import prepare
+from stitchkit.errors import ConfigError
 from stitchkit.experiments.config import ExperimentConfig
 from stitchkit.latency import Costs
 from stitchkit.target import Target, search, shortest
@@ -90,3 +91,48 @@ def test_match_tunes_a_baseline_to_another_methods_quality(config, shapes_pipe):
     large = [setup.generate(u, "large", output_type="pil").images[0] for u in setup.units]
     images = [(u[0], setup.generate(u, policy, output_type="pil").images[0]) for u in setup.units]
     assert metric_score(config, "psnr", images, large) == pytest.approx(mine)
+
+
+def test_loop_costs_are_the_medians_of_the_traces_own_timings():
+    from stitchkit.loop_costs import costs_from_traces, spread_transitions
+
+    def step(ratio, large_ms, small_ms):
+        return {"mask_ratio": ratio, "large_ms": large_ms, "small_ms": small_ms, "small_tokens": 4 if small_ms else 0}
+
+    large_only = [step(1.0, ms, 0.0) for ms in (50.0, 40.0, 41.0, 44.0)]
+    hybrid = [step(1.0, 42.0, 0.0), step(0.25, 30.0, 7.0), step(0.25, 20.0, 6.0), step(0.25, 22.0, 9.0),
+              step(0.5, 31.0, 8.0), step(0.0, 0.0, 5.0), step(1.0, 90.0, 6.0)]  # last: FullLarge, large + small
+    costs = costs_from_traces([large_only, hybrid])
+    assert costs.source == "loop"
+    assert costs.large_ms == 42.0  # median of 50, 40, 41, 44, 42 (the FullLarge step ran the small model too)
+    assert costs.small_ms == 6.5  # median of 7, 6, 9, 8, 5, 6
+    assert costs.masked_ms == ((0.25, 22.0), (0.5, 31.0))
+    assert spread_transitions(20, 2) == (7, 13) and spread_transitions(8, 1) == (4,)
+    with pytest.raises(ConfigError, match=r"^--costs: loop: no step of the small model was timed"):
+        costs_from_traces([large_only])
+    with pytest.raises(ConfigError, match=r"^sampler.steps: 2 steps cannot hold 3 stages"):
+        spread_transitions(2, 2)
+
+
+def test_calibration_priced_by_the_loop_times_every_stage_of_the_method(config, shapes_pipe, monkeypatch):
+    """--costs loop: a large-only run and one run of the method's stages (transitions spread evenly over the
+    8 steps) on the first unit; the search is priced with exactly the medians of those two runs' timings."""
+    import stitchkit.loop_costs as loop_costs
+
+    seen = []
+    real = loop_costs.costs_from_traces
+    monkeypatch.setattr(loop_costs, "costs_from_traces", lambda traces: seen.extend(traces) or real(seen))
+    problem, setup = prepare(config, "hs", units=2, pipe=shapes_pipe, costs_from="loop")
+    assert setup.generations == 3  # warm-up, large-only, the method's stages
+    large_only, stages = seen
+    assert [(r.stage, r.mask_ratio, r.small_tokens) for r in large_only] == [(0, 1.0, 0)] * 8
+    assert [r.stage for r in stages] == [0, 0, 0, 1, 1, 2, 2, 2]  # spread_transitions(8, 2) == (3, 5)
+    assert problem.costs == real([large_only, stages]) and problem.costs.source == "loop"
+    assert [r for r, _ in problem.costs.masked_ms] == [pytest.approx(0.3, abs=0.01)]
+    found = search(problem, Target(kind="speedup", value=1.3))
+    assert problem.summary(shortest(problem, found.values)).speedup >= 1.3
+
+
+def test_unknown_cost_source_is_refused_with_its_flag(config, shapes_pipe):
+    with pytest.raises(ConfigError, match=r"^--costs: unknown source 'guess'"):
+        prepare(config, "hs", units=1, pipe=shapes_pipe, costs_from="guess")

@@ -29,12 +29,15 @@ from stitchkit.errors import ConfigError
               help="The method's name in the printed YAML line (default: --method's).")
 @click.option("--units", type=int, default=8, show_default=True,
               help="Calibration units: the first N prompt x seed pairs of the experiment.")
+@click.option("--costs", "costs_from", type=click.Choice(["profile", "loop"]), default="profile", show_default=True,
+              help="Price steps with the pair's profile, or with the loop's own step timings on the first unit "
+                   "(a large-only run and one of the method's stages): the clock a measured run is judged by.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--threads", default="", metavar="N",
               help="CPU threads (default: sampler.threads, else OMP_NUM_THREADS, else the pair's).")
 def command(experiment: str, thresholds: str, method: str | None, target_speedup: float | None,
             target_large_steps: float | None, match: str | None, metric: str | None, name: str | None,
-            units: int, quiet: bool, threads: str) -> None:
+            units: int, costs_from: str, quiet: bool, threads: str) -> None:
     """Without --method: run the large model alone over the experiment's prompts and print D_t quantiles
     per step. With --method: search its thresholds on replayed traces and print the YAML to paste."""
     import attrs
@@ -57,18 +60,19 @@ def command(experiment: str, thresholds: str, method: str | None, target_speedup
                           "--target-speedup X, --target-large-steps E, or --match METHOD --metric NAME")
     if (match is None) != (metric is None):
         raise ConfigError("--metric" if metric is None else "--match", "missing", "--match and --metric go together")
-    _calibrate(config, method, target_speedup, target_large_steps, match, metric, units, name)
+    _calibrate(config, method, target_speedup, target_large_steps, match, metric, units, name, costs_from)
 
 
-def _calibrate(config, method, target_speedup, target_large_steps, match, metric, units, name) -> None:
+def _calibrate(config, method, target_speedup, target_large_steps, match, metric, units, name,
+               costs_from="profile") -> None:
     from stitchkit.calibration import method_yaml, prepare
     from stitchkit.target import Target, search, shortest
 
     start = time.perf_counter()
-    problem, setup = prepare(config, method, units=units)
+    problem, setup = prepare(config, method, units=units, costs_from=costs_from)
     steps = setup.sampler["steps"]
     click.echo(f"{method} on {config.pair.label}: {len(setup.units)} calibration units, {steps} steps, "
-               f"costs from {'a profile' if problem.costs.source == 'profile' else problem.costs.source}")
+               f"costs from {_SOURCES.get(problem.costs.source, problem.costs.source)}")
     if match is not None:
         from stitchkit.match import match_quality
 
@@ -96,6 +100,9 @@ def _calibrate(config, method, target_speedup, target_large_steps, match, metric
                f"({per_run:.2f} s per generation measured here)")
     click.echo("# paste into methods:")
     click.echo(method_yaml(setup, problem, values, name=name))
+
+
+_SOURCES = {"profile": "a profile", "loop": "the loop's own step timings"}
 
 
 def _quantiles(config, thresholds: str, quiet: bool) -> None:
