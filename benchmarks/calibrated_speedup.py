@@ -5,7 +5,8 @@ Calibrates ``--method`` to ``--target-speedup`` exactly as ``stitchkit calibrate
 next ``--prompts`` prompts -- held out from calibration -- with the large model and with the calibrated
 method, alternating per prompt (a drifting load hits both alike), one thread, batch 1, and prints:
 
-- predicted speedup: the latency model (Eq. 3-6, profiled costs) over the check runs' own traces;
+- predicted speedup: the latency model (Eq. 3-6) over the check runs' own traces, priced with the pair's
+  profile or, with ``--costs loop``, the loop's own step timings (:mod:`stitchkit.loop_costs`);
 - measured speedup (wall): the denoising steps' wall-clock times recorded in the traces;
 - measured speedup (thread CPU): ``time.thread_time`` of each whole latent-output call (text encoding
   included, decoding not), which a busy second core does not inflate;
@@ -15,7 +16,7 @@ Exits 1 when the predicted speedup is more than ``--predicted-tolerance`` (5 %) 
 wall-clock one more than ``--measured-tolerance`` (10 %). Quote wall figures from a quiet machine only.
 
     OMP_NUM_THREADS=1 python benchmarks/calibrated_speedup.py [examples/paper_tables.yaml] \
-        [--method hybridstitch-30] [--target-speedup 1.8] [--units 8] [--prompts 32]
+        [--method hybridstitch-30] [--target-speedup 1.8] [--units 8] [--prompts 32] [--costs loop]
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target-speedup", type=float, default=1.8)
     parser.add_argument("--units", type=int, default=8, help="calibration units (the experiment's first)")
     parser.add_argument("--prompts", type=int, default=32, help="held-out prompts of the check run")
+    parser.add_argument("--costs", choices=("profile", "loop"), default="profile",
+                        help="price steps with the pair's profile or the loop's own step timings (calibrate --costs)")
     parser.add_argument("--predicted-tolerance", type=float, default=0.05)
     parser.add_argument("--measured-tolerance", type=float, default=0.10)
     args = parser.parse_args(argv)
@@ -55,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
     config = ExperimentConfig.from_yaml(args.experiment)
     start = time.perf_counter()
-    problem, setup = prepare(config, args.method, units=args.units)
+    problem, setup = prepare(config, args.method, units=args.units, costs_from=args.costs)
     found = search(problem, Target(kind="speedup", value=args.target_speedup))
     values = shortest(problem, found.values)
     calibration_s = time.perf_counter() - start
@@ -87,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print(f"{args.method} calibrated to {args.target_speedup:g}x on {len(setup.units)} units: "
           f"{', '.join(f'{k.label}={v:g}' for k, v in zip(problem.knobs, values))}")
+    c = problem.costs
+    masked = ", ".join(f"L_l({r:.2f}) {ms / c.large_ms:.2f} L_l" for r, ms in c.masked_ms)
+    print(f"costs ({c.source}): L_l {c.large_ms:.1f} ms, L_s {c.small_ms:.1f} ms" + (f", {masked}" if masked else ""))
     print(f"calibration took {calibration_s:.1f} s; one full run of the experiment's {full_units} units of this "
           f"method is about {full_units * per_generation_s:.1f} s ({per_generation_s:.2f} s per generation)")
     print(f"check: {len(held_out)} held-out units, large and {args.method} alternating, one thread, batch 1\n")
