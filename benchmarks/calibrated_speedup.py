@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             totals[name]["cpu_s"] += time.thread_time() - cpu
             totals[name]["wall_ms"] += sum(r.large_ms + r.small_ms for r in out.trace)
             prediction = predict_from_steps(latency_steps(out.trace), problem.costs)
-            totals[name]["predicted_ms"] += prediction.refined_predicted_ms or prediction.predicted_ms
+            totals[name]["predicted_ms"] += prediction.best_predicted_ms
 
     large, method = totals["large"], totals["method"]
     rows = [

@@ -56,7 +56,7 @@ def repriced(folder: Path, methods, profile: Path) -> dict[str, float]:
         times = []
         for path in sorted((folder / "records" / name).glob("*.json")):
             prediction = predict_from_steps(latency_steps(json.loads(path.read_text())["trace"]), costs)
-            times.append(prediction.refined_predicted_ms or prediction.predicted_ms)
+            times.append(prediction.best_predicted_ms)
         if times:
             means[name] = statistics.fmean(times)
     return means

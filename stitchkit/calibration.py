@@ -84,6 +84,8 @@ def prepare(config: ExperimentConfig, method_name: str, *, units: int, pipe=None
 
     if units < 1:
         raise ConfigError("--units", f"must be at least 1, got {units}")
+    if costs_from not in ("profile", "loop"):
+        raise ConfigError("--costs", f"unknown source {costs_from!r}", "profile or loop")
     pipe = pipe or load_pair(config)
     use_threads(pipe, config)
     registry = pipe.registry
@@ -100,8 +102,6 @@ def prepare(config: ExperimentConfig, method_name: str, *, units: int, pipe=None
                   context=method.context if method.context is not None else implied.get("context", DEFAULT_CONTEXT),
                   sampler=ran_sampler(pipe, config),
                   units=tuple((p, s) for p in config.prompts for s in config.seeds)[:units])
-    if costs_from not in ("profile", "loop"):
-        raise ConfigError("--costs", f"unknown source {costs_from!r}", "profile or loop")
     if costs is None:
         setup.generate(setup.units[0], "large")  # warm-up, as stitchkit run does before profiling
         if costs_from == "loop":

@@ -138,6 +138,11 @@ class Prediction:
         """Whether the refined (measured masked cost) prediction is present."""
         return self.refined_predicted_ms is not None
 
+    @property
+    def best_predicted_ms(self) -> float:
+        """The refined prediction when the costs hold measured masked costs, else the paper's (Eq. 3-5)."""
+        return self.refined_predicted_ms if self.refined_predicted_ms is not None else self.predicted_ms
+
     def to_dict(self) -> dict:
         """The six keys of the paper's model, and the ``refined_*`` keys when the refined model ran."""
         data = attrs.asdict(self)

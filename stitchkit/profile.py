@@ -330,7 +330,7 @@ def profile_transformers(large, small, *, latent_height: int, latent_width: int,
     from stitchkit.models.tokens import patch_tuple
 
     raw_patch = _config(large)["patch_size"]
-    patch = patch_tuple(raw_patch if isinstance(raw_patch, int) else tuple(raw_patch), len(latent))
+    patch = patch_tuple(raw_patch, len(latent))
     if any(side % q for side, q in zip(latent, patch)):
         shown = raw_patch if isinstance(raw_patch, int) else "x".join(map(str, patch))
         raise ConfigError("latent size",

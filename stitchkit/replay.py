@@ -161,7 +161,7 @@ def summarize(replays: Sequence[Replayed], costs: Costs) -> Summary:
     for r in replays:
         p = predict_from_steps(r.steps, costs)
         large_only += p.large_only_ms
-        predicted += p.refined_predicted_ms if p.refined_predicted_ms is not None else p.predicted_ms
+        predicted += p.best_predicted_ms
     return Summary(speedup=large_only / predicted,
                    large_step_equivalents=sum(r.large_step_equivalents for r in replays) / len(replays),
                    transitions=tuple(r.transitions for r in replays))

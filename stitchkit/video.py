@@ -10,8 +10,6 @@ Whether a pair makes videos is its adapter's business (:class:`stitchkit.familie
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -70,18 +68,7 @@ def save_video(frames, path: str | Path, *, fps: int = 16) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     array = _frames_array(frames)
-    # Written beside its final name, then renamed: a reader sees the old video or the new one, never half.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        export_to_video([frame for frame in array], tmp, fps=fps)
-        mask = os.umask(0o022)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp creates 0600; outputs get the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    export_to_video([frame for frame in array], str(path), fps=fps)
     return path
 
 

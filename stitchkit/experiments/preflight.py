@@ -113,16 +113,13 @@ def check_size(large: str, height: int | None, width: int | None) -> None:
 
 def check_prompts(config, metrics: dict[str, Any] | None = None) -> None:
     """Refuse the first prompt a metric of the experiment cannot score (``prompts[i]``)."""
-    from stitchkit.experiments.metrics.base import prompt_problem
     from stitchkit.experiments.metrics.scoring import build_metrics
 
     metrics = build_metrics(config) if metrics is None else metrics
     readers = [(j, name, m) for j, (name, m) in enumerate(metrics.items()) if hasattr(m, "check_prompt")]
-    if not readers:
-        return
     for index, prompt in zip(config.prompt_indices, config.prompts):
         for j, name, metric in readers:
-            problem = prompt_problem(metric, prompt)
+            problem = metric.check_prompt(prompt)
             if problem is not None:
                 raise ConfigError(f"prompts[{index}]", problem,
                                   f"reword the prompt, or remove {name} (metrics[{j}])")

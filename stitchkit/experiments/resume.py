@@ -17,11 +17,10 @@ handled the same way: named with its cause, the other units go on, and the rerun
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from stitchkit.errors import NonFiniteError
-from stitchkit.experiments.store import image_path, is_video_run, record_path, video_path
+from stitchkit.experiments.store import image_path, is_video_run, read_record, record_path, video_path
 from stitchkit.experiments.unit_keys import UnitKeys
 
 
@@ -34,14 +33,6 @@ def image_opens(path: Path) -> bool:
     except Exception:  # noqa: BLE001 - any failure to decode means the image must be made again
         return False
     return True
-
-
-def read_record(path: Path) -> dict | None:
-    """A record's content, or ``None`` when it is missing or does not parse."""
-    try:
-        return json.loads(path.read_bytes())
-    except (OSError, ValueError):
-        return None
 
 
 def units_to_do(config, keys: UnitKeys | None = None) -> list:

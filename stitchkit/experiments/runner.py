@@ -33,7 +33,7 @@ from stitchkit.experiments.reports import write_report
 from stitchkit.errors import NonFiniteError
 from stitchkit.experiments.guard import guarded_run
 from stitchkit.experiments.resume import UnitsFailed, units_to_do
-from stitchkit.experiments.store import atomic_write, image_path, record_path, unit_stem, video_path
+from stitchkit.experiments.store import atomic_path, atomic_write, image_path, record_path, unit_stem, video_path
 from stitchkit.experiments.unit_keys import FIELD as KEY_FIELD, UnitKeys
 from stitchkit.trace import large_step_equivalents, latency_steps
 
@@ -139,7 +139,8 @@ def _save_unit(out_dir: Path, method: str, prompt_index: int, seed: int, output)
     if isinstance(output, (list, tuple)):
         from stitchkit.video import frame_strip, save_video
 
-        save_video(output, video_path(out_dir, method, prompt_index, seed))
+        with atomic_path(video_path(out_dir, method, prompt_index, seed), suffix=".tmp.mp4") as tmp:
+            save_video(output, tmp)  # export_to_video picks the container by the name's suffix
         output = frame_strip(output)
     buffer = io.BytesIO()
     output.save(buffer, format="PNG")
@@ -156,7 +157,7 @@ def _record(method: str, prompt_index: int, prompt: str, seed: int, out, total_m
         "method": method, "prompt_index": prompt_index, "prompt": prompt, "seed": seed,
         "latency_ms": total_ms,
         "denoise_ms": sum(r.large_ms + r.small_ms for r in trace),
-        "predicted_denoise_ms": prediction.refined_predicted_ms or prediction.predicted_ms,
+        "predicted_denoise_ms": prediction.best_predicted_ms,
         "paper_predicted_denoise_ms": prediction.predicted_ms,
         "large_step_equivalents": large_step_equivalents(trace),
         "trace": [r.to_dict() for r in trace],
@@ -211,6 +212,7 @@ def _run(config: ExperimentConfig, *, world, progress: bool, pipe, force_new: bo
         barrier(world)  # no rank generates while its node's profile is measured
         costs = _node_profile(pipe, config, size, world)
         bar = tqdm(total=len(todo), desc=config.name, unit="image", disable=not (progress and main))
+        sampler = ran_sampler(pipe, config)  # what every unit ran with, in its record
         for batch in _batches(todo, config.sampler.batch_size):
             method = batch[0][0]
             bar.set_description(f"{config.name}: {method.name}", refresh=False)
@@ -224,7 +226,7 @@ def _run(config: ExperimentConfig, *, world, progress: bool, pipe, force_new: bo
             for (_, pi, prompt, seed), (image, out, total_ms, masks) in zip(batch, outputs):
                 record = _record(method.name, pi, prompt, seed, out, total_ms, costs)
                 record["masks"] = masks
-                record["sampler"] = ran_sampler(pipe, config)
+                record["sampler"] = sampler
                 record["threads"], record["load"] = threads, _load()
                 record["batch_size"] = len(batch)
                 record[KEY_FIELD] = keys(method.name, prompt, seed)

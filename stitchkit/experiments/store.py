@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -20,12 +21,21 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 def atomic_write_chunks(path: Path, chunks: Iterable[bytes]) -> None:
     """:func:`atomic_write` of ``chunks`` written one by one (a long run's trace.jsonl is never one string)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        for chunk in chunks:
+            f.write(chunk)
+
+
+@contextmanager
+def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary path beside ``path`` for a writer that wants a file name (``export_to_video``); on
+    success it gets the usual permissions and replaces ``path``, on failure it is removed. ``suffix`` ends
+    the temporary name (a writer may pick its format by it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
+        yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; outputs get the usual permissions
         os.replace(tmp, path)
     except BaseException:
@@ -62,6 +72,14 @@ def is_video_run(out_dir: Path) -> bool:
     return (out_dir / "videos").is_dir()
 
 
+def read_record(path: Path) -> dict | None:
+    """A record's content, or ``None`` when it is missing or does not parse."""
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
 def current_records(config, stale: list | None = None, methods=None) -> Iterator[tuple[str, dict]]:
     """``(method name, record)`` of every unit whose record is current (its key is the unit's key now:
     :mod:`~stitchkit.experiments.unit_keys`), read from disk one at a time, in method, prompt and seed
@@ -76,10 +94,7 @@ def current_records(config, stale: list | None = None, methods=None) -> Iterator
                 path = record_path(config.output, method.name, pi, seed)
                 if not path.exists():
                     continue
-                try:
-                    record = json.loads(path.read_bytes())
-                except (OSError, ValueError):
-                    record = {}
+                record = read_record(path) or {}
                 if keys.current(record, method.name, prompt, seed):
                     yield method.name, record
                 elif stale is not None:

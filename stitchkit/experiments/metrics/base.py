@@ -53,12 +53,6 @@ class Metric(Protocol):
         """The metric over every batch of one method."""
 
 
-def prompt_problem(metric, prompt: str) -> str | None:
-    """Why ``metric`` cannot score ``prompt`` (its optional ``check_prompt``), or ``None``."""
-    check = getattr(metric, "check_prompt", None)
-    return None if check is None else check(prompt)
-
-
 def load_images(paths: Sequence) -> "torch.Tensor":  # noqa: F821
     """PNG files as ``(B, 3, H, W)`` float32 in ``[-1, 1]``."""
     import numpy as np
