@@ -77,7 +77,7 @@ def prepare(config: ExperimentConfig, method_name: str, *, units: int, pipe=None
             costs: Costs | None = None, costs_from: str = "profile") -> tuple[Problem, Setup]:
     """The search problem for ``method_name`` over the first ``units`` units of ``config``. Without
     ``costs``, they come from the pair's profile (``costs_from="profile"``, as ``stitchkit run`` prices its
-    rows) or from the loop's own step timings on the first unit (``"loop"``:
+    rows) or from the loop's own step timings over the calibration units (``"loop"``:
     :mod:`stitchkit.loop_costs`)."""
     from stitchkit.experiments.runner import _size, ensure_profile, load_pair, ran_sampler, use_threads
     from stitchkit.pipeline import DEFAULT_CONTEXT, DEFAULT_MASK
@@ -107,9 +107,10 @@ def prepare(config: ExperimentConfig, method_name: str, *, units: int, pipe=None
         if costs_from == "loop":
             from stitchkit.loop_costs import costs_from_traces, spread_transitions
 
+            # every calibration unit, not one: a masked step's cost moves by ±15 % from one run to the next
             stages = scheduled_like(policy, spread_transitions(setup.sampler["steps"], len(policy.stages) - 1))
-            costs = costs_from_traces([setup.generate(setup.units[0], "large").trace,
-                                       setup.generate(setup.units[0], stages).trace])
+            costs = costs_from_traces([setup.generate(unit, spec).trace for unit in setup.units
+                                       for spec in ("large", stages)])
         else:
             costs = ensure_profile(pipe, config, size)
     context_policy, _ = registry.create("context", setup.context)

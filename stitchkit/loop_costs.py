@@ -9,9 +9,10 @@ measured run is judged by, so costs taken from it price the loop as it runs.
 
 :func:`costs_from_traces` takes the medians: ``L_l`` over full large steps that ran alone, ``L_s`` over
 steps where the small model ran, and ``L_l(M)`` (Eq. 8's refinement, :func:`stitchkit.latency.masked_cost`)
-per mask ratio seen. :func:`stitchkit.calibration.prepare` feeds it a large-only run and a run of the
-method's stages with their transitions spread evenly over the steps, so every ratio the method uses is
-timed.
+per mask ratio seen. :func:`stitchkit.calibration.prepare` feeds it, for every calibration unit, a
+large-only run and a run of the method's stages with their transitions spread evenly over the steps, so
+every ratio the method uses is timed, many times: on the shapes pair one run's masked/full ratio moves
+between 0.40 and 0.56 from one unit to the next, on a quiet machine.
 """
 
 from __future__ import annotations

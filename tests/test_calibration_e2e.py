@@ -115,19 +115,20 @@ def test_loop_costs_are_the_medians_of_the_traces_own_timings():
 
 
 def test_calibration_priced_by_the_loop_times_every_stage_of_the_method(config, shapes_pipe, monkeypatch):
-    """--costs loop: a large-only run and one run of the method's stages (transitions spread evenly over the
-    8 steps) on the first unit; the search is priced with exactly the medians of those two runs' timings."""
+    """--costs loop: per calibration unit a large-only run and one run of the method's stages (transitions
+    spread evenly over the 8 steps); the search is priced with exactly the medians of those runs' timings."""
     import stitchkit.loop_costs as loop_costs
 
     seen = []
     real = loop_costs.costs_from_traces
     monkeypatch.setattr(loop_costs, "costs_from_traces", lambda traces: seen.extend(traces) or real(seen))
     problem, setup = prepare(config, "hs", units=2, pipe=shapes_pipe, costs_from="loop")
-    assert setup.generations == 3  # warm-up, large-only, the method's stages
-    large_only, stages = seen
-    assert [(r.stage, r.mask_ratio, r.small_tokens) for r in large_only] == [(0, 1.0, 0)] * 8
-    assert [r.stage for r in stages] == [0, 0, 0, 1, 1, 2, 2, 2]  # spread_transitions(8, 2) == (3, 5)
-    assert problem.costs == real([large_only, stages]) and problem.costs.source == "loop"
+    assert setup.generations == 5  # warm-up, then per unit (2) a large-only run and the method's stages
+    assert len(seen) == 4
+    for large_only, stages in (seen[0:2], seen[2:4]):
+        assert [(r.stage, r.mask_ratio, r.small_tokens) for r in large_only] == [(0, 1.0, 0)] * 8
+        assert [r.stage for r in stages] == [0, 0, 0, 1, 1, 2, 2, 2]  # spread_transitions(8, 2) == (3, 5)
+    assert problem.costs == real(seen) and problem.costs.source == "loop"
     assert [r for r, _ in problem.costs.masked_ms] == [pytest.approx(0.3, abs=0.01)]
     found = search(problem, Target(kind="speedup", value=1.3))
     assert problem.summary(shortest(problem, found.values)).speedup >= 1.3
