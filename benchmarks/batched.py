@@ -1,6 +1,6 @@
 """Batched generation with per-sample stages on the shapes pair: throughput, and what a mixed step costs.
 
-Decisions are per sample (``stitchkit.per_sample``), so in a batch the prompts leave the large stage at
+Decisions are per sample (``stitchkit.loop.per_sample``), so in a batch the prompts leave the large stage at
 different steps and a step can be *mixed*: some samples large, some hybrid, some small. The engine then runs
 one batched call per group (large on the large-only samples, one masked forward per mask ratio, the small
 model once on every sample that needs it). This script measures, on the shapes pair, one CPU thread,
@@ -39,7 +39,7 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 import attrs  # noqa: E402
 import torch  # noqa: E402
 
-from stitchkit.pairs import load_pair_pipeline  # noqa: E402
+from stitchkit.pipeline.pairs import load_pair_pipeline  # noqa: E402
 from stitchkit.protocols import Decision  # noqa: E402
 
 PROMPTS = Path(__file__).resolve().parent.parent / "examples" / "shapes_prompts_200.txt"

@@ -6,7 +6,7 @@ next ``--prompts`` prompts -- held out from calibration -- with the large model 
 method, alternating per prompt (a drifting load hits both alike), one thread, batch 1, and prints:
 
 - predicted speedup: the latency model (Eq. 3-6) over the check runs' own traces, priced with the pair's
-  profile or, with ``--costs loop``, the loop's own step timings (:mod:`stitchkit.loop_costs`);
+  profile or, with ``--costs loop``, the loop's own step timings (:mod:`stitchkit.cost.loop_costs`);
 - measured speedup (wall): the denoising steps' wall-clock times recorded in the traces;
 - measured speedup (thread CPU): ``time.thread_time`` of each whole latent-output call (text encoding
   included, decoding not), which a busy second core does not inflate;
@@ -50,11 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
-    from stitchkit.calibration import prepare
+    from stitchkit.calibration.setup import prepare
     from stitchkit.experiments.config import ExperimentConfig
-    from stitchkit.latency import predict_from_steps
-    from stitchkit.target import Target, search, shortest, with_values
-    from stitchkit.trace import latency_steps
+    from stitchkit.cost.latency import predict_from_steps
+    from stitchkit.calibration.target import Target, search, shortest, with_values
+    from stitchkit.loop.trace import latency_steps
 
     config = ExperimentConfig.from_yaml(args.experiment)
     start = time.perf_counter()

@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from stitchkit.pairs import load_pair_pipeline
+from stitchkit.pipeline.pairs import load_pair_pipeline
 
 HYBRID = {"kind": "hybridstitch", "thresholds": [1.0e9, 1.0e-12], "mask_ratios": [0.3]}
 
@@ -21,7 +21,7 @@ def main() -> int:
         runs = []
         for graphs in (False, True):
             pipe.masked_large.cuda_graphs = graphs
-            import stitchkit.engine as engine
+            import stitchkit.loop.engine as engine
 
             engine.cuda_graphs_enabled = (lambda g=graphs: g)
             out = pipe("a bird", height=768, width=768, num_inference_steps=10, guidance_scale=4.5,

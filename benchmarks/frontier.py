@@ -2,7 +2,7 @@
 
 Runs every method of ``examples/peers.yaml`` (and the large model alone, the reference) on the same prompts
 and seed, one thread, through ``StitchPipeline`` directly, and scores with the shapes pair's stand-ins
-(:mod:`stitchkit.experiments.metrics.standins`: caption accuracy, feature distance and PSNR against the large model's image of
+(:mod:`stitchkit.shapes.scores`: caption accuracy, feature distance and PSNR against the large model's image of
 the same prompt and seed, on images rounded to 8 bits as a PNG would be). Then, among the methods with
 caption accuracy >= ``--min-accuracy`` (0.98), it prints the fastest peer and the fastest stitchkit method or
 composition, and exits 1 unless a stitchkit method is faster than the fastest peer at an equal or better
@@ -62,7 +62,7 @@ def main() -> int:
     torch.set_num_threads(1)
 
     from stitchkit import StitchPipeline
-    from stitchkit.experiments.metrics import standins as m
+    from stitchkit.shapes import scores as m
     from stitchkit.shapes.classifier import load_classifier
 
     path = Path(args.config)

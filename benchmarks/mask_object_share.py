@@ -11,7 +11,6 @@ consecutive masks overlap (Jaccard). Machine-independent: nothing here is timed.
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 

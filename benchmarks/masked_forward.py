@@ -40,7 +40,7 @@ from diffusers.utils import logging as diffusers_logging
 
 from stitchkit.families.sd3.masked import MaskedTransformer
 from stitchkit.families.sd3.paper_random import SD3_MEDIUM, SD35_LARGE, random_transformer
-from stitchkit.models.tokens import patchify
+from stitchkit.tokens import patchify
 from stitchkit.protocols import ModelInputs
 
 RATIOS = (0.1, 0.2, 0.3, 0.4)

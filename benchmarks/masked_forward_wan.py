@@ -28,7 +28,7 @@ from stitchkit.families.wan.flops import wan_transformer_flops
 from stitchkit.families.wan.masked import WanMaskedTransformer
 from stitchkit.families.wan.paper_configs import (LATENT_480P_81, TEXT_TOKENS, WAN21_1_3B, WAN21_14B,
                                                    random_transformer)
-from stitchkit.models.tokens import patchify, token_grid
+from stitchkit.tokens import patchify, token_grid
 from stitchkit.protocols import ModelInputs
 
 CPU_COMMON = dict(patch_size=(1, 2, 2), in_channels=16, out_channels=16, text_dim=4096, freq_dim=256,

@@ -6,7 +6,7 @@
 Prints seconds per image for 1 thread and for every core, with OpenMP's default spin-waiting and with
 ``OMP_WAIT_POLICY=PASSIVE``; with ``--load`` one busy-looping process per core runs alongside (the
 situation of a laptop doing other work). Exits non-zero when the thread count
-:func:`stitchkit.threads.default_threads` picks for the pair is more than 1.5x slower than the best
+:func:`stitchkit.cost.threads.default_threads` picks for the pair is more than 1.5x slower than the best
 setting measured (with the ``OMP_WAIT_POLICY=PASSIVE`` the CLI sets), so the default stays a measured choice.
 """
 
@@ -18,11 +18,10 @@ import multiprocessing
 import os
 import subprocess
 import sys
-import time
 
 CHILD = r"""
 import json, sys, time, torch
-from stitchkit.pairs import load_pair_pipeline
+from stitchkit.pipeline.pairs import load_pair_pipeline
 pipe = load_pair_pipeline(sys.argv[1])
 steps = int(sys.argv[2])
 kw = dict(num_inference_steps=steps, guidance_scale=3.0, output_type="latent", max_sequence_length=8)
@@ -78,13 +77,13 @@ def main() -> int:
         stop.set()
         for hog in hogs:
             hog.join()
-    from stitchkit.pairs import load_pair_pipeline
-    from stitchkit.threads import default_threads
+    from stitchkit.pipeline.pairs import load_pair_pipeline
+    from stitchkit.cost.threads import default_threads
 
     pipe = load_pair_pipeline(args.pair)
     chosen = default_threads(pipe.adapter.large_transformer, pipe.small)
     best = min(results.values())
-    mine = results[(min(chosen, cores), True)]  # the CLI sets OMP_WAIT_POLICY=PASSIVE (stitchkit.threads)
+    mine = results[(min(chosen, cores), True)]  # the CLI sets OMP_WAIT_POLICY=PASSIVE (stitchkit.cost.threads)
     print(f"default for {args.pair}: {chosen} thread(s): {mine:.3f} s against the best {best:.3f} s "
           f"({mine / best:.2f}x)")
     return 0 if mine <= 1.5 * best else 1

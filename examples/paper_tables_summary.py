@@ -47,8 +47,8 @@ def knob(switch) -> str:
 
 def repriced(folder: Path, methods, profile: Path) -> dict[str, float]:
     """Each method's mean predicted denoising time (ms) over its records, priced with ``profile``'s costs."""
-    from stitchkit.latency import Costs, predict_from_steps
-    from stitchkit.trace import latency_steps
+    from stitchkit.cost.latency import Costs, predict_from_steps
+    from stitchkit.loop.trace import latency_steps
 
     costs = Costs.from_dict(json.loads(profile.read_text())["costs"])
     means = {}

@@ -34,8 +34,8 @@ METHODS = {
 
 def main(argv: list[str] | None = None) -> dict:
     from stitchkit import StitchPipeline
-    from stitchkit.pairs import load_pair_pipeline
-    from stitchkit.video import frame_strip, mask_strip, save_video
+    from stitchkit.pipeline.pairs import load_pair_pipeline
+    from stitchkit.pipeline.video import frame_strip, mask_strip, save_video
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pair", default=None, help="a registered pair instead of the hub checkpoints")

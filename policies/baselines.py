@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import attrs
 
-import stitchkit
+from stitchkit.hookspecs import hookimpl
 from stitchkit.protocols import Decision, LoopState
 
 
@@ -58,7 +58,7 @@ class Small:
         return Decision(stage=0, large=False, small=True)
 
 
-@stitchkit.hookimpl
+@hookimpl
 def register_switch_policies(register) -> None:
     register("large", Large)
     register("small", Small)

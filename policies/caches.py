@@ -18,28 +18,18 @@ what SD3 transformers need to run them at all (``/work/shared/NOTES-caches.md``,
 * PAB and FasterCache ask for the current timestep through a callback: the engine's.
 
 The lifecycle (attach for one generation, a ``cache_context`` around every call, masked calls bypassing the
-hooks, removal also on error) is :mod:`stitchkit.caches`.
+hooks, removal also on error) is :mod:`stitchkit.loop.caches`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import attrs
 import torch
 
-import stitchkit
-
-
-@attrs.frozen(kw_only=True)
-class CacheSetup:
-    """What a cache needs to know about the generation it is attached for."""
-
-    num_steps: int
-    guided: bool
-    current_timestep: Callable[[], float]
-    mag_ratios: tuple[float, ...] | None = None  # MagCache's, from its calibration
-    calibrate: bool = False
+from stitchkit.hookspecs import hookimpl
+from stitchkit.protocols import CacheSetup, cache_context
 
 
 def _blocks(module: torch.nn.Module) -> list[torch.nn.Module]:
@@ -94,7 +84,7 @@ def _pass_last_attention_text_through(model: torch.nn.Module) -> None:
 class MagCache:
     """diffusers' MagCache (``apply_mag_cache``): skips whole steps while the accumulated magnitude-ratio
     error stays under ``threshold``. Without ``mag_ratios`` they are calibrated for the pair on first use and
-    cached on disk (:mod:`stitchkit.caches`)."""
+    cached on disk (:mod:`stitchkit.loop.caches`)."""
 
     kind = "magcache"
     threshold: float = 0.06
@@ -126,8 +116,6 @@ class MagCache:
 
         tail = _blocks(model)[-1]
         hook = tail._diffusers_hook.get_hook(_MAG_CACHE_BLOCK_HOOK)
-        from stitchkit.caches import cache_context
-
         with cache_context(model, context):
             return list(hook.state_manager.get_state().calibration_ratios)
 
@@ -231,7 +219,7 @@ class PAB:
 CACHES: dict[str, Any] = {c.kind: c for c in (MagCache, FirstBlock, TaylorSeer, Faster, PAB)}
 
 
-@stitchkit.hookimpl
+@hookimpl
 def register_caches(register) -> None:
     for kind, factory in CACHES.items():
         register(kind, factory)

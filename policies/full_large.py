@@ -12,8 +12,8 @@ from __future__ import annotations
 import attrs
 import torch
 
-import stitchkit
-from stitchkit.models.tokens import gather_tokens
+from stitchkit.hookspecs import hookimpl
+from stitchkit.tokens import gather_tokens
 from stitchkit.protocols import ModelInputs
 
 
@@ -39,6 +39,6 @@ class FullLargeContext:
         pass  # holds nothing
 
 
-@stitchkit.hookimpl
+@hookimpl
 def register_context_providers(register) -> None:
     register("full-large", FullLargeContext)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import attrs
 import torch
 
-import stitchkit
+from stitchkit.hookspecs import hookimpl
 from stitchkit.protocols import LoopState
 
 
@@ -27,6 +27,6 @@ class FullMask:
         return row.unsqueeze(0).repeat(state.batch_size, 1)
 
 
-@stitchkit.hookimpl
+@hookimpl
 def register_mask_policies(register) -> None:
     register("full", FullMask)

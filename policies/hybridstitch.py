@@ -10,7 +10,7 @@ With ``n = len(mask_ratios)`` masks there are ``n + 2`` stages (§3.2, Eq. 3-4: 
 After each step, if ``D_t < thresholds[stage]`` the stage advances by exactly one (lines 19-22): never two,
 never back. §4.1: "even if D_t falls below 0.25 while still in the first stage, HybridStitch will still
 transition to the second stage rather than skipping it". The engine keeps one copy per sample of a batch
-(``stitchkit.per_sample``), so ``D_t`` is one sample's; handed several, the largest is compared.
+(``stitchkit.loop.per_sample``), so ``D_t`` is one sample's; handed several, the largest is compared.
 Eq. 8 asks for shrinking masks (``M_i > M_{i+1}``), and the thresholds shrink with them, since ``D_t``
 falls as denoising proceeds.
 
@@ -41,10 +41,9 @@ from typing import Any
 
 import attrs
 
-import stitchkit
-from stitchkit.change import check_measure, check_measure_or_none
+from stitchkit.hookspecs import hookimpl
 from stitchkit.errors import ConfigError
-from stitchkit.protocols import Decision, LoopState
+from stitchkit.protocols import Decision, LoopState, check_measure, check_measure_or_none
 from stitchkit.sampler import PAPER_SAMPLER
 
 
@@ -180,6 +179,6 @@ def _presets() -> dict[str, dict[str, Any]]:
 PRESETS: dict[str, dict[str, Any]] = _presets()
 
 
-@stitchkit.hookimpl
+@hookimpl
 def register_switch_policies(register) -> None:
     register("hybridstitch", HybridStitch, presets={name: dict(params) for name, params in PRESETS.items()})

@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 import torch
 
-import stitchkit
+from stitchkit.hookspecs import hookimpl
 from stitchkit.protocols import ModelInputs
 
 
@@ -48,6 +48,6 @@ class KVCacheContext:
             self._large = None
 
 
-@stitchkit.hookimpl
+@hookimpl
 def register_context_providers(register) -> None:
     register("kv-cache", KVCacheContext)

@@ -33,7 +33,7 @@ from typing import Sequence
 import attrs
 import torch
 
-import stitchkit
+from stitchkit.hookspecs import hookimpl
 from stitchkit.masks import mask_size
 from stitchkit.protocols import Decision, LoopState
 
@@ -132,7 +132,7 @@ RAS_EXAMPLE = {"sample_ratio": 0.5, "mask": {"kind": "ras", "starvation_scale": 
            "context": "kv-cache"}
 
 
-@stitchkit.hookimpl
+@hookimpl
 def register_switch_policies(register) -> None:
     register("ras", RASSwitch, presets={
         "ras-50": RAS_EXAMPLE,
@@ -140,6 +140,6 @@ def register_switch_policies(register) -> None:
     })
 
 
-@stitchkit.hookimpl
+@hookimpl
 def register_mask_policies(register) -> None:
     register("ras", RASMask)

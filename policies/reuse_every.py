@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 
-import stitchkit
+from stitchkit.hookspecs import hookimpl
 from stitchkit.protocols import Decision, LoopState
 
 
@@ -35,11 +35,9 @@ class ReuseEvery:
         if not (isinstance(self.every, int) and self.every >= 2):
             raise ValueError(f"every must be an int >= 2, got {self.every!r}")
         if isinstance(self.inner, (str, dict)):
-            from stitchkit.registry import get_registry
-
-            self._policy = get_registry(entry_points=False).create("switch", self.inner, path="inner")[0]
-        else:
-            self._policy = self.inner
+            raise ValueError(f"inner {self.inner!r} is a spec: build reuse-every through the registry "
+                             "(registry.create, StitchPipeline(switch=...), YAML), or pass a policy object")
+        self._policy = self.inner
 
     @property
     def change_measure(self) -> str:
@@ -64,6 +62,19 @@ class ReuseEvery:
         return decision
 
 
-@stitchkit.hookimpl
+def reuse_every(*, inner: Any = "srdiffusion", every: int = 2, from_stage: int = 1, reuse: str = "extrapolate",
+                registry: Any = None) -> ReuseEvery:
+    """The ``reuse-every`` factory: ``inner`` (a name, a ``{"kind": ...}`` spec or a policy object) is built
+    by the ``registry`` that builds this policy, so an outside package's policy (an entry point) can be the
+    inner one exactly as a built-in can. The registry is handed in (``CONTEXT_PARAMETERS``), never rebuilt."""
+    if isinstance(inner, (str, dict)):
+        if registry is None:
+            raise ValueError("inner given by name needs the registry: build reuse-every through "
+                             "registry.create('switch', {...}) or StitchPipeline(switch=...)")
+        inner = registry.create("switch", inner, path="inner")[0]
+    return ReuseEvery(inner=inner, every=every, from_stage=from_stage, reuse=reuse)
+
+
+@hookimpl
 def register_switch_policies(register) -> None:
-    register("reuse-every", ReuseEvery)
+    register("reuse-every", reuse_every)

@@ -33,7 +33,7 @@ disagree with each other; each is a ``rule`` here, following the cited lines (re
   ``d`` alternates between cond-vs-previous-uncond and uncond-vs-cond; a switch decided after a cond call
   runs that same step's uncond call on the small model. stitchkit's engine runs both CFG halves in one
   batched call per step, decides per step, and hands a change measure only the *guided* output
-  (:class:`stitchkit.change.StepTensors`). So this variant counts steps, not calls, and measures the
+  (:class:`stitchkit.loop.change.StepTensors`). So this variant counts steps, not calls, and measures the
   guided output once per step. Without CFG (``guidance_scale <= 1``, FastWan's distilled use) it is exact.
 
   *Both*: the reference code averages over the whole batch tensor; here every sample is measured on its
@@ -68,10 +68,9 @@ from typing import ClassVar
 import attrs
 import torch
 
-import stitchkit
-from stitchkit.change import check_measure_or_none
+from stitchkit.hookspecs import hookimpl
 from stitchkit.errors import ConfigError
-from stitchkit.protocols import Decision, LoopState
+from stitchkit.protocols import Decision, LoopState, check_measure_or_none
 
 #: Each rule's own change measure (used when ``change`` is not given).
 RULE_MEASURES = {"fastvideo": "x0-prev", "xdit": "output", "tanh-drop": "output", "paper": "x0"}
@@ -211,6 +210,6 @@ PRESETS = {
 }
 
 
-@stitchkit.hookimpl
+@hookimpl
 def register_switch_policies(register) -> None:
     register("srdiffusion", SRDiffusion, presets={name: dict(p) for name, p in PRESETS.items()})

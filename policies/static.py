@@ -12,7 +12,7 @@ from __future__ import annotations
 import attrs
 import torch
 
-import stitchkit
+from stitchkit.hookspecs import hookimpl
 from stitchkit.masks import mask_size, top_k_mask
 from stitchkit.protocols import LoopState
 
@@ -36,6 +36,6 @@ class StaticMask:
         return self._indices
 
 
-@stitchkit.hookimpl
+@hookimpl
 def register_mask_policies(register) -> None:
     register("static", StaticMask)

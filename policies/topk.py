@@ -14,7 +14,7 @@ from __future__ import annotations
 import attrs
 import torch
 
-import stitchkit
+from stitchkit.hookspecs import hookimpl
 from stitchkit.masks import top_k_mask
 from stitchkit.protocols import LoopState
 
@@ -30,6 +30,6 @@ class TopK:
         return top_k_mask(state.change_map, ratio, state.num_tokens, state.batch_size)
 
 
-@stitchkit.hookimpl
+@hookimpl
 def register_mask_policies(register) -> None:
     register("top-k", TopK)

@@ -19,7 +19,7 @@ from typing import ClassVar
 
 import attrs
 
-import stitchkit
+from stitchkit.hookspecs import hookimpl
 from stitchkit.errors import ConfigError
 from stitchkit.protocols import Decision, LoopState
 
@@ -58,6 +58,6 @@ class TStitch:
         return Decision(stage=1, large=True, small=False)
 
 
-@stitchkit.hookimpl
+@hookimpl
 def register_switch_policies(register) -> None:
     register("t-stitch", TStitch)

@@ -55,7 +55,7 @@ def _command_name(args: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code (0 ok, 2 refused input, 1 failed run)."""
-    from stitchkit.threads import passive_openmp
+    from stitchkit.cost.threads import passive_openmp
 
     passive_openmp()  # before torch is imported: OpenMP reads its wait policy once
     args = list(sys.argv[1:] if argv is None else argv)

@@ -62,8 +62,8 @@ def register_caches(register: Register) -> None:
     ``cache:`` in YAML): diffusers' hooks, by diffusers' names (``stitchkit.policies.caches``).
 
     Call ``register(kind, factory)``; ``factory(**params)`` returns an object with ``apply(model, setup)``
-    (attaching the hooks for one generation, :class:`stitchkit.policies.caches.CacheSetup`) and
-    ``needs_calibration``. :mod:`stitchkit.caches` gives the hooks their ``cache_context``, keeps masked
+    (attaching the hooks for one generation, :class:`stitchkit.protocols.CacheSetup`) and
+    ``needs_calibration``. :mod:`stitchkit.loop.caches` gives the hooks their ``cache_context``, keeps masked
     calls away from them and removes them after the generation.
     """
 

@@ -22,7 +22,7 @@ K/V cache it manages has one row per sample and CFG half.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
 
 import attrs
 
@@ -116,7 +116,7 @@ class ModelInputs:
 @runtime_checkable
 class SwitchPolicy(Protocol):
     """Decides which models run at each step. ``change_measure`` names the ``D_t`` it reads
-    (a key of :data:`stitchkit.change.MEASURES`).
+    (a key of :data:`stitchkit.loop.change.MEASURES`).
 
     Optional class attributes the engine and tools read: ``may_mask = False`` for a policy that never
     takes a hybrid step (its large steps then need no K/V recording); ``stages``, one of ``"large"``,
@@ -182,3 +182,53 @@ class ContextProvider(Protocol):
 
     def release(self) -> None:
         """Free whatever the generation held (the K/V cache). Called when a generation ends, also on error."""
+
+
+# -- change measures: the names a policy gives as ``change_measure`` / ``mask_measure`` ---------------------
+
+#: Every change measure the loop computes (:data:`stitchkit.loop.change.MEASURES` implements them; a test
+#: holds the two equal). A policy names one of these; the loop hands it ``D_t`` and the change map of it.
+CHANGE_MEASURES: tuple[str, ...] = ("latent", "latent-std", "output", "small-x0", "x0", "x0-prev")
+
+
+def check_measure_name(name: object, path: str = "change") -> str:
+    """``name`` if it names a change measure, else a ConfigError at ``path`` naming the known ones."""
+    if not isinstance(name, str) or name not in CHANGE_MEASURES:
+        from stitchkit.errors import ConfigError
+
+        raise ConfigError(path, f"unknown change measure {name!r}", "known: " + ", ".join(CHANGE_MEASURES))
+    return name
+
+
+def check_measure(instance: object, attribute: "attrs.Attribute", value: object) -> None:
+    """attrs validator: ``value`` names a known measure, else a ConfigError at the field's name."""
+    check_measure_name(value, attribute.name)
+
+
+def check_measure_or_none(instance: object, attribute: "attrs.Attribute", value: object) -> None:
+    """attrs validator: ``None`` (take the policy's default measure) or a known measure's name."""
+    if value is not None:
+        check_measure_name(value, attribute.name)
+
+
+# -- caches: what a cache plugin (``register_caches``) is handed ----------------------------------------------
+
+@attrs.frozen(kw_only=True)
+class CacheSetup:
+    """What a cache needs to know about the generation it is attached for (``cache.apply(model, setup)``)."""
+
+    num_steps: int
+    guided: bool
+    current_timestep: Callable[[], float]
+    mag_ratios: tuple[float, ...] | None = None  # MagCache's, from its calibration
+    calibrate: bool = False
+
+
+def cache_context(model: "torch.nn.Module", name: str, **where: Any):
+    """diffusers' ``cache_context`` for ``model``: its own method when its class mixes in ``CacheMixin``,
+    else that very method applied to it (``SD3Transformer2DModel`` does not mix it in in 0.42.1; the method
+    only sets the context on the hooks' state managers under the module)."""
+    from diffusers.models.cache_utils import CacheMixin  # deferred: diffusers is heavy, plugins import this
+
+    own = getattr(type(model), "cache_context", None)
+    return (own or CacheMixin.cache_context)(model, name, **where)

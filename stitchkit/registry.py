@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Mapping
 import attrs
 import pluggy
 
-from stitchkit import hookspecs
+import stitchkit.hookspecs as hookspecs
 from stitchkit.errors import ConfigError
 
 def _builtin_families() -> tuple[str, ...]:
@@ -30,10 +30,14 @@ def _builtin_families() -> tuple[str, ...]:
     register_pairs), found rather than listed, so that nothing outside a family's folder names it."""
     import pkgutil
 
-    from stitchkit import families
+    import stitchkit.families as families
 
     return tuple(f"stitchkit.families.{m.name}" for m in pkgutil.iter_modules(families.__path__) if m.ispkg)
 
+
+#: What ``mask=`` and ``context=`` default to when neither the call nor a preset names them.
+DEFAULT_MASK = "top-k"
+DEFAULT_CONTEXT = "kv-cache"
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "stitchkit.policies.baselines",
@@ -68,6 +72,10 @@ NOUNS: dict[str, str] = {"metric": "metric"}
 
 #: Keys of a preset that name the other policies it implies (``staticmask-30`` implies ``mask: static``).
 PRESET_POLICY_KEYS = ("mask", "context")
+#: Keyword arguments that are context, not parameters: a factory that names one gets it from the registry
+#: building it (``registry``: itself, for a policy composed of other registered policies, e.g.
+#: ``reuse-every``'s ``inner``), and it never appears among the parameters a YAML method may set.
+CONTEXT_PARAMETERS = ("registry",)
 #: A preset's sampler settings (``{steps, height, width}``): read by :mod:`stitchkit.sampler`, never a
 #: parameter of the policy, and not settable from a call or a YAML method.
 PRESET_SAMPLER_KEY = "sampler"
@@ -88,7 +96,7 @@ class Entry:
         """(name, default) of every keyword the factory takes, with a preset's values as the defaults."""
         out = []
         for p in inspect.signature(self.factory).parameters.values():
-            if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+            if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) or p.name in CONTEXT_PARAMETERS:
                 continue
             default = self.params.get(p.name, None if p.default is p.empty else p.default)
             out.append((p.name, default))
@@ -244,7 +252,7 @@ class Registry:
         Returns the policy and the other policies a preset implies (``{"mask": "static"}``), which the caller
         uses where the user did not name those explicitly.
         """
-        from stitchkit.protocol_checks import check_policy
+        from stitchkit.loop.protocol_checks import check_policy
 
         path = path or kind
         if not isinstance(spec, (str, Mapping)):
@@ -265,6 +273,8 @@ class Registry:
                 raise ConfigError(
                     f"{path}.{key}", f"unknown parameter of {name!r}", "allowed: " + (", ".join(sorted(allowed)) or "none")
                 )
+        if "registry" in inspect.signature(entry.factory).parameters:  # composed of other policies
+            merged["registry"] = self
         try:
             policy = entry.factory(**merged)
         except ConfigError as err:

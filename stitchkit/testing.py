@@ -16,7 +16,7 @@ policy the way the engine does and check invariants after every step:
   arbitrary change maps; after every call the mask is :func:`check_mask`-valid, and, as the policy promises,
   frozen within a stage and/or made of the largest changes.
 * :func:`check_batch_matches_alone`: per-sample ``D_t`` sequences run as one batch through the engine's
-  per-sample layer (:mod:`stitchkit.per_sample`) give every sample the decisions it gets alone.
+  per-sample layer (:mod:`stitchkit.loop.per_sample`) give every sample the decisions it gets alone.
 
 A policy may declare what each of its stages runs as ``stages``, a tuple of ``"large"``, ``"small"`` and
 ``"hybrid"`` indexed by stage (HybridStitch with one mask: ``("large", "hybrid", "small")``); the switch
@@ -165,9 +165,9 @@ def check_takes_largest(indices: torch.Tensor, change_map: torch.Tensor) -> None
 def batch_decisions(factory: Callable[[], SwitchPolicy], sequences: Sequence[Sequence[float]],
                     leading_none: int = 1) -> list[list[Decision]]:
     """Each sample's decisions when ``len(sequences)`` samples run as one batch, as the engine runs them
-    (:class:`stitchkit.per_sample.SampleSwitch`): sample ``b``'s ``D_t`` at step ``i`` is
+    (:class:`stitchkit.loop.per_sample.SampleSwitch`): sample ``b``'s ``D_t`` at step ``i`` is
     ``sequences[b][i]``, and ``None`` for the first ``leading_none`` steps (nothing compared yet)."""
-    from stitchkit.per_sample import SampleSwitch
+    from stitchkit.loop.per_sample import SampleSwitch
 
     k, num_steps = len(sequences), len(sequences[0])
     switch = SampleSwitch(factory(), k, num_steps)

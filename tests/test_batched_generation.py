@@ -11,8 +11,8 @@ exercised mixed steps) and so that no D_t lies within float noise of a threshold
 import pytest
 import torch
 
-from stitchkit.trace import latency_calls, latency_steps
-from stitchkit.latency import Costs, predict_from_calls, predict_from_steps
+from stitchkit.loop.trace import latency_calls, latency_steps
+from stitchkit.cost.latency import Costs, predict_from_calls, predict_from_steps
 
 TINY_PROMPTS = ["a red circle", "a blue square", "a green triangle on a white background", "two yellow stars"]
 SHAPES_PROMPTS = ["a small red circle at the top left on a blue background",
@@ -60,7 +60,7 @@ def test_tiny_random_srdiffusion_batch_of_four_equals_four_runs(stitch_pipe):
 
 @pytest.fixture(scope="module")
 def shapes_pipe():
-    from stitchkit.pairs import load_pair_pipeline
+    from stitchkit.pipeline.pairs import load_pair_pipeline
 
     torch.set_num_threads(1)
     return load_pair_pipeline("shapes")
@@ -80,7 +80,7 @@ def test_shapes_batch_of_four_equals_four_runs(shapes_pipe):
 
 def test_units_of_a_batch_are_the_units_alone(stitch_pipe):
     """generate_units: each unit's image, trace and masks are the ones a batch of one gives."""
-    from stitchkit.units import generate_units
+    from stitchkit.pipeline.units import generate_units
 
     kwargs = dict(switch={"kind": "hybridstitch", "thresholds": [0.031, 0.025], "mask_ratios": [0.3]},
                   output_type="latent", height=128, width=128, num_inference_steps=6, guidance_scale=4.0,

@@ -9,7 +9,6 @@ from click.testing import CliRunner
 from diffusers.hooks import (
     FasterCacheConfig,
     FirstBlockCacheConfig,
-    HookRegistry,
     MagCacheConfig,
     PyramidAttentionBroadcastConfig,
     TaylorSeerCacheConfig,
@@ -22,7 +21,9 @@ from diffusers.hooks import (
 from diffusers.hooks.faster_cache import _UNCOND_COND_INPUT_KWARGS_IDENTIFIERS
 
 from stitchkit import ConfigError
-from stitchkit.caches import cache_context, hooked_modules, magcache_dir
+from stitchkit.loop.caches import hooked_modules
+from stitchkit.pipeline.magcache_ratios import magcache_dir
+from stitchkit.protocols import cache_context
 
 STEPS = 8
 ARGS = dict(prompt=["a red circle", "a blue square"], height=128, width=128, num_inference_steps=STEPS,
@@ -225,7 +226,7 @@ def test_bad_cache_specs_are_one_line_errors(stitch_pipe, cache, path):
 def test_a_mixed_batch_keeps_one_hook_state_per_set_of_samples(stitch_pipe, tiny_pair, monkeypatch):
     """Samples in different stages call a cached model on different subsets of the batch: each subset has
     its own cache context (a hook's state is shaped like the batch it saw), so nothing breaks."""
-    import stitchkit.caches
+    import stitchkit.loop.caches
     from stitchkit.protocols import Decision
 
     _, small = tiny_pair
@@ -241,13 +242,13 @@ def test_a_mixed_batch_keeps_one_hook_state_per_set_of_samples(stitch_pipe, tiny
             return [small_d if state.step >= 2 else large_d, small_d if state.step >= 4 else large_d]
 
     contexts = []
-    original = stitchkit.caches.ModelCache.call
+    original = stitchkit.loop.caches.ModelCache.call
 
     def spy(self, fn, samples=None, **where):
         contexts.append(self.context_name(samples))
         return original(self, fn, samples, **where)
 
-    monkeypatch.setattr(stitchkit.caches.ModelCache, "call", spy)
+    monkeypatch.setattr(stitchkit.loop.caches.ModelCache, "call", spy)
     out = stitch_pipe(**ARGS, generator=_gen(8), switch=Mixed(), cache={"small": CASES["first-block"][0]})
     assert contexts == ["small:0", "small:0"] + ["small"] * (STEPS - 4)
     assert torch.isfinite(out.images).all() and hooked_modules(small) == []

@@ -4,7 +4,7 @@ import textwrap
 
 import numpy as np
 
-from stitchkit.calibrate import first_step_below, srdiffusion_drops
+from stitchkit.calibration.changes import first_step_below, srdiffusion_drops
 
 
 def test_first_step_below_and_drops_by_hand():

@@ -3,13 +3,12 @@
 import textwrap
 
 import pytest
-import torch
 
-from stitchkit.calibration import prepare
+from stitchkit.calibration.setup import prepare
 from stitchkit.errors import ConfigError
 from stitchkit.experiments.config import ExperimentConfig
-from stitchkit.latency import Costs
-from stitchkit.target import Target, search, shortest
+from stitchkit.cost.latency import Costs
+from stitchkit.calibration.target import Target, search, shortest
 
 EXPERIMENT = """
     pair: shapes
@@ -79,8 +78,8 @@ def test_cli_prints_thresholds_and_the_yaml(tmp_path, capsys):
 
 
 def test_match_tunes_a_baseline_to_another_methods_quality(config, shapes_pipe):
-    from stitchkit.match import match_quality, metric_score
-    from stitchkit.target import candidates
+    from stitchkit.calibration.match import match_quality, metric_score
+    from stitchkit.calibration.target import candidates
 
     problem, setup = prepare(config, "sr", units=2, pipe=shapes_pipe, costs=Costs(large_ms=10.0, small_ms=3.0))
     found, mine, theirs = match_quality(problem, setup, "hs", "psnr")
@@ -94,7 +93,7 @@ def test_match_tunes_a_baseline_to_another_methods_quality(config, shapes_pipe):
 
 
 def test_loop_costs_are_the_medians_of_the_traces_own_timings():
-    from stitchkit.loop_costs import costs_from_traces, spread_transitions
+    from stitchkit.cost.loop_costs import costs_from_traces, spread_transitions
 
     def step(ratio, large_ms, small_ms):
         return {"mask_ratio": ratio, "large_ms": large_ms, "small_ms": small_ms, "small_tokens": 4 if small_ms else 0}
@@ -117,11 +116,12 @@ def test_loop_costs_are_the_medians_of_the_traces_own_timings():
 def test_calibration_priced_by_the_loop_times_every_stage_of_the_method(config, shapes_pipe, monkeypatch):
     """--costs loop: per calibration unit a large-only run and one run of the method's stages (transitions
     spread evenly over the 8 steps); the search is priced with exactly the medians of those runs' timings."""
-    import stitchkit.loop_costs as loop_costs
+    import stitchkit.calibration.setup as calibration_setup
+    from stitchkit.cost.loop_costs import costs_from_traces as real
 
     seen = []
-    real = loop_costs.costs_from_traces
-    monkeypatch.setattr(loop_costs, "costs_from_traces", lambda traces: seen.extend(traces) or real(seen))
+    # where prepare looks it up
+    monkeypatch.setattr(calibration_setup, "costs_from_traces", lambda traces: seen.extend(traces) or real(seen))
     problem, setup = prepare(config, "hs", units=2, pipe=shapes_pipe, costs_from="loop")
     assert setup.generations == 5  # warm-up, then per unit (2) a large-only run and the method's stages
     assert len(seen) == 4

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stitchkit.change import MEASURES, StepTensors, change_map, measure, measure_names, relative_l1
+from stitchkit.loop.change import MEASURES, StepTensors, change_map, measure, measure_names, relative_l1
 from stitchkit.errors import ConfigError
 
 
@@ -139,7 +139,7 @@ def test_measure_names_and_unknown_measure():
 def test_small_x0_measure_maps_the_small_models_own_change_and_keeps_x0s_d_t():
     """D_t is x0's (thresholds keep their meaning); the map compares the small model's own x0 predictions,
     against the large step's x0 after a large step, and is x0's outside hybrid steps."""
-    from stitchkit.change import MEASURES, StepTensors
+    from stitchkit.loop.change import MEASURES, StepTensors
 
     x = torch.zeros(1, 1, 2, 4)  # two tokens of patch 2
     large_step = StepTensors.from_step(x, x, -torch.ones_like(x), sigma=1.0)  # x0 = 1 everywhere
@@ -160,7 +160,7 @@ def test_small_x0_measure_maps_the_small_models_own_change_and_keeps_x0s_d_t():
 
 def test_latent_std_is_ras_ranking_by_hand():
     """RAS's metric: std over channels of the latent step, averaged over each 2x2 patch (row-major tokens)."""
-    from stitchkit.change import MEASURES, StepTensors
+    from stitchkit.loop.change import MEASURES, StepTensors
 
     g = torch.Generator().manual_seed(0)
     latents, nxt = torch.randn(1, 4, 4, 4, generator=g), torch.randn(1, 4, 4, 4, generator=g)

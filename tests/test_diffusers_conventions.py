@@ -8,7 +8,7 @@ import torch
 from diffusers import StableDiffusion3Pipeline
 
 from stitchkit import ConfigError, StitchPipeline
-from stitchkit.pipeline import DIFFUSERS_DEFAULT_EXCEPTIONS, REFUSED_ARGUMENTS
+from stitchkit.pipeline.conventions import DIFFUSERS_DEFAULT_EXCEPTIONS, REFUSED_ARGUMENTS
 
 ARGS = dict(prompt=["a red circle", "a blue square"], height=64, width=64, num_inference_steps=4,
             guidance_scale=4.0, max_sequence_length=8, output_type="latent")

@@ -1,4 +1,4 @@
-"""The analytical latency model (stitchkit.latency): Eq. 3-8 against brute-force per-step sums."""
+"""The analytical latency model (stitchkit.cost.latency): Eq. 3-8 against brute-force per-step sums."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, note
 from hypothesis import strategies as st
 
-import stitchkit.latency
+import stitchkit.cost.latency
 from stitchkit.errors import ConfigError
-from stitchkit.latency import (
+from stitchkit.cost.latency import (
     Costs,
     Plan,
     UnprofitablePlanWarning,
@@ -80,7 +80,7 @@ def close(a: float, b: float) -> bool:
 
 
 def test_docstring_example():
-    assert doctest.testmod(stitchkit.latency).failed == 0
+    assert doctest.testmod(stitchkit.cost.latency).failed == 0
 
 
 def test_worked_example_by_hand():
@@ -385,6 +385,6 @@ def test_costs_round_trip_and_prediction_keys():
 
 
 def test_latency_does_not_import_torch():
-    code = "import sys, stitchkit.latency; print('torch' in sys.modules)"
+    code = "import sys, stitchkit.cost.latency; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from stitchkit.change import MEASURES
+from stitchkit.loop.change import MEASURES
 from stitchkit.errors import ConfigError
 from stitchkit.policies.hybridstitch import HybridStitch
 

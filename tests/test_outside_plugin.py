@@ -47,6 +47,23 @@ def test_runs_from_the_api(installed, tiny_pair):
     assert [r.stage for r in out.trace] == [0, 0, 1, 1, 1, 1, 1, 2, 2, 2]
 
 
+def test_reuse_every_takes_an_outside_inner_policy(installed, tiny_pair):
+    """reuse-every builds its ``inner`` with the registry that builds it (handed in), so an entry point's
+    policy composes as a built-in does; it once built a registry of its own without entry points."""
+    from stitchkit import StitchPipeline
+
+    large, small = tiny_pair
+    pipe = StitchPipeline.from_pipelines(large=large, small=small)
+    args = dict(prompt="a cat", height=64, width=64, num_inference_steps=10, max_sequence_length=8,
+                output_type="latent")
+    inner = {"kind": "sandwich", "head": 0.2, "tail": 0.3}
+    alone = pipe(**args, switch=inner)
+    out = pipe(**args, switch={"kind": "reuse-every", "inner": inner, "every": 2, "from_stage": 1})
+    assert [r.stage for r in out.trace] == [r.stage for r in alone.trace] == [0, 0, 1, 1, 1, 1, 1, 2, 2, 2]
+    reused = [r.step for r in out.trace if r.reused_tokens == r.num_tokens]
+    assert reused == [3, 5, 8]  # every 2nd step of stages 1 and 2, each stage's first step computed
+
+
 def test_runs_from_yaml(installed, tmp_path):
     from stitchkit.experiments.config import ExperimentConfig
     from stitchkit.experiments.runner import run_experiment

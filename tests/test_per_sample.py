@@ -1,6 +1,6 @@
 """Per-sample decisions: a batch of k gives every sample the decisions k runs of batch 1 give it.
 
-Drives the engine's per-sample layer (:mod:`stitchkit.per_sample`, what ``denoise`` calls every step) with
+Drives the engine's per-sample layer (:mod:`stitchkit.loop.per_sample`, what ``denoise`` calls every step) with
 hypothesis-drawn per-sample ``D_t`` sequences, for every built-in switch policy and its presets, and
 compares with one run per sample. The control shows the comparison can fail: a policy that decides for the
 whole batch (the old behaviour, ``batched = True``) gives a sample other decisions in other company.
@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stitchkit.errors import ConfigError
-from stitchkit.per_sample import SampleMasks, SampleSwitch
+from stitchkit.loop.per_sample import SampleMasks, SampleSwitch
 from stitchkit.protocols import Decision, LoopState
 from stitchkit.registry import get_registry
 from stitchkit.testing import DEFAULT_CHANGES, batch_decisions, check_batch_matches_alone
@@ -183,7 +183,7 @@ def test_a_batch_gives_each_sample_its_batch_of_one_masks(mask, data):
     alone = [SampleMasks(get_registry().create("mask", mask)[0], 1) for _ in range(k)]
     for i in range(steps):
         batch_state = attrs.evolve(state(i, steps, [0.0] * k), change_map=maps[i])
-        from stitchkit.per_sample import sample_state
+        from stitchkit.loop.per_sample import sample_state
 
         states = [sample_state(batch_state, b) for b in range(k)]
         got = together.select(batch_state, states, decisions[i], list(range(k)), ratio, torch.device("cpu"))
@@ -215,7 +215,7 @@ def test_a_batched_mask_policy_is_called_once_per_group_with_the_groups_maps():
 
 
 def test_calls_are_priced_as_the_sum_of_their_groups():
-    from stitchkit.latency import Costs, predict_from_calls
+    from stitchkit.cost.latency import Costs, predict_from_calls
 
     costs = Costs(large_ms=10.0, small_ms=2.0, masked_ms=[(0.25, 4.0)])
     # One mixed step of a batch of 3: two samples hybrid at 0.25, one large alone; small on the two.

@@ -115,7 +115,7 @@ def test_allow_unprofitable_prints_and_warns():
 
 
 def test_show_plan_is_importable_for_the_experiment_form():
-    from stitchkit.latency import Costs, Plan
+    from stitchkit.cost.latency import Costs, Plan
 
     prediction = plan_module.show_plan(Plan(steps=50, switch_steps=(10, 30, 40), mask_ratios=(0.4, 0.2)),
                                        Costs(large_ms=10, small_ms=2.5))

@@ -4,7 +4,7 @@ import textwrap
 
 import pytest
 
-from stitchkit.latency import Costs
+from stitchkit.cost.latency import Costs
 from stitchkit.experiments.plan import plan_from_records, plan_method
 from stitchkit.registry import get_registry
 

@@ -1,4 +1,4 @@
-"""stitchkit.profile: the FLOP estimate, the cache, measuring tiny random transformers, the command."""
+"""stitchkit.cost.profile: the FLOP estimate, the cache, measuring tiny random transformers, the command."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from stitchkit.errors import ConfigError
-from stitchkit.latency import Costs, validate_costs
-from stitchkit.profile import (
+from stitchkit.families.sd3 import FAMILY as SD3_FAMILY
+from stitchkit.cost.latency import Costs, validate_costs
+from stitchkit.cost.profile import (
     DEFAULT_RATIOS,
     ProfileKey,
     estimate_costs_from_configs,
@@ -66,6 +67,8 @@ def test_dual_attention_layers_count():
 
 # ------------------------------------------------------------------------------------------------ cache
 
+#: The family that times the tiny SD3 transformers (a pipeline hands in its own ``pipe.family``).
+SD3 = SD3_FAMILY
 KEY = ProfileKey(pair="tiny-random", height=64, width=64, dtype="float32", device="cpu")
 COSTS = Costs(large_ms=10.0, small_ms=2.0, masked_ms=[(0.1, 2.5), (0.5, 6.0)], source="profile")
 
@@ -147,7 +150,7 @@ def tiny_transformers():
 
 
 def test_profile_transformers_on_tiny_models(tiny_transformers):
-    from stitchkit.profile import profile_transformers
+    from stitchkit.cost.profile import profile_transformers
 
     import torch
 
@@ -155,7 +158,7 @@ def test_profile_transformers_on_tiny_models(tiny_transformers):
     threads = torch.get_num_threads()
     before = {name: type(p) for name, p in large.attn_processors.items()}
     costs = profile_transformers(large, small, latent_height=16, latent_width=16, text_tokens=8, batch=2,
-                                 ratios=(0.1, 0.5), warmup=1, repeats=2, num_threads=1)
+                                 ratios=(0.1, 0.5), warmup=1, repeats=2, num_threads=1, family=SD3)
     assert costs.source == "profile"
     assert [r for r, _ in costs.masked_ms] == [0.1, 0.5]
     validate_costs(costs)  # every time finite and above 0
@@ -167,7 +170,7 @@ def test_profile_transformers_on_tiny_models(tiny_transformers):
 def test_random_inputs_have_the_pipeline_shapes(tiny_transformers):
     import torch
 
-    from stitchkit.profile import random_inputs
+    from stitchkit.cost.profile import random_inputs
 
     inputs = random_inputs(tiny_transformers[0], latent_height=16, latent_width=8, text_tokens=5, batch=2,
                            dtype=torch.float32, device="cpu")
@@ -178,21 +181,22 @@ def test_random_inputs_have_the_pipeline_shapes(tiny_transformers):
 
 
 def test_profile_transformers_refuses_a_size_off_the_patch_grid(tiny_transformers):
-    from stitchkit.profile import profile_transformers
+    from stitchkit.cost.profile import profile_transformers
 
     import torch
 
     threads = torch.get_num_threads()
     with pytest.raises(ConfigError, match="^latent size: 15x16 is not divisible by the patch size 2"):
         profile_transformers(*tiny_transformers, latent_height=15, latent_width=16, text_tokens=8,
-                             warmup=0, repeats=1)
+                             warmup=0, repeats=1, family=SD3)
     with pytest.raises(ConfigError, match="^repeats: 0 is below 1"):
-        profile_transformers(*tiny_transformers, latent_height=16, latent_width=16, text_tokens=8, repeats=0)
+        profile_transformers(*tiny_transformers, latent_height=16, latent_width=16, text_tokens=8, repeats=0,
+                             family=SD3)
     assert torch.get_num_threads() == threads
 
 
 def test_profile_command(monkeypatch, tmp_path, tiny_transformers):
-    import stitchkit.pairs
+    import stitchkit.pipeline.pairs
     from stitchkit.commands import profile as command_module
 
     calls = []
@@ -201,7 +205,7 @@ def test_profile_command(monkeypatch, tmp_path, tiny_transformers):
         calls.append(name)
         return (*tiny_transformers, name)
 
-    monkeypatch.setattr(stitchkit.pairs, "load_pair_transformers", load_pair_transformers, raising=False)
+    monkeypatch.setattr(stitchkit.pipeline.pairs, "load_pair_transformers", load_pair_transformers, raising=False)
     monkeypatch.setenv("STITCHKIT_CACHE", str(tmp_path))
     args = ["--pair", "tiny-random", "--height", "32", "--width", "32", "--vae-scale-factor", "2",
             "--text-tokens", "8", "--ratios", "0.2,0.4", "--warmup", "0", "--repeats", "1", "--threads", "1",
@@ -246,8 +250,8 @@ def test_profile_command_refusals(extra, message):
 
 def test_cpu_profiles_are_keyed_by_thread_count(tmp_path):
     """A profile taken with one thread must not price a run with two (they differ by up to 2x)."""
-    from stitchkit.latency import Costs
-    from stitchkit.profile import ProfileKey, load_profile, save_profile
+    from stitchkit.cost.latency import Costs
+    from stitchkit.cost.profile import ProfileKey, load_profile, save_profile
 
     one = ProfileKey(pair="p", height=64, width=64, dtype="float32", device="cpu", threads=1)
     two = ProfileKey(pair="p", height=64, width=64, dtype="float32", device="cpu", threads=2)

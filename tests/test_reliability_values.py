@@ -81,7 +81,7 @@ def test_cli_refusal_is_one_line_exit_2(tmp_path, capsys):
 
 
 def test_pipeline_refuses_zero_steps_and_nan_guidance():
-    from stitchkit.pairs import load_pair_pipeline
+    from stitchkit.pipeline.pairs import load_pair_pipeline
 
     pipe = load_pair_pipeline("tiny-random")
     with pytest.raises(ConfigError, match=r"^num_inference_steps: must be positive, got 0"):
@@ -97,9 +97,8 @@ def test_profile_of_the_pixel_space_pair_is_the_one_run_loads(monkeypatch, tmp_p
     measures nothing."""
     import torch
 
-    import stitchkit.profile
-    from stitchkit.experiments import runner
-    from stitchkit.pairs import load_pair_pipeline
+    from stitchkit.experiments import pair_setup
+    from stitchkit.pipeline.pairs import load_pair_pipeline
 
     torch.set_num_threads(1)
     monkeypatch.setenv("STITCHKIT_CACHE", str(tmp_path / "cache"))
@@ -114,11 +113,11 @@ def test_profile_of_the_pixel_space_pair_is_the_one_run_loads(monkeypatch, tmp_p
     def no_measuring(*args, **kwargs):
         raise AssertionError("run measured a profile: the key differs from the one `stitchkit profile` cached")
 
-    monkeypatch.setattr(stitchkit.profile, "profile_transformers", no_measuring)
+    monkeypatch.setattr(pair_setup, "profile_transformers", no_measuring)  # where run looks it up
     config = ExperimentConfig.from_dict({"pair": "shapes", "prompts": ["a red circle"], "methods": ["large"],
                                          "sampler": {"steps": 2, "max_sequence_length": 8}}, base=tmp_path)
     with caplog.at_level(logging.INFO, logger="stitchkit"):  # what `stitchkit --verbose` shows
-        costs = runner.ensure_profile(pipe, config, runner._size(pipe, config))
+        costs = pair_setup.ensure_profile(pipe, config, pair_setup.run_size(pipe, config))
     assert [r for r, _ in costs.masked_ms] == [0.5]
     assert any(m.startswith("profile of shapes at 32x32 read from the cache") for m in caplog.messages)
 

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from stitchkit.latency import Costs, predict_from_steps
+from stitchkit.cost.latency import Costs, predict_from_steps
 from stitchkit.masks import mask_size
-from stitchkit.models.tokens import patchify
+from stitchkit.tokens import patchify
 from stitchkit.protocols import Decision
-from stitchkit.trace import large_step_equivalents, latency_steps
+from stitchkit.loop.trace import large_step_equivalents, latency_steps
 
 STEPS = 6
 ARGS = dict(prompt=["a red circle", "a blue square"], height=128, width=128, num_inference_steps=STEPS,

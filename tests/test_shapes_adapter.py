@@ -47,7 +47,7 @@ def test_sd3_only_arguments_are_refused(random_shapes):
 
 
 def test_shipped_pair_loads_by_name_and_from_its_folder():
-    from stitchkit.pairs import load_pair_pipeline
+    from stitchkit.pipeline.pairs import load_pair_pipeline
     from stitchkit.shapes.pair import DEFAULT_PATH
 
     by_name = load_pair_pipeline("shapes")

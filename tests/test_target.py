@@ -5,13 +5,13 @@ from itertools import product
 import pytest
 
 from stitchkit.errors import ConfigError
-from stitchkit.latency import Costs
+from stitchkit.cost.latency import Costs
 from stitchkit.masks import mask_size
 from stitchkit.policies.hybridstitch import HybridStitch
 from stitchkit.policies.srdiffusion import SRDiffusion
 from stitchkit.policies.tstitch import TStitch
-from stitchkit.replay import TraceStore, replay, summarize
-from stitchkit.target import Problem, Target, knobs_of, midpoints, search, shortest
+from stitchkit.calibration.replay import TraceStore, replay, summarize
+from stitchkit.calibration.target import Problem, Target, knobs_of, midpoints, search, shortest
 
 STEPS, TOKENS, UNITS = 10, 64, (0, 1, 2, 3)
 COSTS = Costs(large_ms=10.0, small_ms=3.0)

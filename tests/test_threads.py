@@ -8,9 +8,9 @@ import torch
 from click.testing import CliRunner
 
 from stitchkit import ConfigError
-from stitchkit.latency import Costs
-from stitchkit.profile_checks import check_profile, measure_checked, spread
-from stitchkit.threads import apply_threads, default_threads, machine_busy, parse_threads, timing_warnings
+from stitchkit.cost.latency import Costs
+from stitchkit.cost.profile_checks import check_profile, measure_checked, spread
+from stitchkit.cost.threads import apply_threads, default_threads, machine_busy, parse_threads, timing_warnings
 
 
 @pytest.fixture
@@ -101,17 +101,17 @@ def test_measure_checked_measures_again_then_gives_up():
 
 def _fake_pair(monkeypatch, costs):
     """The profile command on a pair whose every measurement gives ``costs``."""
-    import stitchkit.pairs
+    import stitchkit.pipeline.pairs
     from stitchkit.commands import profile as module
 
-    monkeypatch.setattr(stitchkit.pairs, "load_pair_transformers", lambda name: (None, None, name), raising=False)
+    monkeypatch.setattr(stitchkit.pipeline.pairs, "load_pair_transformers", lambda name: (None, None, name), raising=False)
     calls = []
     monkeypatch.setattr(module, "profile_transformers", lambda *a, **kw: calls.append(1) or costs)
     return module.command, calls
 
 
 def test_profile_command_refuses_to_cache_a_noisy_profile(monkeypatch, tmp_path):
-    from stitchkit.profile import ProfileKey, load_profile
+    from stitchkit.cost.profile import ProfileKey, load_profile
 
     monkeypatch.setenv("STITCHKIT_CACHE", str(tmp_path))
     noisy = Costs(large_ms=10.0, small_ms=3.0, masked_ms=[(0.2, 6.0), (0.4, 2.0)], source="profile")

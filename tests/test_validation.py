@@ -5,8 +5,8 @@ import warnings
 import pytest
 
 from stitchkit import ConfigError
-from stitchkit.latency import Costs, UnprofitablePlanWarning
-from stitchkit.validation import check_switch_policy
+from stitchkit.cost.latency import Costs, UnprofitablePlanWarning
+from stitchkit.cost.validation import check_switch_policy
 
 ARGS = dict(prompt="a red circle", height=64, width=64, num_inference_steps=4, max_sequence_length=8,
             output_type="latent")

@@ -43,7 +43,7 @@ def command(experiment: str, thresholds: str, method: str | None, target_speedup
     import attrs
 
     from stitchkit.experiments.config import ExperimentConfig
-    from stitchkit.threads import parse_threads
+    from stitchkit.cost.threads import parse_threads
 
     config = ExperimentConfig.from_yaml(experiment)
     n_threads = parse_threads(threads)
@@ -65,8 +65,8 @@ def command(experiment: str, thresholds: str, method: str | None, target_speedup
 
 def _calibrate(config, method, target_speedup, target_large_steps, match, metric, units, name,
                costs_from="profile") -> None:
-    from stitchkit.calibration import method_yaml, prepare
-    from stitchkit.target import Target, search, shortest
+    from stitchkit.calibration.setup import method_yaml, prepare
+    from stitchkit.calibration.target import Target, search, shortest
 
     start = time.perf_counter()
     problem, setup = prepare(config, method, units=units, costs_from=costs_from)
@@ -74,7 +74,7 @@ def _calibrate(config, method, target_speedup, target_large_steps, match, metric
     click.echo(f"{method} on {config.pair.label}: {len(setup.units)} calibration units, {steps} steps, "
                f"costs from {_SOURCES.get(problem.costs.source, problem.costs.source)}")
     if match is not None:
-        from stitchkit.match import match_quality
+        from stitchkit.calibration.match import match_quality
 
         found, mine, theirs = match_quality(problem, setup, match, metric)
         click.echo(f"quality: {metric} {mine:.4g} against {match}'s {theirs:.4g} on the same units")
@@ -106,8 +106,8 @@ _SOURCES = {"profile": "a profile", "loop": "the loop's own step timings"}
 
 
 def _quantiles(config, thresholds: str, quiet: bool) -> None:
-    from stitchkit.calibrate import collect_changes, first_step_below, quantile_table
-    from stitchkit.experiments.runner import load_pair, use_threads
+    from stitchkit.calibration.changes import collect_changes, first_step_below, quantile_table
+    from stitchkit.experiments.pair_setup import load_pair, use_threads
 
     wanted = parse_floats("--thresholds", thresholds)
     pipe = load_pair(config)

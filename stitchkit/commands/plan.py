@@ -16,7 +16,7 @@ import warnings
 import click
 
 from stitchkit.errors import ConfigError
-from stitchkit.latency import (
+from stitchkit.cost.latency import (
     Costs,
     Plan,
     Prediction,

@@ -20,8 +20,9 @@ import click
 
 from stitchkit.commands.plan import parse_floats, parse_int
 from stitchkit.errors import ConfigError
-from stitchkit.latency import Costs, validate_costs
-from stitchkit.profile import (
+from stitchkit.registry import get_registry
+from stitchkit.cost.latency import Costs, validate_costs
+from stitchkit.cost.profile import (
     DEFAULT_RATIOS,
     DTYPES,
     ProfileKey,
@@ -58,23 +59,25 @@ def _device(text: str) -> str:
 def measure_pair(key: ProfileKey, *, vae_scale_factor: int, ratios, warmup: int, repeats: int,
                  num_threads: int | None = None, attempts: int = 3,
                  latent_frames: int | None = None) -> tuple[Costs, list[str]]:
-    """Load the pair's transformers (``stitchkit.pairs.load_pair_transformers``) once and profile them at
-    ``key`` until the profile passes its sanity checks (:func:`stitchkit.profile_checks.measure_checked`, at
+    """Load the pair's transformers (``stitchkit.pipeline.pairs.load_pair_transformers``) once and profile them at
+    ``key`` until the profile passes its sanity checks (:func:`stitchkit.cost.profile_checks.measure_checked`, at
     most ``attempts`` times). Returns the costs and the problems left (empty: trustworthy).
     ``latent_frames``: a video pair's latent frames at ``key.frames``."""
-    from stitchkit.profile_checks import measure_checked
+    from stitchkit.cost.profile_checks import measure_checked
 
     try:
-        from stitchkit.pairs import load_pair_transformers
+        from stitchkit.pipeline.pairs import load_pair_transformers
     except ImportError:
         raise ConfigError("--pair", f"cannot load {key.pair!r}: this install has no pair loader",
-                          "stitchkit.pairs.load_pair_transformers is missing") from None
+                          "stitchkit.pipeline.pairs.load_pair_transformers is missing") from None
     large, small, _pair_id = load_pair_transformers(key.pair)
+    family = get_registry().family_for_transformer(large, path="--pair") if large is not None else None
     return measure_checked(lambda timings: profile_transformers(
         large, small,
         latent_height=key.height // vae_scale_factor, latent_width=key.width // vae_scale_factor,
         text_tokens=key.text_tokens, batch=key.batch, dtype=key.dtype, device=key.device, ratios=ratios,
         warmup=warmup, repeats=repeats, num_threads=num_threads, timings=timings, latent_frames=latent_frames,
+        family=family,
     ), attempts=attempts)
 
 
@@ -99,7 +102,7 @@ def measure_pair(key: ProfileKey, *, vae_scale_factor: int, ratios, warmup: int,
               help="Untimed calls before timing (the first calls after loading are slow).")
 @click.option("--repeats", default="5", show_default=True, help="Timed calls; the median is kept.")
 @click.option("--threads", default="", metavar="N",
-              help="CPU threads while measuring (default: the pair's, see stitchkit.threads); "
+              help="CPU threads while measuring (default: the pair's, see stitchkit.cost.threads); "
                    "1 gives repeatable CPU timings.")
 @click.option("--vae-scale-factor", default="", metavar="N",
               help="Pixels per latent pixel (default: the pair's VAE factor; 1 for a pixel-space pair). "
@@ -156,7 +159,7 @@ def profile(pair: str, height: str, width: str, num_frames: str, dtype: str, dev
     if costs is not None and {r for r, _ in costs.masked_ms} >= set(grid):
         click.echo(f"cached profile: {profile_path(key)}")
     else:
-        from stitchkit.threads import machine_busy
+        from stitchkit.cost.threads import machine_busy
 
         costs, problems = measure_pair(key, vae_scale_factor=scale, ratios=grid, warmup=n_warmup,
                                        repeats=n_repeats, num_threads=n_threads,
@@ -203,9 +206,9 @@ def pair_shape(pair: str, max_sequence_length: int, *, num_frames: int | None = 
     the numbers `run` and `plan` put in the profile key, from the pair's own adapter."""
     import torch
 
-    from stitchkit.models.tokens import patch_tuple
-    from stitchkit.pairs import load_pair_pipeline
-    from stitchkit.video import frames_for
+    from stitchkit.tokens import patch_tuple
+    from stitchkit.pipeline.pairs import load_pair_pipeline
+    from stitchkit.pipeline.video import frames_for
 
     try:
         pipe = load_pair_pipeline(pair)
@@ -223,7 +226,7 @@ def pair_shape(pair: str, max_sequence_length: int, *, num_frames: int | None = 
 
 
 def _pair_threads(pair: str) -> int | None:
-    """The thread count the pair runs with by default (:func:`stitchkit.threads.default_threads`), so the
+    """The thread count the pair runs with by default (:func:`stitchkit.cost.threads.default_threads`), so the
     profile prices runs as they happen; ``None`` (torch's own) when the pair cannot be inspected here."""
     import os
 
@@ -231,8 +234,8 @@ def _pair_threads(pair: str) -> int | None:
     if env.isdigit() and int(env) > 0:
         return int(env)
     try:
-        from stitchkit.pairs import load_pair_transformers
-        from stitchkit.threads import default_threads
+        from stitchkit.pipeline.pairs import load_pair_transformers
+        from stitchkit.cost.threads import default_threads
 
         large, small, _ = load_pair_transformers(pair)
     except (ImportError, ConfigError):

@@ -73,7 +73,7 @@ def command(experiment: str, output: str | None, quiet: bool, dry_run: bool, for
     config = ExperimentConfig.from_yaml(experiment)
     if output is not None:
         config = attrs.evolve(config, output=Path(output))
-    from stitchkit.threads import parse_threads, timing_warnings
+    from stitchkit.cost.threads import parse_threads, timing_warnings
 
     n_threads = parse_threads(threads)
     if n_threads is not None:

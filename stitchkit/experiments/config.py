@@ -29,10 +29,14 @@ import attrs
 import yaml
 
 from stitchkit.errors import ConfigError
+from stitchkit.experiments.fields import list_of, mapping, only, positive, typed
 from stitchkit.experiments.names import check_name, normalised
+from stitchkit.experiments.prompts import read_prompts
+from stitchkit.experiments.sweeps import expand_grid, point_name, switch_kind_and_params
+from stitchkit.experiments.yaml_loader import load as load_yaml
+from stitchkit.loop.caches import normalize_cache_spec
+from stitchkit.registry import get_registry
 from stitchkit.values import check_guidance, check_seed, check_steps
-
-from stitchkit.pairs import BUILTIN_PAIRS
 
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -60,12 +64,12 @@ class SamplerConfig:
     width: int | None = None
     max_sequence_length: int = 256
     negative_prompt: str | None = None
-    #: CPU threads (None: the pair's default, stitchkit.threads.default_threads); ``--threads`` overrides.
+    #: CPU threads (None: the pair's default, stitchkit.cost.threads.default_threads); ``--threads`` overrides.
     threads: int | None = None
-    #: Units of one method generated in one batched loop (decisions stay per sample: stitchkit.per_sample).
+    #: Units of one method generated in one batched loop (decisions stay per sample: stitchkit.loop.per_sample).
     batch_size: int = 1
     #: Frames per video (a video family's pair only; None: its default). Checked against the pair's VAE
-    #: once it is loaded (:func:`stitchkit.video.frames_for`), refused on an image pair.
+    #: once it is loaded (:func:`stitchkit.pipeline.video.frames_for`), refused on an image pair.
     num_frames: int | None = None
 
 
@@ -113,6 +117,16 @@ class ExperimentConfig:
     prompt_indices: tuple[int, ...] = attrs.field()
     #: ``{from: ABSOLUTE PATH, sample, seed, field}`` when the prompts came from a file.
     prompt_source: Mapping[str, Any] | None = None
+    #: The plugin registry the config was checked against; everything that runs the experiment uses it
+    #: (handed in, not rebuilt). Not part of the config's value: equal configs may hold different registries.
+    _registry: Any = attrs.field(default=None, eq=False, repr=False, alias="registry")
+
+    @property
+    def registry(self):
+        """The registry this config was read with (one built for all plugins if it was made without)."""
+        if self._registry is None:
+            object.__setattr__(self, "_registry", get_registry())
+        return self._registry
 
     @prompt_indices.default
     def _indices(self) -> tuple[int, ...]:
@@ -133,9 +147,7 @@ class ExperimentConfig:
         """Read and validate an experiment file; policies are checked against ``registry`` (default: all)."""
         path = Path(path)
         try:
-            from stitchkit.experiments.yaml_loader import load
-
-            data = load(path.read_text())
+            data = load_yaml(path.read_text())
         except FileNotFoundError:
             raise ConfigError(str(path), "no such file", "give the path of an experiment YAML") from None
         except yaml.YAMLError as err:
@@ -146,14 +158,13 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, data: Any, *, base: Path = Path("."), registry=None, source: Path | None = None):
-        data = _mapping(data, "", "the experiment file must be a mapping of fields")
-        _only(data, "", ("name", "pair", "sampler", "prompts", "prompts_file", "seeds", "methods", "output",
+        data = mapping(data, "", "the experiment file must be a mapping of fields")
+        only(data, "", ("name", "pair", "sampler", "prompts", "prompts_file", "seeds", "methods", "output",
                          "allow_unprofitable", "metrics"))
-        from stitchkit.experiments.prompts import read_prompts
-
-        name = _typed(data.get("name", source.stem if source else "experiment"), "name", str)
+        registry = registry if registry is not None else get_registry()
+        name = typed(data.get("name", source.stem if source else "experiment"), "name", str)
         prompts = read_prompts(data, base)
-        seeds = tuple(check_seed(s, f"seeds[{i}]") for i, s in enumerate(_list(data.get("seeds", [0]), "seeds")))
+        seeds = tuple(check_seed(s, f"seeds[{i}]") for i, s in enumerate(list_of(data.get("seeds", [0]), "seeds")))
         if not seeds:
             raise ConfigError("seeds", "is empty", "give at least one integer seed")
         for i, seed in enumerate(seeds):
@@ -161,14 +172,14 @@ class ExperimentConfig:
                 raise ConfigError(f"seeds[{i}]", f"duplicate seed {seed}", "list each seed once")
         sampler = _sampler(data.get("sampler", {}))
         methods = _methods(data.get("methods"), registry, sampler)
-        output = Path(_typed(data.get("output", f"runs/{name}"), "output", str))
-        pair = _pair(data.get("pair", "tiny-random"))
+        output = Path(typed(data.get("output", f"runs/{name}"), "output", str))
+        pair = _pair(data.get("pair", "tiny-random"), tuple(registry.pairs))
         metrics = _metrics(data.get("metrics", []), pair, registry, base)
         return cls(
             name=name, pair=pair, sampler=sampler, metrics=metrics,
             prompts=prompts.prompts, prompt_indices=prompts.indices, prompt_source=prompts.source, seeds=seeds, methods=methods, output=output if output.is_absolute() else base / output,
-            allow_unprofitable=_typed(data.get("allow_unprofitable", False), "allow_unprofitable", bool),
-            source=source,
+            allow_unprofitable=typed(data.get("allow_unprofitable", False), "allow_unprofitable", bool),
+            source=source, registry=registry,
         )
 
 
@@ -181,64 +192,28 @@ def ordered_methods(methods) -> list[MethodConfig]:
     return sorted(methods, key=lambda m: m.name != BASELINE)
 
 
-# -- field helpers: each raises a one-line ConfigError with the field's path -----------------------------
-def _mapping(value: Any, path: str, allowed: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ConfigError(path or "experiment", f"expected a mapping, got {type(value).__name__}", allowed)
-    return value
-
-
-def _list(value: Any, path: str) -> list:
-    if not isinstance(value, list):
-        raise ConfigError(path, f"expected a list, got {type(value).__name__}", "write it as a YAML list")
-    return value
-
-
-def _only(data: Mapping[str, Any], path: str, allowed: tuple[str, ...]) -> None:
-    for key in data:
-        if key not in allowed:
-            where = f"{path}.{key}" if path else str(key)
-            raise ConfigError(where, "unknown key", "allowed: " + ", ".join(allowed))
-
-
-def _typed(value: Any, path: str, kind: type) -> Any:
-    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not ok:
-        raise ConfigError(path, f"expected {kind.__name__}, got {value!r}")
-    return value
-
-
-def _positive(value: Any, path: str, kind: type) -> Any:
-    value = _typed(value, path, kind)
-    if value <= 0:
-        raise ConfigError(path, f"must be positive, got {value}")
-    return value
-
-
-def _pair(value: Any) -> PairConfig:
+def _pair(value: Any, known: tuple[str, ...]) -> PairConfig:
     if isinstance(value, str):
-        if value not in BUILTIN_PAIRS:
+        if value not in known:
             raise ConfigError("pair", f"unknown built-in pair {value!r}",
-                              "known: " + ", ".join(BUILTIN_PAIRS) + "; or {large: ..., small: ...}")
+                              "known: " + ", ".join(known) + "; or {large: ..., small: ...}")
         return PairConfig(name=value)
-    data = _mapping(value, "pair", "a built-in pair name or {large: ..., small: ...}")
-    _only(data, "pair", ("large", "small", "dtype", "device"))
+    data = mapping(value, "pair", "a built-in pair name or {large: ..., small: ...}")
+    only(data, "pair", ("large", "small", "dtype", "device"))
     for field in ("large", "small"):
         if field not in data:
             raise ConfigError(f"pair.{field}", "missing", "a hub id or a diffusers folder")
-    dtype = _typed(data.get("dtype", "float32"), "pair.dtype", str)
+    dtype = typed(data.get("dtype", "float32"), "pair.dtype", str)
     if dtype not in DTYPES:
         raise ConfigError("pair.dtype", f"unknown dtype {dtype!r}", "allowed: " + ", ".join(DTYPES))
-    return PairConfig(large=_typed(data["large"], "pair.large", str), small=_typed(data["small"], "pair.small", str),
-                      dtype=dtype, device=_typed(data.get("device", "cpu"), "pair.device", str))
+    return PairConfig(large=typed(data["large"], "pair.large", str), small=typed(data["small"], "pair.small", str),
+                      dtype=dtype, device=typed(data.get("device", "cpu"), "pair.device", str))
 
 
 def _sampler(value: Any) -> SamplerConfig:
-    data = _mapping(value, "sampler", "e.g. {steps: 20, guidance_scale: 4.0}")
+    data = mapping(value, "sampler", "e.g. {steps: 20, guidance_scale: 4.0}")
     fields = [f.name for f in attrs.fields(SamplerConfig)]
-    _only(data, "sampler", tuple(fields))
+    only(data, "sampler", tuple(fields))
     kwargs: dict[str, Any] = {}
     if "steps" in data:
         kwargs["steps"] = check_steps(data["steps"], "sampler.steps")
@@ -246,13 +221,13 @@ def _sampler(value: Any) -> SamplerConfig:
         kwargs["guidance_scale"] = check_guidance(data["guidance_scale"], "sampler.guidance_scale")
     for field in ("height", "width", "max_sequence_length", "num_frames"):
         if field in data and data[field] is not None:
-            kwargs[field] = _positive(data[field], f"sampler.{field}", int)
+            kwargs[field] = positive(data[field], f"sampler.{field}", int)
     if data.get("threads") is not None:
-        kwargs["threads"] = _positive(data["threads"], "sampler.threads", int)
+        kwargs["threads"] = positive(data["threads"], "sampler.threads", int)
     if data.get("batch_size") is not None:
-        kwargs["batch_size"] = _positive(data["batch_size"], "sampler.batch_size", int)
+        kwargs["batch_size"] = positive(data["batch_size"], "sampler.batch_size", int)
     if data.get("negative_prompt") is not None:
-        kwargs["negative_prompt"] = _typed(data["negative_prompt"], "sampler.negative_prompt", str)
+        kwargs["negative_prompt"] = typed(data["negative_prompt"], "sampler.negative_prompt", str)
     return SamplerConfig(**kwargs)
 
 
@@ -267,17 +242,13 @@ def _method_name(spec: Any) -> str | None:
 def _methods(value: Any, registry, sampler: SamplerConfig = SamplerConfig()) -> tuple[MethodConfig, ...]:
     if value is None:
         raise ConfigError("methods", "missing", "list at least one method, e.g. [large, small, hybridstitch-30]")
-    if registry is None:
-        from stitchkit.registry import get_registry
-
-        registry = get_registry()
     methods, seen = [], set()
-    for i, item in enumerate(_list(value, "methods")):
+    for i, item in enumerate(list_of(value, "methods")):
         path = f"methods[{i}]"
         if isinstance(item, str):
             item = {"switch": item}
-        data = _mapping(item, path, "a policy name or {name, switch, mask, context, cache, grid}")
-        _only(data, path, ("name", "switch", "mask", "context", "cache", "grid"))
+        data = mapping(item, path, "a policy name or {name, switch, mask, context, cache, grid}")
+        only(data, path, ("name", "switch", "mask", "context", "cache", "grid"))
         if "switch" not in data and "cache" in data:  # a cache alone: the large model with diffusers' hooks
             data = {**data, "switch": "large"}
         if "switch" not in data:
@@ -285,11 +256,9 @@ def _methods(value: Any, registry, sampler: SamplerConfig = SamplerConfig()) -> 
         name = data.get("name", _method_name(data["switch"]))
         if name is None:
             raise ConfigError(f"{path}.name", "missing", "name a method whose switch is a parameter mapping")
-        name = check_name(_typed(name, f"{path}.name", str), f"{path}.name")
+        name = check_name(typed(name, f"{path}.name", str), f"{path}.name")
         points: list[tuple[str, str, Any, dict]] = [(name, path, data["switch"], {})]
         if "grid" in data:
-            from stitchkit.experiments.sweeps import expand_grid, point_name, switch_kind_and_params
-
             kind, params = switch_kind_and_params(data["switch"], path)
             points = [(point_name(name, point), f"{path}.grid[{point_name(name, point)}]",
                        {"kind": kind, **params, **point}, point)
@@ -318,7 +287,6 @@ def _methods(value: Any, registry, sampler: SamplerConfig = SamplerConfig()) -> 
 
 def _check_cache(registry, cache: Any, path: str) -> None:
     """Build a method's cache specs once, so each cache plugin's validators speak before anything runs."""
-    from stitchkit.caches import normalize_cache_spec
 
     per_role = isinstance(cache, Mapping) and "kind" not in cache
     for role, spec in normalize_cache_spec(cache, path).items():
@@ -345,16 +313,12 @@ def _check_switch(switch: Any, mask: Any, sampler: SamplerConfig, path: str) -> 
 def _metrics(value: Any, pair: PairConfig, registry, base: Path) -> tuple[MetricConfig, ...]:
     """Each metric built once through the registry and asked whether it can run here (weights, pair),
     so that a run without a metric's weights is refused before any image is generated."""
-    if registry is None:
-        from stitchkit.registry import get_registry
-
-        registry = get_registry()
     metrics, seen = [], set()
-    for i, item in enumerate(_list(value, "metrics")):
+    for i, item in enumerate(list_of(value, "metrics")):
         path = f"metrics[{i}]"
         if isinstance(item, str):
             item = {"kind": item}
-        data = dict(_mapping(item, path, "a metric name or {kind: NAME, ...parameters}"))
+        data = dict(mapping(item, path, "a metric name or {kind: NAME, ...parameters}"))
         kind = data.pop("kind", None)
         if not isinstance(kind, str):
             raise ConfigError(f"{path}.kind", "missing or not a string", "known: " + ", ".join(registry.names("metric")))

@@ -11,13 +11,12 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+from stitchkit.experiments.distributed import world_from_env
 from stitchkit.experiments.lock import lock_run_folder
 from stitchkit.experiments.preflight import preflight
 
 
 def _is_rank0() -> bool:
-    from stitchkit.experiments.distributed import world_from_env
-
     world = world_from_env()
     return world is None or world.is_main
 

@@ -8,9 +8,9 @@
   then one view per hybrid step (numbered) with the tokens the large model recomputed at that step bright
   and the rest dimmed, like the paper's Fig. 1b; the label gives the step's mask ratio.
 
-A video run's unit picture is its frame strip (:func:`stitchkit.video.frame_strip`): grid cells keep the
+A video run's unit picture is its frame strip (:func:`stitchkit.pipeline.video.frame_strip`): grid cells keep the
 strip's proportions, and masks.png shows each hybrid step's tokens on the strip's frames
-(:func:`stitchkit.video.strip_mask_view`), a few steps per row (:data:`VIDEO_MASK_VIEWS`).
+(:func:`stitchkit.pipeline.video.strip_mask_view`), a few steps per row (:data:`VIDEO_MASK_VIEWS`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import math
 import textwrap
 from pathlib import Path
 
-from stitchkit.experiments.store import atomic_write, image_path, is_video_run, record_path
+from stitchkit.experiments.store import atomic_write, current_records, image_path, is_video_run, record_path
+from stitchkit.pipeline.video import strip_mask_view
 
 #: Pictures are scaled up so that a 32 px image is still readable in a grid.
 MIN_CELL = 96
@@ -121,7 +122,6 @@ def _grid_page(rows: list[list], labels: list[str], columns: list[tuple[int, str
 
 def _done(config) -> set[tuple[str, int, int]]:
     """The units with a current record (their images are the ones the pictures may show)."""
-    from stitchkit.experiments.store import current_records
 
     return {(m, r["prompt_index"], r["seed"]) for m, r in current_records(config)}
 
@@ -196,7 +196,6 @@ def mask_rows(config, done: set | None = None) -> list[dict]:
             tokens = math.prod(grid)  # the mask's share, also where FullLarge ran everything
             image = _open(image_file)
             if len(grid) == 3:  # video tokens (frame, row, column), drawn on the unit's frame strip
-                from stitchkit.video import strip_mask_view
 
                 frames = data["sampler"]["num_frames"]
                 views = [(step, len(idx) / tokens, strip_mask_view(image, num_frames=frames, grid=grid, indices=idx))

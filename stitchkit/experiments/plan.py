@@ -14,12 +14,14 @@ from typing import Any
 
 import attrs
 
+from stitchkit.cost.latency import Costs, Prediction, predict_from_steps
+from stitchkit.cost.profile import estimate_costs_from_configs
 from stitchkit.experiments.config import ExperimentConfig
-from stitchkit.latency import Costs, Prediction, predict_from_steps
+from stitchkit.experiments.pair_setup import load_pair, run_size
+from stitchkit.experiments.store import current_records
+from stitchkit.loop.trace import latency_steps
 from stitchkit.protocols import LoopState
-from stitchkit.pipeline import DEFAULT_CONTEXT
-from stitchkit.registry import Registry, get_registry
-from stitchkit.trace import latency_steps
+from stitchkit.registry import DEFAULT_CONTEXT, Registry
 
 #: First switch steps tried for adaptive policies, as fractions of the step count.
 PLAUSIBLE_FIRST_SWITCH = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
@@ -106,24 +108,20 @@ def plan_from_records(name: str, records: list[dict], costs: Costs) -> MethodPla
 
 def _records(config: ExperimentConfig, method: str) -> list[dict]:
     """The method's current records (a stale one, written for another configuration, is not counted)."""
-    from stitchkit.experiments.store import current_records
-
     return [r for _, r in current_records(config, methods=[m for m in config.methods if m.name == method])]
 
 
 def experiment_costs(config: ExperimentConfig) -> tuple[Costs, int]:
     """The pair's costs at the experiment's size (profile, else FLOPs estimate) and its image-token count."""
-    from stitchkit.experiments.runner import _size, load_pair
-
     pipe = load_pair(config)
-    size = _size(pipe, config)
+    size = run_size(pipe, config)
     costs = pipe.costs(height=size.height, width=size.width, text_tokens=size.text_tokens, guided=size.guided,
                        num_frames=size.num_frames)
     return costs, pipe.adapter.num_tokens(height=size.height, width=size.width, num_frames=size.num_frames)
 
 
 def plan_experiment(config: ExperimentConfig, registry: Registry | None = None) -> tuple[Costs, list[MethodPlan]]:
-    registry = registry or get_registry()
+    registry = registry or config.registry
     costs, num_tokens = experiment_costs(config)
     plans: list[MethodPlan] = []
     for method in config.methods:
@@ -144,7 +142,6 @@ def method_weights(pipe, config: ExperimentConfig, *, height: int, width: int, t
     configs' FLOPs only (Eq. 3-5 over :func:`plan_method`'s schedules, averaged over the plausible first
     switches of an adaptive method). Never from a cached profile: data-parallel ranks shard units by these
     weights, and every rank must compute the same split whatever its machine's cache holds."""
-    from stitchkit.profile import estimate_costs_from_configs
 
     registry = registry or pipe.registry
     num_tokens = pipe.adapter.num_tokens(height=height, width=width, num_frames=num_frames)

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from stitchkit.experiments.columns import COLUMNS, human_header
+from stitchkit.experiments.plan import is_fixed_schedule
 from stitchkit.experiments.store import atomic_write
 
 DPI = 110
@@ -56,7 +58,6 @@ def pareto_front(points: list[tuple[float, float]], higher_is_better: bool) -> l
 
 def write_frontier(config, rows, quality: dict[str, dict], metrics: dict[str, Any]) -> Path | None:
     """frontier.png: one panel per quality metric (else mean |image − large|), speedup on x."""
-    from stitchkit.experiments.reports import COLUMNS, human_header
 
     panels = [(name, human_header(m.label, m.unit, m.higher_is_better), m.higher_is_better)
               for name, m in metrics.items()]
@@ -164,10 +165,7 @@ def write_change(config, records: dict[str, list[dict]]) -> Path | None:
 
 def adaptive_methods(config, records: dict[str, list[dict]]) -> set[str]:
     """Methods whose switch policy reads D_t: driven without any D_t, it does not visit every stage."""
-    from stitchkit.experiments.plan import is_fixed_schedule
-    from stitchkit.registry import get_registry
-
-    registry = get_registry()
+    registry = config.registry
     out = set()
     for method in config.methods:
         recs = records.get(method.name)

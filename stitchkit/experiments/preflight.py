@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from stitchkit.errors import ConfigError
+from stitchkit.experiments.metrics.scoring import build_metrics
 
 
 def preflight(config) -> None:
@@ -113,7 +114,6 @@ def check_size(large: str, height: int | None, width: int | None) -> None:
 
 def check_prompts(config, metrics: dict[str, Any] | None = None) -> None:
     """Refuse the first prompt a metric of the experiment cannot score (``prompts[i]``)."""
-    from stitchkit.experiments.metrics.scoring import build_metrics
 
     metrics = build_metrics(config) if metrics is None else metrics
     readers = [(j, name, m) for j, (name, m) in enumerate(metrics.items()) if hasattr(m, "check_prompt")]

@@ -29,6 +29,7 @@ from typing import Any, Iterator, Mapping
 import attrs
 
 from stitchkit.errors import ConfigError
+from stitchkit.experiments.fields import list_of, mapping, only, positive, typed
 
 FORMATS = (".txt", ".csv", ".tsv", ".jsonl", ".json")
 #: Column or key names tried, in order, when ``field`` is not given.
@@ -113,17 +114,15 @@ def _coco(path: Path, field: str | None) -> Iterator[tuple[int, Any]]:
 
 def read_source(spec: Any, base: Path) -> PromptSet:
     """Read ``{from: PATH, sample: N, seed: S, field: NAME}`` (``PATH`` relative to ``base``)."""
-    from stitchkit.experiments.config import _mapping, _only, _positive, _typed
-
-    spec = _mapping(spec, "prompts", "a list, or {from: PATH, sample: N, seed: S, field: NAME}")
-    _only(spec, "prompts", ("from", "sample", "seed", "field"))
+    spec = mapping(spec, "prompts", "a list, or {from: PATH, sample: N, seed: S, field: NAME}")
+    only(spec, "prompts", ("from", "sample", "seed", "field"))
     if "from" not in spec:
         raise ConfigError("prompts.from", "missing", "the path of a .txt, .csv, .tsv, .jsonl or COCO .json file")
-    path = Path(_typed(spec["from"], "prompts.from", str)).expanduser()
+    path = Path(typed(spec["from"], "prompts.from", str)).expanduser()
     path = path if path.is_absolute() else base / path
-    field = _typed(spec["field"], "prompts.field", str) if spec.get("field") is not None else None
-    sample = _positive(spec["sample"], "prompts.sample", int) if spec.get("sample") is not None else None
-    seed = _typed(spec.get("seed", 0), "prompts.seed", int)
+    field = typed(spec["field"], "prompts.field", str) if spec.get("field") is not None else None
+    sample = positive(spec["sample"], "prompts.sample", int) if spec.get("sample") is not None else None
+    seed = typed(spec.get("seed", 0), "prompts.seed", int)
     if path.suffix not in FORMATS:
         raise ConfigError("prompts.from", f"unknown format {path.suffix or '(none)'!r} of {path.name}",
                           "one of " + ", ".join(FORMATS))
@@ -160,12 +159,10 @@ def read_source(spec: Any, base: Path) -> PromptSet:
 
 def read_prompts(data: Mapping[str, Any], base: Path) -> PromptSet:
     """The experiment's prompts from its ``prompts`` (list or source) or ``prompts_file`` field."""
-    from stitchkit.experiments.config import _list, _typed
-
     if "prompts" in data and "prompts_file" in data:
         raise ConfigError("prompts_file", "given together with prompts", "use one of the two")
     if "prompts_file" in data:
-        file = base / _typed(data["prompts_file"], "prompts_file", str)
+        file = base / typed(data["prompts_file"], "prompts_file", str)
         if not file.is_file():
             raise ConfigError("prompts_file", f"no such file: {file}", "a text file with one prompt per line")
         if file.suffix != ".txt":
@@ -176,7 +173,7 @@ def read_prompts(data: Mapping[str, Any], base: Path) -> PromptSet:
     elif isinstance(data.get("prompts"), Mapping):
         result = read_source(data["prompts"], base)
     else:
-        prompts = [_typed(p, f"prompts[{i}]", str) for i, p in enumerate(_list(data.get("prompts"), "prompts"))]
+        prompts = [typed(p, f"prompts[{i}]", str) for i, p in enumerate(list_of(data.get("prompts"), "prompts"))]
         for i, text in enumerate(prompts):
             if not text.strip():
                 raise ConfigError(f"prompts[{i}]", "is empty", "give the prompt's text")

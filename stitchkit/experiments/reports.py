@@ -19,8 +19,19 @@ from typing import Any
 import attrs
 import numpy as np
 
+from stitchkit.experiments.columns import COLUMNS, DIGITS, human_header
 from stitchkit.experiments.config import BASELINE, ExperimentConfig
-from stitchkit.experiments.store import atomic_write, atomic_write_chunks, compact_records, image_path, trace_lines
+from stitchkit.experiments.metrics.scoring import build_metrics, score_methods
+from stitchkit.experiments.pictures import write_pictures
+from stitchkit.experiments.plots import write_plots
+from stitchkit.experiments.store import (
+    atomic_write,
+    atomic_write_chunks,
+    compact_records,
+    image_path,
+    trace_lines,
+)
+from stitchkit.experiments.sweeps import format_value
 
 
 def _image(out_dir: Path, method: str, prompt_index: int, seed: int) -> np.ndarray:
@@ -89,30 +100,6 @@ def _fmt(value: Any, digits: int) -> str:
     return "–" if value is None else (f"{value:.{digits}f}" if isinstance(value, float) else str(value))
 
 
-#: Human header, unit and which way is better (``True``: higher) of each fixed column of results.md.
-COLUMNS: dict[str, tuple[str, str, bool | None]] = {
-    "method": ("method", "", None),
-    "images": ("images", "", None),
-    "latency_ms": ("latency", "ms", False),
-    "denoise_ms": ("denoising", "ms", False),
-    "speedup": ("speedup vs large", "×", True),
-    "large_step_equivalents": ("large-step equivalents", "steps", False),
-    "mean_abs_diff": ("mean |image − large|", "", False),
-    "predicted_denoise_ms": ("predicted denoising", "ms", None),
-    "prediction_error_pct": ("prediction error", "%", None),
-    "sampler": ("sampler", "", None),
-}
-DIGITS = {"latency_ms": 1, "denoise_ms": 1, "speedup": 2, "large_step_equivalents": 2, "mean_abs_diff": 4,
-          "predicted_denoise_ms": 1, "prediction_error_pct": 1}
-
-
-def human_header(label: str, unit: str, higher_is_better: bool | None) -> str:
-    """``latency (ms) ↓``: the label, its unit, and an arrow pointing the better way."""
-    unit = f" ({unit})" if unit else ""
-    arrow = "" if higher_is_better is None else (" ↑" if higher_is_better else " ↓")
-    return f"{label}{unit}{arrow}"
-
-
 def _param_columns(config: ExperimentConfig) -> list[str]:
     """Every swept parameter, in the order first met: its own column of results.csv."""
     names: list[str] = []
@@ -123,8 +110,6 @@ def _param_columns(config: ExperimentConfig) -> list[str]:
 
 def write_results(config: ExperimentConfig, *, records=None, metrics=None):
     """results.md (human headers with units and arrows), results.csv (machine names) and trace.jsonl."""
-    from stitchkit.experiments.metrics.scoring import build_metrics, score_methods
-    from stitchkit.experiments.sweeps import format_value
 
     out_dir = config.output
     records = compact_records(config) if records is None else records
@@ -168,7 +153,6 @@ def write_report(config: ExperimentConfig, *, metrics=None) -> list[Path]:
     trace.jsonl is streamed, and the grid has a bounded number of columns and pages, so the end of a
     2,000-prompt run needs no more memory than its generation (``benchmarks/long_run_memory.py``).
     A stale record (written for another configuration) is not counted, with a warning."""
-    from stitchkit.experiments.pictures import write_pictures
 
     stale: list = []
     records = compact_records(config, stale)
@@ -183,7 +167,6 @@ def write_report(config: ExperimentConfig, *, metrics=None) -> list[Path]:
     written = [config.output / name for name in ("results.md", "results.csv", "trace.jsonl")]
     done = {(m, r["prompt_index"], r["seed"]) for m, recs in records.items() for r in recs}
     written += write_pictures(config, done)
-    from stitchkit.experiments.plots import write_plots
 
     written += write_plots(config, records, rows, quality, metrics)
     return written

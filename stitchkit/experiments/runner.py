@@ -20,42 +20,48 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import attrs
 
+from stitchkit.cost.latency import predict_from_steps
+from stitchkit.errors import ConfigError, NonFiniteError
 from stitchkit.experiments.config import ExperimentConfig, MethodConfig
-from stitchkit.experiments.metrics.scoring import build_metrics
-from stitchkit.experiments.reports import write_report
-from stitchkit.errors import NonFiniteError
+from stitchkit.experiments.distributed import barrier, broadcast, gather, process_group, shard, world_from_env
 from stitchkit.experiments.guard import guarded_run
+from stitchkit.experiments.metrics.scoring import build_metrics
+from stitchkit.experiments.pair_setup import (
+    check_methods,
+    ensure_profile,
+    load_average,
+    load_pair,
+    ran_sampler,
+    run_size,
+    use_threads,
+)
+from stitchkit.experiments.plan import method_weights
+from stitchkit.experiments.reports import write_report
 from stitchkit.experiments.resume import UnitsFailed, units_to_do
-from stitchkit.experiments.store import atomic_path, atomic_write, image_path, record_path, unit_stem, video_path
-from stitchkit.experiments.unit_keys import FIELD as KEY_FIELD, UnitKeys
-from stitchkit.trace import large_step_equivalents, latency_steps
-
-
-def load_pair(config: ExperimentConfig):
-    """The StitchPipeline the experiment's ``pair`` names."""
-    import torch
-
-    from stitchkit.pairs import load_pair_pipeline
-    from stitchkit.pipeline import StitchPipeline
-
-    pair = config.pair
-    if pair.name is not None:
-        return load_pair_pipeline(pair.name)
-    return StitchPipeline.from_pretrained(pair.large, pair.small, torch_dtype=getattr(torch, pair.dtype),
-                                          device=pair.device)
+from stitchkit.experiments.run_folder import claim, write_environment
+from stitchkit.experiments.store import (
+    atomic_path,
+    atomic_write,
+    image_path,
+    record_path,
+    unit_stem,
+    video_path,
+)
+from stitchkit.experiments.unit_keys import FIELD as KEY_FIELD
+from stitchkit.experiments.unit_keys import UnitKeys
+from stitchkit.loop.trace import large_step_equivalents, latency_steps
+from stitchkit.pipeline.units import generate_units, mask_grid
+from stitchkit.pipeline.video import frame_strip, save_video
 
 
 def _generate(pipe, config: ExperimentConfig, method: MethodConfig, prompt: str, seed: int, *, save: bool = True):
     import torch
-
-    from stitchkit.units import mask_grid
 
     generator = torch.Generator(device="cpu").manual_seed(seed)
     masks: dict[str, Any] = {"grid": None, "steps": []}
@@ -97,13 +103,12 @@ def _batches(todo: list, size: int) -> list[list]:
 def _generate_batch(pipe, config: ExperimentConfig, batch: list) -> list[tuple[Any, Any, float, dict]]:
     """``(image, trace holder, latency ms, masks)`` per unit of ``batch`` (units of one method): one
     generation per unit at ``batch_size`` 1 (exactly the single-unit path), else one batched loop whose
-    decisions are per sample (:func:`stitchkit.units.generate_units`; a unit's latency is its share)."""
+    decisions are per sample (:func:`stitchkit.pipeline.units.generate_units`; a unit's latency is its share)."""
     method = batch[0][0]
     if len(batch) == 1:
         _, _, prompt, seed = batch[0]
         out, total_ms, masks = _generate(pipe, config, method, prompt, seed)
         return [(out.images[0], out, total_ms, masks)]
-    from stitchkit.units import generate_units
 
     kwargs = _call(pipe, config, method)
     switch, mask, context = kwargs.pop("switch"), kwargs.pop("mask"), kwargs.pop("context")
@@ -112,33 +117,10 @@ def _generate_batch(pipe, config: ExperimentConfig, batch: list) -> list[tuple[A
     return [(u.image, u, u.latency_ms, u.masks) for u in units]
 
 
-def ran_sampler(pipe, config: ExperimentConfig) -> dict[str, Any]:
-    """The sampler settings every unit runs with, the pair's default size (and a video pair's default frame
-    count) filled in."""
-    from stitchkit.video import frames_for
-
-    s = config.sampler
-    height, width = _default_sides(pipe)
-    sampler = {"steps": s.steps, "height": s.height or height, "width": s.width or width,
-               "guidance_scale": s.guidance_scale}
-    frames = frames_for(pipe.adapter, s.num_frames, "sampler.num_frames")
-    if frames is not None:  # an image's record keeps the fields it always had
-        sampler["num_frames"] = frames
-    return sampler
-
-
-def _default_sides(pipe) -> tuple[int, int]:
-    """The pair's default ``(height, width)`` (an adapter gives one side of a square, or both)."""
-    default = pipe.adapter.default_size()
-    return (default, default) if isinstance(default, int) else tuple(default)
-
-
 def _save_unit(out_dir: Path, method: str, prompt_index: int, seed: int, output) -> None:
     """A unit's picture: the image as PNG; for a video (a list of frames) the MP4 first, then the frame
     strip as the unit's PNG (its cell in the grid, what metrics compare, what a rerun checks)."""
     if isinstance(output, (list, tuple)):
-        from stitchkit.video import frame_strip, save_video
-
         with atomic_path(video_path(out_dir, method, prompt_index, seed), suffix=".tmp.mp4") as tmp:
             save_video(output, tmp)  # export_to_video picks the container by the name's suffix
         output = frame_strip(output)
@@ -148,8 +130,6 @@ def _save_unit(out_dir: Path, method: str, prompt_index: int, seed: int, output)
 
 
 def _record(method: str, prompt_index: int, prompt: str, seed: int, out, total_ms: float, costs) -> dict[str, Any]:
-    from stitchkit.latency import predict_from_steps
-
     trace = out.trace
     # The latency model (Eq. 3-6) priced with the profiled costs, over this run's actual steps and masks.
     prediction = predict_from_steps(latency_steps(trace), costs)
@@ -175,7 +155,6 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = True, pipe=None
     share of the units (:func:`stitchkit.experiments.distributed.shard`) into the same folder and rank 0 alone
     writes the reports; a plain call never initialises torch.distributed.
     """
-    from stitchkit.experiments.distributed import process_group, world_from_env
 
     world = world_from_env()
     on_cuda = config.pair.device.startswith("cuda") and config.pair.name is None
@@ -185,9 +164,6 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = True, pipe=None
 
 def _run(config: ExperimentConfig, *, world, progress: bool, pipe, force_new: bool) -> Path:
     from tqdm.auto import tqdm
-
-    from stitchkit.experiments.distributed import barrier
-    from stitchkit.experiments.run_folder import write_environment
 
     main = world is None or world.is_main
     metrics = build_metrics(config)  # built (and their weights checked) before any image is generated
@@ -203,7 +179,7 @@ def _run(config: ExperimentConfig, *, world, progress: bool, pipe, force_new: bo
             write_environment(config, world_size=1 if world is None else world.world_size)
         pipe = pipe or load_pair(config)
         threads = use_threads(pipe, config)
-        size = _size(pipe, config)
+        size = run_size(pipe, config)
         check_methods(pipe, config, size)
         todo = remaining if world is None else _share(pipe, config, size, world, remaining)
         # One untimed generation first: the first call pays for allocations and lazy initialisation
@@ -227,7 +203,7 @@ def _run(config: ExperimentConfig, *, world, progress: bool, pipe, force_new: bo
                 record = _record(method.name, pi, prompt, seed, out, total_ms, costs)
                 record["masks"] = masks
                 record["sampler"] = sampler
-                record["threads"], record["load"] = threads, _load()
+                record["threads"], record["load"] = threads, load_average()
                 record["batch_size"] = len(batch)
                 record[KEY_FIELD] = keys(method.name, prompt, seed)
                 try:
@@ -253,9 +229,6 @@ def _write_unit(out_dir: Path, method: str, prompt_index: int, seed: int, output
 def _claim(config: ExperimentConfig, world, force_new: bool) -> ExperimentConfig:
     """Rank 0 checks the run folder against this config and writes config.resolved.yaml; every rank gets
     the folder to run into, or the same one-line refusal (no rank is left waiting for the others)."""
-    from stitchkit.errors import ConfigError
-    from stitchkit.experiments.distributed import broadcast
-    from stitchkit.experiments.run_folder import claim
 
     if world is None:
         return claim(config, force_new=force_new)
@@ -274,8 +247,6 @@ def _claim(config: ExperimentConfig, world, force_new: bool) -> ExperimentConfig
 def _share(pipe, config: ExperimentConfig, size, world, remaining: list) -> list:
     """This rank's units among ``remaining``: its shard of *all* units (a pure function of the unit list,
     each method's predicted cost and the world size), so any world size resumes any folder correctly."""
-    from stitchkit.experiments.distributed import shard
-    from stitchkit.experiments.plan import method_weights
 
     weights = method_weights(pipe, config, height=size.height, width=size.width, text_tokens=size.text_tokens,
                              num_frames=size.num_frames)
@@ -287,94 +258,8 @@ def _share(pipe, config: ExperimentConfig, size, world, remaining: list) -> list
 def _node_profile(pipe, config: ExperimentConfig, size, world):
     """The pair's costs, measured (or read from the cache) once per node by its local rank 0 and handed to
     the node's other ranks, instead of K processes timing the same device at once."""
-    from stitchkit.experiments.distributed import gather
 
     if world is None:
         return ensure_profile(pipe, config, size)
     costs = ensure_profile(pipe, config, size) if world.is_local_main else None
     return gather(world, costs)[world.rank - world.local_rank]
-
-
-def use_threads(pipe, config: ExperimentConfig) -> int:
-    """Set torch's threads for this run before any model runs: ``sampler.threads`` (``--threads``), else
-    ``OMP_NUM_THREADS``, else the pair's default (:mod:`stitchkit.threads`). Returns the count (0 on a GPU)."""
-    from stitchkit.threads import apply_threads
-
-    return apply_threads(config.sampler.threads, pipe.adapter.large_transformer, pipe.small,
-                         device=pipe.adapter.device.type)
-
-
-def _load() -> float | None:
-    """The 1-minute load average when a unit finished (its timings are suspect when it exceeds the cores)."""
-    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-
-
-@attrs.frozen(kw_only=True)
-class _Size:
-    height: int
-    width: int
-    text_tokens: int
-    guided: bool
-    #: A video pair's frames per unit; None for images.
-    num_frames: int | None = None
-
-
-def _size(pipe, config: ExperimentConfig) -> _Size:
-    """The image size (a video's frames) and text length every unit of this experiment runs at (one prompt
-    encoded to see). ``sampler.num_frames`` is checked here against the loaded pair (refused on images)."""
-    import torch
-
-    sampler = ran_sampler(pipe, config)
-    s = config.sampler
-    with torch.no_grad():
-        cond = pipe.adapter.encode(guidance_scale=s.guidance_scale, num_images_per_prompt=1,
-                                   max_sequence_length=s.max_sequence_length, prompt=config.prompts[0],
-                                   prompt_2=None, prompt_3=None)
-    return _Size(height=sampler["height"], width=sampler["width"], text_tokens=cond.prompt_embeds.shape[1],
-                 guided=cond.guided, num_frames=sampler.get("num_frames"))
-
-
-def check_methods(pipe, config: ExperimentConfig, size: _Size) -> None:
-    """Refuse, before anything runs, every method whose masks break Eq. 7-8 for this pair and size."""
-    for i, method in enumerate(config.methods):
-        pipe.check_plan(method.switch, context=method.context, height=size.height, width=size.width,
-                        text_tokens=size.text_tokens,
-                        guided=size.guided, allow_unprofitable=config.allow_unprofitable,
-                        path=f"methods[{i}].switch", num_frames=size.num_frames)
-
-
-def ensure_profile(pipe, config: ExperimentConfig, size: _Size):
-    """The pair's measured costs at this size: the cached profile, or one measured now and cached."""
-    import torch
-
-    from stitchkit.profile import ProfileKey, cpu_threads, load_profile, profile_transformers, save_profile
-    from stitchkit.video import latent_shape
-
-    latent = latent_shape(pipe.adapter, height=size.height, width=size.width, num_frames=size.num_frames)
-    dtype = str(pipe.adapter.dtype).removeprefix("torch.")
-    device = pipe.adapter.device.type
-    key = ProfileKey(pair=pipe.pair_id, height=size.height, width=size.width, dtype=dtype, device=device,
-                     batch=2 if size.guided else 1, text_tokens=size.text_tokens, threads=cpu_threads(device),
-                     frames=size.num_frames or 0)
-    costs = load_profile(key)
-    if costs is not None:
-        import logging
-
-        logging.getLogger(__name__).info("profile of %s at %dx%d read from the cache (threads %s): L_l %.1f ms, "
-                                         "L_s %.1f ms", key.pair, key.height, key.width, key.threads,
-                                         costs.large_ms, costs.small_ms)
-    if costs is None:
-        from stitchkit.profile_checks import measure_checked
-
-        costs, problems = measure_checked(lambda timings: profile_transformers(
-            pipe.adapter.large_transformer, pipe.small, latent_height=latent[-2], latent_width=latent[-1],
-            latent_frames=latent[0] if len(latent) == 3 else None, text_tokens=size.text_tokens, batch=key.batch,
-            dtype=getattr(torch, dtype), device=device, num_threads=torch.get_num_threads(), timings=timings))
-        if problems:  # used for this run's predictions, never cached: a noisy profile would price every later run
-            import warnings
-
-            warnings.warn(f"profile of {key.pair} is noisy ({problems[0]}); not cached; predictions of this run "
-                          "are unreliable", stacklevel=2)
-        else:
-            save_profile(key, costs, extra={"load": _load()})
-    return costs

@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from stitchkit.experiments.unit_keys import UnitKeys
+
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never half of one."""
@@ -85,7 +87,6 @@ def current_records(config, stale: list | None = None, methods=None) -> Iterator
     :mod:`~stitchkit.experiments.unit_keys`), read from disk one at a time, in method, prompt and seed
     order (of ``methods``, default every method). The unit ``(method, prompt index, seed)`` of each stale
     record is appended to ``stale``."""
-    from stitchkit.experiments.unit_keys import UnitKeys
 
     keys = UnitKeys(config)
     for method in config.methods if methods is None else methods:

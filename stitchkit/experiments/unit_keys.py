@@ -17,14 +17,14 @@ import hashlib
 import json
 from typing import Any
 
+from stitchkit.experiments.resolved import resolved
+
 #: The field of a record holding its key.
 FIELD = "key"
 
 
 def key_bases(config) -> dict[str, str]:
     """Per method name, the canonical text of what every unit of that method shares."""
-    from stitchkit.experiments.run_folder import resolved
-
     data = resolved(config)
     pair: Any = data["pair"]
     if isinstance(pair, dict):

@@ -58,7 +58,7 @@ class Family:
     flops: Callable[..., float] | None = None
     #: ``random_inputs(transformer, *, latent_shape, text_tokens, batch, dtype, device, seed)`` -> random
     #: :class:`~stitchkit.protocols.ModelInputs` of the shapes its pipeline hands the transformer, for
-    #: ``stitchkit profile``; None: :func:`stitchkit.profile.random_inputs` (joint attention, pooled text).
+    #: ``stitchkit profile``; None: :func:`stitchkit.cost.profile.random_inputs` (joint attention, pooled text).
     random_inputs: Callable[..., Any] | None = None
     #: ``load(large, small, *, torch_dtype, device, **kwargs)`` -> ``(large_pipeline, small_transformer)``.
     load: Callable[..., tuple[Any, Any]] | None = None
@@ -129,7 +129,7 @@ class Adapter(Protocol):
 
 
 class VideoAdapter(Adapter, Protocol):
-    """An adapter whose pipeline makes videos has two more methods (:mod:`stitchkit.video` asks for them
+    """An adapter whose pipeline makes videos has two more methods (:mod:`stitchkit.pipeline.video` asks for them
     with ``getattr``: an adapter without them makes images, and refuses ``num_frames``)."""
 
     def check_num_frames(self, num_frames: int | None, path: str = "num_frames") -> int:

@@ -1,54 +1,9 @@
-"""Model pairs by name, looked up in the plugin registry (the ``register_pairs`` hook): each family
-registers its own (``tiny-random``, ``bench-random``, ``sd3-paper-random``, ``shapes``, ``wan-tiny-random``),
-and an outside package adds more the same way. This folder also holds the shipped shapes pair's weights.
+"""The shipped shapes pair's files (``shapes/``: weights, configs, tokenizer, classifier), installed as package
+data. Loading a registered pair by name lives with the pipeline (:mod:`stitchkit.pipeline.pairs`,
+:meth:`stitchkit.StitchPipeline.from_pair`); the names below are kept as aliases of it for scripts written
+against earlier releases.
 """
 
-from __future__ import annotations
+from stitchkit.pipeline.pairs import BUILTIN_PAIRS, load_pair_pipeline, load_pair_transformers
 
-
-from collections.abc import Sequence
-
-
-class _PairNames(Sequence):
-    """The registered pairs' names, in registration order, looked up on first use: building the registry
-    imports the plugins (and torch), which ``import stitchkit.experiments.config`` should not pay for."""
-
-    def _names(self) -> tuple[str, ...]:
-        from stitchkit.registry import get_registry
-
-        return tuple(get_registry().pairs)
-
-    def __getitem__(self, index):
-        return self._names()[index]
-
-    def __len__(self) -> int:
-        return len(self._names())
-
-    def __iter__(self):
-        return iter(self._names())
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._names()
-
-    def __repr__(self) -> str:
-        return repr(self._names())
-
-
-#: Every registered pair's name (built-ins and outside plugins'), looked up when used.
-BUILTIN_PAIRS: Sequence[str] = _PairNames()
-
-
-def load_pair_pipeline(name: str, registry=None):
-    """The ``StitchPipeline`` of a registered pair."""
-    from stitchkit.pipeline import StitchPipeline
-    from stitchkit.registry import get_registry
-
-    registry = registry or get_registry()
-    large, small = registry.pair(name).loader()
-    return StitchPipeline.from_pipelines(large=large, small=small, registry=registry, pair_id=name)
-
-
-def load_pair_transformers(name: str):
-    """``(large, small, pair_id)``: the two transformers of a built-in pair, for profiling."""
-    pipe = load_pair_pipeline(name)
-    return pipe.adapter.large_transformer, pipe.small, pipe.pair_id
+__all__ = ["BUILTIN_PAIRS", "load_pair_pipeline", "load_pair_transformers"]

@@ -6,7 +6,7 @@
 * :mod:`stitchkit.shapes.sampling`: a plain flow-match Euler sampler with CFG for one model of the pair;
 * :mod:`stitchkit.shapes.train`: joint training from a seed (``stitchkit train-pair``);
 * :mod:`stitchkit.shapes.classifier` and :mod:`stitchkit.shapes.evaluate`: the attribute classifier behind
-  the offline metrics of :mod:`stitchkit.experiments.metrics.standins`, and the measurement of each model alone.
+  the offline metrics of :mod:`stitchkit.shapes.scores`, and the measurement of each model alone.
 """
 
 from stitchkit.shapes.pair import ShapesPair, encode_prompts, load_shapes_pair

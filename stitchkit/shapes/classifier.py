@@ -3,7 +3,7 @@
 A small CNN with one head per caption attribute (shape, colour, size, position, background), trained on
 the world's own pictures with light noise and blur, so that it reads generated pictures too. Its heads
 give caption accuracy (our stand-in for the CLIP score), its feature maps an LPIPS-like distance, and its
-embedding a Fréchet distance (our stand-in for FID): see :mod:`stitchkit.experiments.metrics.standins`.
+embedding a Fréchet distance (our stand-in for FID): see :mod:`stitchkit.shapes.scores`.
 
 The trained classifier ships beside the pair, in ``stitchkit/pairs/shapes/classifier/``
 (``model.safetensors`` and ``config.json``, which records its held-out accuracy).

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from stitchkit.experiments.metrics import standins as metrics
+from stitchkit.shapes import scores as metrics
 from stitchkit.shapes.pair import DEFAULT_GUIDANCE, DEFAULT_STEPS, ShapesPair
 from stitchkit.shapes.sampling import initial_noise, sample
 from stitchkit.shapes.world import ShapesWorld, render_arrays

@@ -7,8 +7,8 @@ import sys
 
 CODE = r"""
 import sys
-import stitchkit.engine, stitchkit.pipeline, stitchkit.families.sd3, stitchkit.families.shapes
-import stitchkit.families.wan, stitchkit.families.sd3.masked, stitchkit.models.tokens
+import stitchkit.loop.engine, stitchkit.pipeline, stitchkit.families.sd3, stitchkit.families.shapes
+import stitchkit.families.wan, stitchkit.families.sd3.masked, stitchkit.tokens
 from stitchkit.registry import DEFAULT_PLUGINS, get_registry
 registry = get_registry(entry_points=False)
 registry.names("switch"); registry.create("switch", "hybridstitch-30"); registry.create("mask", "static")

@@ -63,7 +63,7 @@ def test_missing_weights_refuse_the_run_before_any_image(tmp_path, monkeypatch, 
 # --- PSNR / SSIM: the same definitions the stand-in tests check by hand ----------------------------------
 
 def test_psnr_and_ssim_plugins_feed_batches_and_average_per_image():
-    from stitchkit.experiments.metrics.standins import psnr, ssim
+    from stitchkit.shapes.scores import psnr, ssim
 
     a, b = _images(5, 0), _images(5, 1)
     batches = [MetricBatch(images=a[:3], prompts=["x"] * 3, large_images=b[:3]),

@@ -35,7 +35,7 @@ output: run
 
 @pytest.fixture(scope="module")
 def wan_pipe():
-    from stitchkit.pairs import load_pair_pipeline
+    from stitchkit.pipeline.pairs import load_pair_pipeline
 
     return load_pair_pipeline("wan-tiny-random")
 
@@ -47,7 +47,7 @@ def test_a_wan_experiment_writes_videos_and_strips_and_resumes(tmp_path, monkeyp
 
     from stitchkit.cli import main
     from stitchkit.experiments import runner
-    from stitchkit.video import STRIP_FRAMES, STRIP_GAP, chosen_frames
+    from stitchkit.pipeline.video import STRIP_FRAMES, STRIP_GAP, chosen_frames
 
     monkeypatch.setenv("STITCHKIT_CACHE", str(tmp_path / "cache"))
     (tmp_path / "wan.yaml").write_text(YAML)
@@ -128,7 +128,7 @@ def test_num_frames_on_an_image_pair_is_refused_with_its_path(tmp_path):
 
 
 def test_an_image_run_resolves_without_num_frames(tmp_path):
-    from stitchkit.experiments.run_folder import resolved
+    from stitchkit.experiments.resolved import resolved
 
     assert "num_frames" not in resolved(_config(tmp_path, "tiny-random", {"steps": 2}))["sampler"]
 
@@ -136,10 +136,9 @@ def test_an_image_run_resolves_without_num_frames(tmp_path):
 def test_profile_of_a_video_pair_is_keyed_by_frames_and_read_by_run(tmp_path, monkeypatch, capsys, wan_pipe):
     """`stitchkit profile --num-frames` asks the pair's adapter for the key and the inputs' shapes, so `run`
     at the same size and frames reads the profile instead of measuring again."""
-    import stitchkit.profile
     from stitchkit.cli import main
-    from stitchkit.experiments import runner
-    from stitchkit.profile import ProfileKey, profile_path
+    from stitchkit.experiments import pair_setup
+    from stitchkit.cost.profile import ProfileKey, profile_path
 
     monkeypatch.setenv("STITCHKIT_CACHE", str(tmp_path / "cache"))
     assert main(["profile", "--pair", "wan-tiny-random", "--height", str(HEIGHT), "--width", str(WIDTH),
@@ -152,14 +151,14 @@ def test_profile_of_a_video_pair_is_keyed_by_frames_and_read_by_run(tmp_path, mo
     def no_measuring(*args, **kwargs):
         raise AssertionError("run measured a profile: its key differs from the one `stitchkit profile` cached")
 
-    monkeypatch.setattr(stitchkit.profile, "profile_transformers", no_measuring)
+    monkeypatch.setattr(pair_setup, "profile_transformers", no_measuring)  # where run looks it up
     config = _config(tmp_path, "wan-tiny-random", SAMPLER)
-    costs = runner.ensure_profile(wan_pipe, config, runner._size(wan_pipe, config))
+    costs = pair_setup.ensure_profile(wan_pipe, config, pair_setup.run_size(wan_pipe, config))
     assert [r for r, _ in costs.masked_ms] == [0.3]
     # Another frame count is another key: not the cached profile.
     other = _config(tmp_path, "wan-tiny-random", {**SAMPLER, "num_frames": 5})
     with pytest.raises(AssertionError, match="run measured a profile"):
-        runner.ensure_profile(wan_pipe, other, runner._size(wan_pipe, other))
+        pair_setup.ensure_profile(wan_pipe, other, pair_setup.run_size(wan_pipe, other))
 
 
 def test_profile_refuses_frames_for_an_image_pair(capsys):
@@ -170,7 +169,7 @@ def test_profile_refuses_frames_for_an_image_pair(capsys):
 
 
 def test_an_image_profile_key_keeps_its_file_name_and_stored_key():
-    from stitchkit.profile import ProfileKey
+    from stitchkit.cost.profile import ProfileKey
 
     key = ProfileKey(pair="tiny-random", height=64, width=64, dtype="float32", device="cpu", threads=1)
     assert key.filename() == "tiny-random-64x64-float32-cpu-b2-t333-th1.json"
@@ -181,22 +180,24 @@ def test_an_image_profile_key_keeps_its_file_name_and_stored_key():
 
 def test_profile_transformers_times_wan_transformers_on_video_latents(wan_pipe):
     """The Wan family's random inputs are video-shaped; the masked cost is timed on video tokens."""
-    from stitchkit.profile import profile_transformers
+    from stitchkit.cost.profile import profile_transformers
 
     costs = profile_transformers(wan_pipe.adapter.large_transformer, wan_pipe.small, latent_height=4,
                                  latent_width=6, latent_frames=3, text_tokens=MAX_LENGTH, batch=2,
-                                 ratios=(0.3,), warmup=0, repeats=1, num_threads=1)
+                                 ratios=(0.3,), warmup=0, repeats=1, num_threads=1,
+                                 family=wan_pipe.family)
     assert costs.source == "profile" and costs.large_ms > 0 and costs.small_ms > 0
     assert [r for r, _ in costs.masked_ms] == [0.3]
     with pytest.raises(ConfigError, match=r"^latent size: 3x5x6 is not divisible by the patch size 1x2x2"):
         profile_transformers(wan_pipe.adapter.large_transformer, wan_pipe.small, latent_height=5,
-                             latent_width=6, latent_frames=3, text_tokens=MAX_LENGTH, warmup=0, repeats=1)
+                             latent_width=6, latent_frames=3, text_tokens=MAX_LENGTH, warmup=0, repeats=1,
+                             family=wan_pipe.family)
 
 
 def test_a_mask_drawn_on_a_saved_strip_is_the_mask_drawn_on_the_frames():
     """masks.png draws on the unit's PNG strip (the frames are not kept): the same picture as drawing the
     mask on the video's own frames."""
-    from stitchkit.video import STRIP_FRAMES, frame_strip, mask_strip, strip_mask_view
+    from stitchkit.pipeline.video import STRIP_FRAMES, frame_strip, mask_strip, strip_mask_view
 
     rng = np.random.default_rng(0)
     frames = rng.random((FRAMES, 8, 12, 3)).astype(np.float32)
@@ -209,7 +210,7 @@ def test_a_mask_drawn_on_a_saved_strip_is_the_mask_drawn_on_the_frames():
 def test_the_wan_example_yaml_is_a_valid_video_experiment():
     from pathlib import Path
 
-    from stitchkit.experiments.run_folder import resolved
+    from stitchkit.experiments.resolved import resolved
 
     path = Path(__file__).resolve().parents[2] / "examples" / "wan_t2v.yaml"
     config = ExperimentConfig.from_yaml(path)
@@ -236,8 +237,8 @@ def test_the_readme_video_experiment_is_this_files_experiment():
 
 def test_calibration_generates_the_experiments_frames(tmp_path, wan_pipe):
     """`stitchkit calibrate` on a video experiment replays over its video tokens at sampler.num_frames."""
-    from stitchkit.calibration import prepare
-    from stitchkit.latency import Costs
+    from stitchkit.calibration.setup import prepare
+    from stitchkit.cost.latency import Costs
 
     config = ExperimentConfig.from_dict({"pair": "wan-tiny-random", "prompts": ["a red circle"], "sampler": SAMPLER,
                                          "methods": ["large", {"name": "hs", "switch": HYBRID}], "output": "run"},

@@ -21,9 +21,9 @@ def test_builtin_families_and_pairs_are_registered():
     assert {"sd3", "shapes", "wan"} <= set(registry.families)
     assert {"tiny-random", "bench-random", "sd3-paper-random", "shapes", "wan-tiny-random"} <= set(registry.pairs)
     assert registry.pairs["wan-tiny-random"].origin == "stitchkit (built-in)"
-    import stitchkit.pairs
+    import stitchkit.pipeline.pairs
 
-    assert stitchkit.pairs.BUILTIN_PAIRS[0] == "tiny-random"  # registration order, as the config errors list them
+    assert stitchkit.pipeline.pairs.BUILTIN_PAIRS[0] == "tiny-random"  # registration order, as the config errors list them
 
 
 def test_families_are_picked_from_pipeline_and_transformer_classes(tiny_pair):
@@ -97,7 +97,7 @@ def test_an_outside_family_plugs_in_like_a_policy(tiny_pair):
     expected = StitchPipeline.from_pipelines(large=large, small=small)(
         **args, generator=torch.Generator().manual_seed(0), switch="hybridstitch-30", allow_unprofitable=True)
     assert torch.equal(out.images, expected.images)
-    from stitchkit.pairs import load_pair_pipeline
+    from stitchkit.pipeline.pairs import load_pair_pipeline
 
     by_name = load_pair_pipeline("toy-pair", registry=registry)
     assert by_name.family.name == "toy" and by_name.pair_id == "toy-pair"

@@ -5,8 +5,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stitchkit.change import change_map
-from stitchkit.models.tokens import gather_tokens, patchify, stitch, token_grid, unpatchify
+from stitchkit.loop.change import change_map
+from stitchkit.tokens import gather_tokens, patchify, stitch, token_grid, unpatchify
 
 shapes = st.tuples(st.integers(1, 2), st.integers(1, 4), st.sampled_from([(1, 2, 2), (2, 1, 2), (1, 1, 1)]),
                    st.integers(1, 3), st.integers(1, 3), st.integers(1, 4))

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from stitchkit.families.wan import wan_forward
 from stitchkit.families.wan.masked import WanMaskedTransformer
 from stitchkit.families.wan.tiny_random import tiny_transformer
-from stitchkit.models.tokens import gather_tokens, patchify
+from stitchkit.tokens import gather_tokens, patchify
 from stitchkit.protocols import ModelInputs
 
 TOL = 1e-5

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from stitchkit.families.wan.tiny_random import MAX_LENGTH
-from stitchkit.pairs import load_pair_pipeline
-from stitchkit.video import frame_strip, latent_frame, mask_strip, save_video
+from stitchkit.pipeline.pairs import load_pair_pipeline
+from stitchkit.pipeline.video import frame_strip, latent_frame, mask_strip, save_video
 
 
 def test_wan_tiny_random_runs_by_name_and_writes_video(tmp_path):

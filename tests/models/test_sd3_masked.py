@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stitchkit.families.sd3.masked import MaskedTransformer
-from stitchkit.models.tokens import gather_tokens, patchify
+from stitchkit.tokens import gather_tokens, patchify
 from stitchkit.protocols import ModelInputs
 
 TOL = 1e-5

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from stitchkit.families.sd3.masked import MaskedTransformer
-from stitchkit.models.tokens import gather_tokens
+from stitchkit.tokens import gather_tokens
 from stitchkit.protocols import ModelInputs
 
 from test_sd3_masked import N, TOL, VARIANTS, max_diff, stock, tiny_sd3

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stitchkit.models.tokens import gather_tokens, patchify, stitch, unpatchify
+from stitchkit.tokens import gather_tokens, patchify, stitch, unpatchify
 
 shapes = st.tuples(
     st.integers(1, 3),  # B

@@ -7,7 +7,7 @@ from diffusers.models.transformers.transformer_sd3 import SD3Transformer2DModel
 
 from stitchkit import hookspecs
 from stitchkit.families.sd3.masked import MaskedTransformer
-from stitchkit.models.tokens import gather_tokens
+from stitchkit.tokens import gather_tokens
 from stitchkit.policies import full_large, kv_cache
 from stitchkit.protocols import ContextProvider, ModelInputs
 

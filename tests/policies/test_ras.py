@@ -114,9 +114,12 @@ def test_preset_end_to_end(tiny_pair, stitch_pipe):
 # -- reuse-every: step-level reuse composed with another switch policy ---------------------------------
 
 def test_reuse_every_through_the_state_machine():
-    from stitchkit.policies.reuse_every import ReuseEvery
+    from stitchkit.registry import get_registry
 
-    machine = switch_policy_machine(lambda: ReuseEvery(inner={"kind": "hybridstitch-30", "thresholds": [0.15, 0.05]}),
+    registry = get_registry(entry_points=False)
+
+    machine = switch_policy_machine(lambda: registry.create(
+        "switch", {"kind": "reuse-every", "inner": {"kind": "hybridstitch-30", "thresholds": [0.15, 0.05]}})[0],
                                     name="reuse-every")
     run_state_machine_as_test(machine, settings=MACHINE_SETTINGS)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from stitchkit.experiments.metrics import standins as metrics
+from stitchkit.shapes import scores as metrics
 from stitchkit.shapes.classifier import AttributeClassifier
 from stitchkit.shapes.world import ShapesWorld, labels_of
 

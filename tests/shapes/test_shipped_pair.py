@@ -73,7 +73,7 @@ def test_recorded_metrics_are_there():
 
 @pytest.mark.slow
 def test_the_large_model_draws_its_captions_and_the_small_one_worse(pair, judge):
-    from stitchkit.experiments.metrics.standins import caption_accuracy
+    from stitchkit.shapes.scores import caption_accuracy
     from stitchkit.shapes.evaluate import eval_prompts, generate
 
     prompts = eval_prompts(24)

@@ -1,6 +1,6 @@
 """PSNR and SSIM of each image against the large-only image of the same prompt and seed (any pair).
 
-The definitions are :func:`stitchkit.experiments.metrics.standins.psnr` / ``ssim`` (tested there against
+The definitions are :func:`stitchkit.shapes.scores.psnr` / ``ssim`` (tested there against
 hand computations); here they are metric plugins.
 """
 
@@ -11,6 +11,7 @@ from typing import Iterable
 import attrs
 
 from stitchkit.experiments.metrics.base import MetricBatch, weighted_mean
+from stitchkit.shapes.scores import psnr, ssim
 
 
 @attrs.define
@@ -27,7 +28,6 @@ class PSNR:
         """Needs no weights."""
 
     def score(self, batches: Iterable[MetricBatch]) -> float:  # inf if every image is identical
-        from stitchkit.experiments.metrics.standins import psnr
 
         return weighted_mean(batches, lambda b: psnr(b.images, b.large_images))
 
@@ -46,6 +46,4 @@ class SSIM:
         """Needs no weights."""
 
     def score(self, batches: Iterable[MetricBatch]) -> float:
-        from stitchkit.experiments.metrics.standins import ssim
-
         return weighted_mean(batches, lambda b: ssim(b.images, b.large_images))

@@ -12,10 +12,7 @@ def build_metrics(config, registry=None) -> dict[str, Any]:
     """``{column name: metric object}`` for the experiment's ``metrics:``, built through the registry."""
     if not config.metrics:
         return {}
-    if registry is None:
-        from stitchkit.registry import get_registry
-
-        registry = get_registry()
+    registry = registry or config.registry
     return {m.name: registry.create("metric", {"kind": m.kind, **m.params}, path=f"metrics[{i}]")[0]
             for i, m in enumerate(config.metrics)}
 

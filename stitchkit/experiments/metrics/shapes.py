@@ -1,4 +1,4 @@
-"""The shapes pair's offline stand-in metrics, as metric plugins (not the real thing; see ``standins``).
+"""The shapes pair's offline stand-in metrics, as metric plugins (not the real thing; see :mod:`stitchkit.shapes.scores`).
 
 * ``caption_accuracy``: the attribute classifier reads shape, colour, size, position and background back
   from each image; the share with every attribute right (stand-in for the CLIP score);
@@ -64,7 +64,7 @@ class CaptionAccuracy(_ShapesMetric):
         return None
 
     def score(self, batches: Iterable[MetricBatch]) -> float:
-        from stitchkit.experiments.metrics.standins import caption_accuracy
+        from stitchkit.shapes.scores import caption_accuracy
 
         total = count = 0.0
         for b in batches:
@@ -84,7 +84,7 @@ class FeatureDistance(_ShapesMetric):
     digits = 4
 
     def score(self, batches: Iterable[MetricBatch]) -> float:
-        from stitchkit.experiments.metrics.standins import feature_distance
+        from stitchkit.shapes.scores import feature_distance
 
         return weighted_mean(batches, lambda b: feature_distance(self.classifier, b.images, b.large_images))
 
@@ -102,7 +102,7 @@ class Frechet(_ShapesMetric):
     def score(self, batches: Iterable[MetricBatch]) -> float:
         import torch
 
-        from stitchkit.experiments.metrics.standins import classifier_features, frechet_distance
+        from stitchkit.shapes.scores import classifier_features, frechet_distance
         from stitchkit.shapes.world import ShapesWorld
 
         features = torch.cat([classifier_features(self.classifier, b.images) for b in batches])

@@ -7,7 +7,7 @@ Files: ``adapter.py`` (the pipeline adapter), ``masked.py`` (the masked runner w
 
 from __future__ import annotations
 
-import stitchkit
+from stitchkit.hookspecs import hookimpl
 from stitchkit.families.family import Family
 
 
@@ -48,7 +48,7 @@ def _check_pair(large, small) -> None:
 
 
 def _flops(config, num_tokens: int, text_tokens: int, *, mask_ratio: float = 1.0) -> float:
-    from stitchkit.profile import transformer_flops
+    from stitchkit.models.flops import transformer_flops
 
     return transformer_flops(config, num_tokens, text_tokens, mask_ratio=mask_ratio)
 
@@ -95,12 +95,12 @@ def _paper_random():
     return build_paper_random_pair()
 
 
-@stitchkit.hookimpl
+@hookimpl
 def register_model_families(register) -> None:
     register(FAMILY)
 
 
-@stitchkit.hookimpl
+@hookimpl
 def register_pairs(register) -> None:
     register("tiny-random", _tiny_random, description="tiny random SD3 pair: structure tests and smoke runs")
     register("bench-random", _bench_random,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import stitchkit
+from stitchkit.hookspecs import hookimpl
 from stitchkit.families.family import Family
 
 
@@ -71,11 +71,11 @@ def _shipped_pair():
     return pair, pair.small
 
 
-@stitchkit.hookimpl
+@hookimpl
 def register_model_families(register) -> None:
     register(FAMILY)
 
 
-@stitchkit.hookimpl
+@hookimpl
 def register_pairs(register) -> None:
     register("shapes", _shipped_pair, description="the trained CPU pair, for quality")

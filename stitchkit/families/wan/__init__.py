@@ -3,14 +3,15 @@ checkpoints share VAE, umT5 encoder and patchify, so they stitch), registered th
 hooks an outside package uses.
 
 Files: ``adapter.py`` (the pipeline adapter), ``masked.py`` (the masked runner with its K/V cache),
-``flops.py`` (the FLOP model), ``tiny_random.py`` (the offline test pair), ``paper_configs.py`` (the real
+``forward.py`` (the stock call), ``flops.py`` (the FLOP model), ``tiny_random.py`` (the offline test pair), ``paper_configs.py`` (the real
 transformers' configs, for random-weight benchmarks on a GPU).
 """
 
 from __future__ import annotations
 
-import stitchkit
+from stitchkit.hookspecs import hookimpl
 from stitchkit.families.family import Family
+from stitchkit.families.wan.forward import wan_forward
 
 
 def _is_pipeline(obj) -> bool:
@@ -35,13 +36,6 @@ def _masked_runner(transformer):
     from stitchkit.families.wan.masked import WanMaskedTransformer
 
     return WanMaskedTransformer(transformer)
-
-
-def wan_forward(model, inputs):
-    """The stock transformer on ``inputs``, latents cast to the model's dtype as ``WanPipeline`` does:
-    ``(B, C, F, H, W)``."""
-    return model(hidden_states=inputs.hidden_states.to(model.dtype), timestep=inputs.timestep,
-                 encoder_hidden_states=inputs.encoder_hidden_states, return_dict=False)[0]
 
 
 def _random_inputs(transformer, *, latent_shape, text_tokens: int, batch: int, dtype, device, seed: int = 0):
@@ -108,11 +102,11 @@ def _tiny_random():
     return build_wan_tiny_random_pair()
 
 
-@stitchkit.hookimpl
+@hookimpl
 def register_model_families(register) -> None:
     register(FAMILY)
 
 
-@stitchkit.hookimpl
+@hookimpl
 def register_pairs(register) -> None:
     register("wan-tiny-random", _tiny_random, description="tiny random Wan 2.1 T2V pair: tests and smoke runs")

@@ -43,9 +43,10 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from stitchkit.families.wan.forward import wan_forward
 from stitchkit.models.cuda_graphs import locked
 from stitchkit.models.indices import check_indices, check_rows, flat_rows
-from stitchkit.models.tokens import token_grid
+from stitchkit.tokens import token_grid
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -236,8 +237,6 @@ class WanMaskedTransformer:
                 cache_rows: int | None = None) -> torch.Tensor:
         """The stock forward on all tokens: ``(B, C, F, H, W)``. With ``record`` every block stores its K/V;
         with ``rows`` (and ``cache_rows``) into those rows of a cache of ``cache_rows`` rows."""
-        from stitchkit.families.wan import wan_forward
-
         self._require_begun()
         state = self._state
         if record and rows is not None:

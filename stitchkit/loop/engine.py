@@ -17,7 +17,9 @@ on all tokens for the large-only samples, one masked large forward per hybrid ma
 model once on every sample that needs it; both CFG halves of a sample stay together (model-batch rows ``b``
 and ``B + b``) and share its mask. The K/V cache has one row per sample and half: a sample's rows are
 recorded by its own full large steps and refreshed by its own masked ones.
-There is no method-specific branch here: a new method is a new policy.
+There is no method-specific branch here: a new method is a new policy. ``denoise``'s body numbers its
+phases (1-11) as diffusers numbers ``__call__``'s; a step's calls and the prediction they assemble are a
+:class:`_Step`, the batch's row layout a :class:`_Rows`.
 """
 
 from __future__ import annotations
@@ -30,19 +32,18 @@ from typing import Any, Callable, Mapping
 import attrs
 import torch
 
-from stitchkit.change import MEASURES, StepTensors
+from stitchkit.loop.change import MEASURES, StepTensors
 from stitchkit.errors import ConfigError, NonFiniteError
-from stitchkit.models.cuda_graphs import CudaGraphs, cuda_graphs_enabled
-from stitchkit.models.stock import stock_forward
-from stitchkit.models.tokens import stitch, token_grid
-from stitchkit.per_sample import SampleMasks, SampleSwitch
-from stitchkit.protocol_checks import check_decision
+from stitchkit.models.stock import small_forward_fn, stock_forward
+from stitchkit.tokens import stitch, token_grid
+from stitchkit.loop.per_sample import SampleMasks, SampleSwitch
+from stitchkit.loop.protocol_checks import check_decision
 from stitchkit.protocols import ContextProvider, Decision, LoopState, MaskPolicy, ModelInputs, SwitchPolicy
-from stitchkit.trace import BatchStep, ModelCall, StepRecord, batch_record
+from stitchkit.loop.trace import BatchStep, ModelCall, StepRecord, batch_record
 
 StepCallback = Callable[[dict[str, Any]], None]
 #: ``(step, timestep, latents, prompt_embeds, pooled_projections) -> the same three``, after the scheduler
-#: step: diffusers' ``callback_on_step_end``, which may replace them (see stitchkit.diffusers_compat).
+#: step: diffusers' ``callback_on_step_end``, which may replace them (see stitchkit.pipeline.conventions).
 StepEndHook = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
                        tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
@@ -85,17 +86,6 @@ class _Timer:
         self.ms += (time.perf_counter() - self.start) * 1000.0
 
 
-def small_forward_fn(model: torch.nn.Module, device: torch.device, forward=stock_forward):
-    """The small model's forward (``forward(model, inputs)``); on CUDA replayed from a graph: at the paper's
-    sizes a small model's step is partly bound by kernel launches once the GPU has idled between calls."""
-    if device.type != "cuda" or not cuda_graphs_enabled():
-        return lambda inputs: forward(model, inputs)
-    graphs = CudaGraphs(lambda x, t, e, *p: forward(model, ModelInputs(
-        hidden_states=x, timestep=t, encoder_hidden_states=e, pooled_projections=p[0] if p else None)))
-    return lambda inputs: graphs(inputs.hidden_states, inputs.timestep, inputs.encoder_hidden_states,
-                                 *(() if inputs.pooled_projections is None else (inputs.pooled_projections,)))
-
-
 def _check_finite(x: torch.Tensor, step: int, model: str) -> torch.Tensor:
     if not torch.isfinite(x).all():
         raise NonFiniteError(step, model)
@@ -106,7 +96,7 @@ def _check_finite(x: torch.Tensor, step: int, model: str) -> torch.Tensor:
 class Denoised:
     """What :func:`denoise` returns: the final latents, one trace per sample (``traces[b][i]`` is sample
     ``b``'s record of step ``i``), per step the batched model calls it made (:class:`BatchStep`), and the
-    batch's own trace (:func:`stitchkit.trace.batch_record` per step; the sample's trace at batch 1)."""
+    batch's own trace (:func:`stitchkit.loop.trace.batch_record` per step; the sample's trace at batch 1)."""
 
     latents: torch.Tensor
     traces: tuple[tuple[StepRecord, ...], ...]
@@ -160,13 +150,123 @@ class _History:
 def _cached(cache, fn: Callable[[], torch.Tensor], masked: bool, samples: tuple[int, ...] | None,
             **where: Any) -> Callable[[], torch.Tensor]:
     """``fn`` in ``cache``'s context (one per model and set of samples), or, for a masked call, with the
-    cache's hooks bypassed (:class:`stitchkit.caches.ModelCache`)."""
+    cache's hooks bypassed (:class:`stitchkit.loop.caches.ModelCache`)."""
     if masked:
         def bypassed() -> torch.Tensor:
             with cache.bypass():
                 return fn()
         return bypassed
     return lambda: cache.call(fn, samples, **where)
+
+
+class _Rows:
+    """Where each sample lives in the model batch: sample ``b`` of ``B`` owns rows ``b`` (and ``B + b``, its
+    conditional CFG half). A group of samples runs on its rows only."""
+
+    def __init__(self, batch: int, halves: int, device: torch.device) -> None:
+        self.batch, self.halves, self.device = batch, halves, device
+        self.everyone = list(range(batch))
+
+    def of(self, samples: list[int]) -> list[int]:
+        return [h * self.batch + b for h in range(self.halves) for b in samples]
+
+    def index(self, samples: list[int]) -> torch.Tensor:
+        return torch.tensor(self.of(samples), dtype=torch.int64, device=self.device)
+
+    def subset(self, inputs: ModelInputs, samples: list[int]) -> tuple[ModelInputs, torch.Tensor | None]:
+        """The inputs of ``samples`` (both CFG halves), and their cache rows (``None``: the whole batch)."""
+        if samples == self.everyone:
+            return inputs, None
+        rows = self.index(samples)
+        return ModelInputs(hidden_states=inputs.hidden_states.index_select(0, rows),
+                           timestep=inputs.timestep.index_select(0, rows),
+                           encoder_hidden_states=inputs.encoder_hidden_states.index_select(0, rows),
+                           pooled_projections=None if inputs.pooled_projections is None
+                           else inputs.pooled_projections.index_select(0, rows)), rows
+
+
+class _Step:
+    """One step's model calls and the prediction they assemble: each call timed (and run in its model's
+    cache context), each group's rows put into the step's prediction, and per sample the tokens each
+    model computed and its share of the calls' time (the trace record)."""
+
+    def __init__(self, rows: _Rows, *, step: int, timestep: torch.Tensor, sigma: float, num_steps: int,
+                 num_tokens: int, model_input: torch.Tensor, caches: Mapping[str, Any]) -> None:
+        self.rows, self.step, self.timestep, self.sigma = rows, step, timestep, sigma
+        self.num_steps, self.num_tokens, self.model_input, self.caches = num_steps, num_tokens, model_input, caches
+        batch = rows.batch
+        self.calls: list[ModelCall] = []
+        self.ms = {"large": [0.0] * batch, "small": [0.0] * batch}
+        self.large_tokens, self.small_tokens, self.reused_tokens = [0] * batch, [0] * batch, [0] * batch
+        self.sample_indices: list[torch.Tensor | None] = [None] * batch
+        self.hybrid_small: list[list[int]] = []  # hybrid groups, whose unstitched small rows "small-x0" reads
+        self.prediction: torch.Tensor | None = None  # (2B, C, H, W) once every group has written its rows
+        self.small_samples: list[int] = []
+        self.small_out: torch.Tensor | None = None
+
+    def put(self, samples: list[int], out: torch.Tensor) -> None:
+        """``samples``' rows of the prediction."""
+        if samples == self.rows.everyone:
+            self.prediction = out
+            return
+        if self.prediction is None:
+            self.prediction = self.model_input.new_empty(self.model_input.shape)
+        self.prediction.index_copy_(0, self.rows.index(samples), out)
+
+    def timed(self, model: str, samples: list[int], tokens: int, fn: Callable[[], torch.Tensor],
+              masked: bool = False) -> torch.Tensor:
+        """``fn()`` (a call of ``model`` on ``samples``), timed and checked finite; in the model's cache
+        context, a masked call kept away from the cache's hooks."""
+        cache = self.caches.get(model)
+        if cache is not None:
+            fn = _cached(cache, fn, masked, None if samples == self.rows.everyone else tuple(samples),
+                         step_index=self.step, num_inference_steps=self.num_steps, timestep=float(self.timestep),
+                         sigma=self.sigma)
+        timer = _Timer(self.rows.device)
+        with timer:
+            out = fn()
+        self.calls.append(ModelCall(model=model, samples=tuple(samples), tokens=tokens, num_tokens=self.num_tokens,
+                                    ms=timer.ms))
+        for b in samples:
+            self.ms[model][b] += timer.ms / len(samples)
+        return _check_finite(out, self.step, model)
+
+    def run_small(self, samples: list[int], small_forward: Callable[[ModelInputs], torch.Tensor],
+                  inputs: ModelInputs) -> None:
+        """The small model once, on every sample that runs it (small-only and hybrid alike)."""
+        self.small_samples = samples
+        if samples:
+            small_inputs, _ = self.rows.subset(inputs, samples)
+            self.small_out = self.timed("small", samples, self.num_tokens, lambda: small_forward(small_inputs))
+            for b in samples:
+                self.small_tokens[b] = self.num_tokens
+
+    def small_rows(self, samples: list[int]) -> torch.Tensor:
+        """``samples``' rows (both halves) of the small model's output."""
+        if samples == self.small_samples:
+            return self.small_out
+        place = {b: j for j, b in enumerate(self.small_samples)}
+        n = len(self.small_samples)
+        return self.small_out.index_select(0, torch.tensor(
+            [h * n + place[b] for h in range(self.rows.halves) for b in samples], device=self.rows.device))
+
+    def small_prediction(self) -> torch.Tensor | None:
+        """The small model's own prediction where it ran under a mask (the rest: the step's prediction),
+        what the ``small-x0`` change measure reads; ``None`` when no hybrid group ran."""
+        if not self.hybrid_small:
+            return None
+        out = self.prediction.clone()
+        for samples in self.hybrid_small:
+            out.index_copy_(0, self.rows.index(samples), self.small_rows(samples))
+        return out
+
+
+def _guide(prediction: torch.Tensor | None, scale: float) -> torch.Tensor | None:
+    """Classifier-free guidance over the [uncond, cond] halves."""
+    if prediction is None:
+        return None
+    uncond, cond = prediction.chunk(2)
+    return uncond + scale * (cond - uncond)
 
 
 @torch.no_grad()
@@ -192,23 +292,22 @@ def denoise(
     on each sample alone (every diffusers flow-matching scheduler does), as a batch's samples may be in
     different stages.
 
-    ``caches``: ``{"large"|"small": ModelCache}`` (:mod:`stitchkit.caches`), diffusers' cache hooks attached
+    ``caches``: ``{"large"|"small": ModelCache}`` (:mod:`stitchkit.loop.caches`), diffusers' cache hooks attached
     for this generation only: every full call of a cached model runs in its ``cache_context``, masked calls
     bypass the hooks, and the hooks are removed when the loop ends, also on error.
     """
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # deferred: tqdm.auto probes for a notebook on import
 
+    # 1. The generation's constants: batch layout, token grid, the measures the switch policy reads.
     switch, mask, context = policies.switch, policies.mask, policies.context
     guided = guidance_scale > 1.0
     batch = latents.shape[0]
-    halves = 2 if guided else 1
-    cache_rows = batch * halves
-    device = latents.device
+    rows = _Rows(batch, 2 if guided else 1, latents.device)
+    cache_rows = batch * rows.halves
     p = models.patch_size
     grid = token_grid(latents.shape[2:], p)  # (rows, columns), or (frames, rows, columns) for a video
     num_tokens = math.prod(grid)
     num_steps = len(timesteps)
-    plain_forward = models.forward
     measure = MEASURES[switch.change_measure]
     # The mask's change map may come from another measure than D_t (a policy's ``mask_measure``).
     map_measure = MEASURES[getattr(switch, "mask_measure", None) or switch.change_measure]
@@ -216,36 +315,20 @@ def denoise(
     may_mask = getattr(switch, "may_mask", True)
     all_tokens = getattr(context, "computes_all_tokens", False)
     caches = dict(caches or {})
-    large_cache, small_cache = caches.get("large"), caches.get("small")
     # A hooked model's Python control flow cannot be replayed from a CUDA graph.
-    small_forward = small_forward_fn(models.small, device if small_cache is None else torch.device("cpu"),
+    small_forward = small_forward_fn(models.small, rows.device if "small" not in caches else torch.device("cpu"),
                                      models.forward)
     now = {"t": float(timesteps[0]) if num_steps else 0.0}  # the timestep PAB and FasterCache ask for
 
-    switches = SampleSwitch(switch, batch, num_steps)  # resets the policy, then one copy per sample
+    # 2. Per-generation state: policies reset (one switch and mask copy per sample), traces, history.
+    switches = SampleSwitch(switch, batch, num_steps)
     masks = SampleMasks(mask, batch)
     context.reset()
     traces: list[list[StepRecord]] = [[] for _ in range(batch)]
     batch_steps: list[BatchStep] = []
     change = change_map = previous = None
-    everyone = list(range(batch))
     large_done = [False] * batch  # a sample's hybrid step needs the K/V its full large step records
-    history = _History(batch, halves)
-
-    def rows_of(samples: list[int]) -> list[int]:
-        return [h * batch + b for h in range(halves) for b in samples]
-
-    def subset(inputs: ModelInputs, samples: list[int]) -> tuple[ModelInputs, torch.Tensor | None]:
-        """The inputs of ``samples`` (both CFG halves), and their cache rows (``None``: the whole batch)."""
-        if samples == everyone:
-            return inputs, None
-        rows = torch.tensor(rows_of(samples), dtype=torch.int64, device=device)
-        return ModelInputs(hidden_states=inputs.hidden_states.index_select(0, rows),
-                           timestep=inputs.timestep.index_select(0, rows),
-                           encoder_hidden_states=inputs.encoder_hidden_states.index_select(0, rows),
-                           pooled_projections=None if inputs.pooled_projections is None
-                           else inputs.pooled_projections.index_select(0, rows)), rows
-
+    history = _History(batch, rows.halves)
     def check_rows_supported() -> None:
         lacking = [f"{type(context).__name__}.{name}()" for name in ("full", "masked")
                    if not _takes_rows(getattr(context, name))]
@@ -255,6 +338,7 @@ def denoise(
                               "add rows=None (and cache_rows=None to full) and pass them to large.forward / "
                               "large.forward_masked, or generate one prompt at a time")
 
+    # 3. Attach: the masked runner's K/V cache, diffusers' cache hooks (removed in 11., also on error).
     attached: list[Any] = []
     if may_mask:
         models.masked_large.begin()
@@ -265,9 +349,10 @@ def denoise(
         for i, t in enumerate(tqdm(timesteps, disable=not progress, desc="denoise", leave=False)):
             sigma = float(scheduler.sigmas[i])  # a fresh scheduler: step i uses sigmas[i]
             now["t"] = float(t)
+
+            # 4. Decide, every sample alone with its own D_t and change map [Algorithm 1, lines 4-17, 20-22].
             state = LoopState(step=i, num_steps=num_steps, timestep=float(t), sigma=sigma, num_tokens=num_tokens,
                               grid=grid, batch_size=batch, change=change, change_map=change_map)
-            # Every sample alone: its own policy copy, its own D_t and change map.
             decisions, states = switches.decide(state)
             for b, decision in enumerate(decisions):
                 check_decision(decision, switch, i)
@@ -279,155 +364,110 @@ def denoise(
             model_input = torch.cat([latents] * 2) if guided else latents
             inputs = ModelInputs(hidden_states=model_input, timestep=t.expand(model_input.shape[0]),
                                  encoder_hidden_states=prompt_embeds, pooled_projections=pooled_projections)
-
             groups: dict[tuple, list[int]] = {}
             for b, decision in enumerate(decisions):
                 groups.setdefault(_key(decision), []).append(b)
-            calls: list[ModelCall] = []
-            large_ms, small_ms = [0.0] * batch, [0.0] * batch
-            large_tokens, small_tokens, reused_tokens = [0] * batch, [0] * batch, [0] * batch
-            sample_indices: list[torch.Tensor | None] = [None] * batch
-            hybrid_small: list[list[int]] = []  # hybrid groups, whose unstitched small rows "small-x0" reads
-            prediction = None  # (2B, C, H, W) once every group has written its rows
+            step = _Step(rows, step=i, timestep=t, sigma=sigma, num_steps=num_steps, num_tokens=num_tokens,
+                         model_input=model_input, caches=caches)
 
-            def put(samples: list[int], out: torch.Tensor) -> None:
-                nonlocal prediction
-                if samples == everyone:
-                    prediction = out
-                    return
-                if prediction is None:
-                    prediction = model_input.new_empty(model_input.shape)
-                prediction.index_copy_(0, torch.tensor(rows_of(samples), device=device), out)
+            # 5. The small model once, on every sample that runs it [line 11].
+            step.run_small([b for b, d in enumerate(decisions) if d.small], small_forward, inputs)
 
-            def timed(model: str, samples: list[int], tokens: int, fn: Callable[[], torch.Tensor],
-                      masked: bool = False) -> torch.Tensor:
-                cache = large_cache if model == "large" else small_cache
-                if cache is not None:  # in the model's cache context; a masked call kept away from the hooks
-                    fn = _cached(cache, fn, masked, None if samples == everyone else tuple(samples),
-                                 step_index=i, num_inference_steps=num_steps, timestep=float(t), sigma=sigma)
-                timer = _Timer(device)
-                with timer:
-                    out = fn()
-                calls.append(ModelCall(model=model, samples=tuple(samples), tokens=tokens, num_tokens=num_tokens,
-                                       ms=timer.ms))
-                share = large_ms if model == "large" else small_ms
-                for b in samples:
-                    share[b] += timer.ms / len(samples)
-                return _check_finite(out, i, model)
-
-            # The small model once, on every sample that runs it (small-only and hybrid alike).
-            small_samples = [b for b, d in enumerate(decisions) if d.small]
-            small_out = None
-            if small_samples:
-                small_inputs, _ = subset(inputs, small_samples)
-                small_out = timed("small", small_samples, num_tokens, lambda: small_forward(small_inputs))
-                for b in small_samples:
-                    small_tokens[b] = num_tokens
-            small_place = {b: j for j, b in enumerate(small_samples)}
-
-            def small_rows(samples: list[int]) -> torch.Tensor:
-                """``samples``' rows (both halves) of the small model's output."""
-                if samples == small_samples:
-                    return small_out
-                n = len(small_samples)
-                return small_out.index_select(0, torch.tensor(
-                    [h * n + small_place[b] for h in range(halves) for b in samples], device=device))
-
+            # 6. Each group of samples with one decision: reused, small alone, large on every token, or the
+            #    large model on the masked tokens with its K/V context, stitched into the rest [lines 6, 10, 12, 23].
             for (large, small, ratio, reuse), samples in groups.items():
                 if not large and not small:  # no model: the previous prediction, reused
-                    put(samples, history.predict(samples, reuse, i))
+                    step.put(samples, history.predict(samples, reuse, i))
                     for b in samples:
-                        reused_tokens[b] = num_tokens
+                        step.reused_tokens[b] = num_tokens
                     continue
                 if not large:  # small alone: its rows of the small model's output
-                    put(samples, small_rows(samples))
+                    step.put(samples, step.small_rows(samples))
                     continue
-                sub_inputs, rows = subset(inputs, samples)
-                if not small and reuse is None:  # large alone, every token (and, when masks may follow, these rows' K/V recorded)
+                sub_inputs, sub_rows = rows.subset(inputs, samples)
+                if not small and reuse is None:  # large alone, every token (K/V recorded when masks may follow)
                     if not may_mask:
-                        fn = lambda: plain_forward(models.large, sub_inputs)  # noqa: E731
-                    elif rows is None:
+                        fn = lambda: models.forward(models.large, sub_inputs)  # noqa: E731
+                    elif sub_rows is None:
                         fn = lambda: context.full(models.masked_large, sub_inputs)  # noqa: E731
                     else:
                         check_rows_supported()
                         fn = lambda: context.full(models.masked_large, sub_inputs,  # noqa: E731
-                                                  rows=rows, cache_rows=cache_rows)
-                    put(samples, timed("large", samples, num_tokens, fn))
+                                                  rows=sub_rows, cache_rows=cache_rows)
+                    step.put(samples, step.timed("large", samples, num_tokens, fn))
                     for b in samples:
-                        large_tokens[b] = num_tokens
+                        step.large_tokens[b] = num_tokens
                         large_done[b] = True
                     continue
                 # Masked at this ratio (hybrid, or large-with-reuse): each sample's own mask, one size m.
-                indices = masks.select(state, states, decisions, samples, ratio, device)
+                indices = masks.select(state, states, decisions, samples, ratio, rows.device)
                 model_indices = torch.cat([indices] * 2) if guided else indices  # both CFG halves share it
                 m = indices.shape[1]
-                if rows is None:
+                if sub_rows is None:
                     fn = lambda: context.masked(models.masked_large, sub_inputs, model_indices)  # noqa: E731
                 else:
                     check_rows_supported()
                     fn = lambda: context.masked(models.masked_large, sub_inputs, model_indices,  # noqa: E731
-                                                rows=rows)
-                large_part = timed("large", samples, num_tokens if all_tokens else m, fn, masked=True)
-                rest = small_rows(samples) if small else history.predict(samples, reuse, i)
-                put(samples, stitch(rest, large_part, model_indices, p))
+                                                rows=sub_rows)
+                large_part = step.timed("large", samples, num_tokens if all_tokens else m, fn, masked=True)
+                rest = step.small_rows(samples) if small else history.predict(samples, reuse, i)
+                step.put(samples, stitch(rest, large_part, model_indices, p))
                 if small:
-                    hybrid_small.append(samples)
+                    step.hybrid_small.append(samples)
                 for j, b in enumerate(samples):
                     # FullLarge's large model computes every token even though only the masked ones are used.
-                    large_tokens[b] = num_tokens if all_tokens else m
-                    reused_tokens[b] = 0 if small else num_tokens - m
-                    sample_indices[b] = indices[j:j + 1]
-
-            # The small model's own prediction where it ran under a mask (the rest: the step's prediction).
-            small_prediction = None
-            if hybrid_small:
-                small_prediction = prediction.clone()
-                for samples in hybrid_small:
-                    small_prediction.index_copy_(0, torch.tensor(rows_of(samples), device=device),
-                                                 small_rows(samples))
+                    step.large_tokens[b] = num_tokens if all_tokens else m
+                    step.reused_tokens[b] = 0 if small else num_tokens - m
+                    step.sample_indices[b] = indices[j:j + 1]
             # What reuse predicts from: every sample a model computed (a RAS step's tokens are part fresh).
-            history.record(prediction, [b for b in everyone if decisions[b].large or decisions[b].small], i)
+            history.record(step.prediction, [b for b in rows.everyone if decisions[b].large or decisions[b].small], i)
 
+            # 7. Classifier-free guidance, then the scheduler's step exactly once [line 18].
+            small_prediction = step.small_prediction()
+            prediction = step.prediction
             if guided:
-                uncond, cond = prediction.chunk(2)
-                prediction = uncond + guidance_scale * (cond - uncond)
-                if small_prediction is not None:
-                    uncond, cond = small_prediction.chunk(2)
-                    small_prediction = uncond + guidance_scale * (cond - uncond)
+                prediction = _guide(prediction, guidance_scale)
+                small_prediction = _guide(small_prediction, guidance_scale)
             next_latents = scheduler.step(prediction, t, latents, return_dict=False)[0]
 
+            # 8. The change D_t (Eq. 9-10) and its per-token map, for the next decision [line 19].
             current = StepTensors.from_step(latents, next_latents, prediction, sigma,  # x0 of Eq. 10
                                             small_output=small_prediction)
             change, change_map = measure(previous, current, p)
             if map_measure is not measure:
                 change_map = map_measure(previous, current, p)[1]
             previous = current
+
+            # 9. The trace: one record per sample, the step's batched calls.
             changes = [None] * batch if change is None else [float(c) for c in change.tolist()]
             records = tuple(StepRecord(
-                step=i, timestep=float(t), sigma=sigma, stage=decisions[b].stage, large_tokens=large_tokens[b],
-                small_tokens=small_tokens[b], num_tokens=num_tokens, mask_ratio=large_tokens[b] / num_tokens,
-                change=changes[b], large_ms=large_ms[b], small_ms=small_ms[b], sample=b,
-                reused_tokens=reused_tokens[b],
-            ) for b in everyone)
+                step=i, timestep=float(t), sigma=sigma, stage=decisions[b].stage,
+                large_tokens=step.large_tokens[b], small_tokens=step.small_tokens[b], num_tokens=num_tokens,
+                mask_ratio=step.large_tokens[b] / num_tokens, change=changes[b], large_ms=step.ms["large"][b],
+                small_ms=step.ms["small"][b], sample=b, reused_tokens=step.reused_tokens[b],
+            ) for b in rows.everyone)
             for trace, record in zip(traces, records):
                 trace.append(record)
-            batch_steps.append(BatchStep(step=i, calls=tuple(calls), mixed=len(groups) > 1))
+            batch_steps.append(BatchStep(step=i, calls=tuple(step.calls), mixed=len(groups) > 1))
+
+            # 10. The callbacks: stitchkit's per-step record, then diffusers' callback_on_step_end.
             if callback is not None:
                 uniform = len(groups) == 1
                 hybrid = uniform and decisions[0].masked
                 callback({"step": i, "timestep": t, "sigma": sigma, "latents": next_latents, "x0": current.x0,
                           "prediction": prediction, "tensors": current, "change_map": change_map,
                           "decisions": tuple(decisions), "records": records,
-                          "sample_indices": tuple(sample_indices), "calls": tuple(calls),
+                          "sample_indices": tuple(step.sample_indices), "calls": tuple(step.calls),
                           # The batch's one decision, record and (B, m) mask, where it has one.
                           "decision": decisions[0] if uniform else None,
                           "record": records[0] if batch == 1 else None,
-                          "indices": torch.cat(sample_indices) if hybrid else None})
+                          "indices": torch.cat(step.sample_indices) if hybrid else None})
             latents = next_latents
-            if step_end is not None:  # issue 15: diffusers' callback_on_step_end may replace these three
+            if step_end is not None:  # diffusers' callback_on_step_end may replace these three
                 latents, prompt_embeds, pooled_projections = step_end(i, t, latents, prompt_embeds,
                                                                       pooled_projections)
     finally:
+        # 11. Detach: cache hooks removed, the context's K/V released, the masked runner ended.
         try:
             for cache in reversed(attached):
                 cache.remove()

@@ -12,6 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from stitchkit.errors import ConfigError
+from stitchkit.loop.change import MEASURES
+from stitchkit.protocols import Decision
 
 __all__ = ["PROTOCOLS", "check_decision", "check_indices", "check_policy"]
 
@@ -41,8 +43,6 @@ def check_policy(kind: str, policy: Any, path: str | None = None) -> Any:
         if "(" in item and not callable(value):
             raise ConfigError(path, f"{name}.{attribute} is not a method", _asks(kind))
     if kind == "switch":
-        from stitchkit.change import MEASURES
-
         if policy.change_measure not in MEASURES:
             raise ConfigError(f"{path}.change_measure", f"{name} names an unknown measure {policy.change_measure!r}",
                               "known: " + ", ".join(sorted(MEASURES)))
@@ -51,7 +51,6 @@ def check_policy(kind: str, policy: Any, path: str | None = None) -> Any:
 
 def check_decision(decision: Any, policy: Any, step: int) -> None:
     """A switch policy's ``decide`` must return a :class:`~stitchkit.protocols.Decision`."""
-    from stitchkit.protocols import Decision
 
     if not isinstance(decision, Decision):
         raise ConfigError("switch", f"{type(policy).__name__}.decide returned a {type(decision).__name__} at "

@@ -1,7 +1,7 @@
 """One record per denoising step: what ran, on how many tokens, how long it took, and the change D_t.
 
 The records are the raw material of every table stitchkit prints (speedup, large-model step equivalents)
-and of the latency model's prediction for a run (``stitchkit.latency``), so they hold counts and times, not
+and of the latency model's prediction for a run (``stitchkit.cost.latency``), so they hold counts and times, not
 derived numbers that could drift from their source.
 
 In a batch every sample has its own trace (its own stage and tokens per step: decisions are per sample),
@@ -114,13 +114,13 @@ def large_step_equivalents(trace) -> float:
 
 def latency_steps(records) -> list[tuple[float, bool]]:
     """(large model's share of the tokens, small model ran) per step: what the latency model prices
-    (:func:`stitchkit.latency.predict_from_steps`). Takes records or their JSON dicts."""
+    (:func:`stitchkit.cost.latency.predict_from_steps`). Takes records or their JSON dicts."""
     rows = (r.to_dict() if isinstance(r, StepRecord) else r for r in records)
     return [(r["mask_ratio"], r["small_tokens"] > 0) for r in rows]
 
 
 def latency_calls(steps) -> list[list[tuple[str, float, int]]]:
     """``(model, share of the tokens, samples)`` per call, per step: what
-    :func:`stitchkit.latency.predict_from_calls` prices. Takes :class:`BatchStep` records or their dicts."""
+    :func:`stitchkit.cost.latency.predict_from_calls` prices. Takes :class:`BatchStep` records or their dicts."""
     rows = (s.to_dict() if isinstance(s, BatchStep) else s for s in steps)
     return [[(c["model"], c["tokens"] / c["num_tokens"], len(c["samples"])) for c in r["calls"]] for r in rows]

@@ -28,7 +28,12 @@ from typing import Any
 import attrs
 
 from stitchkit.errors import ConfigError
-from stitchkit.latency import Costs
+from stitchkit.cost.latency import Costs
+from stitchkit.models.flops import transformer_config as _config
+from stitchkit.models.flops import transformer_flops
+from stitchkit.models.stock import small_forward_fn
+from stitchkit.protocols import ModelInputs
+from stitchkit.tokens import patch_tuple
 
 __all__ = [
     "DEFAULT_RATIOS",
@@ -51,7 +56,7 @@ DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 #: Bumped when the cache file's layout changes; older files are then ignored.
 CACHE_VERSION = 1
 
-_log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------------- cache
@@ -123,7 +128,7 @@ def save_profile(key: ProfileKey, costs: Costs, *, directory: str | os.PathLike 
     reader never sees half a file; ``extra`` (e.g. warm-up and repeats) is stored beside it.
     Returns the path."""
     path = profile_path(key, directory)
-    _log.info("profile of %s at %dx%d measured: L_l %.1f ms, L_s %.1f ms; cached at %s", key.pair, key.height,
+    logger.info("profile of %s at %dx%d measured: L_l %.1f ms, L_s %.1f ms; cached at %s", key.pair, key.height,
               key.width, costs.large_ms, costs.small_ms, path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {"version": CACHE_VERSION, "key": key.to_dict(), "costs": costs.to_dict(), **dict(extra or {})}
@@ -145,55 +150,6 @@ def save_profile(key: ProfileKey, costs: Costs, *, directory: str | os.PathLike 
 
 
 # ----------------------------------------------------------------------------------------------- FLOPs
-
-
-def _config(model_or_config: Any) -> Mapping[str, Any]:
-    """A transformer's config as a mapping (a model's ``.config``, or the mapping itself)."""
-    config = getattr(model_or_config, "config", model_or_config)
-    if not isinstance(config, Mapping):
-        kind = type(model_or_config).__name__
-        raise TypeError(f"expected a transformer or its config, got {kind}")
-    return config
-
-
-def transformer_flops(config: Any, num_image_tokens: int, num_text_tokens: int, *,
-                      mask_ratio: float = 1.0) -> float:
-    """Floating-point operations of one ``SD3Transformer2DModel`` forward for one sample (2 per multiply-add).
-
-    Per joint block, for ``q = M·N + T`` query tokens (the image tokens that are recomputed, and all text
-    tokens) attending to ``N + T`` keys (the rest from the K/V cache): Q/K/V projections ``6·D²`` and the
-    output projection ``2·D²`` per query token, attention ``4·q·(N + T)·D``, the feed-forward (``4·D`` wide)
-    ``16·D²`` per query token. The last block (``context_pre_only``) computes only the text K/V (``4·D²``):
-    its text output is discarded, so :class:`~stitchkit.families.sd3.masked.MaskedTransformer` computes no
-    text queries there (stock diffusers does, a rounding error). SD3.5's dual-attention blocks add
-    image-only self-attention (``8·D²`` per image query token, ``4·M·N·N·D``). Outside the blocks: the
-    patch embedding on all ``N`` tokens (it runs before a subset is taken), the context embedder on the
-    text tokens, the output projection on the ``M·N`` tokens. Per-sample terms (AdaLN modulation, time and pooled
-    embeddings) and norms are left out: they are a rounding error.
-    """
-    c = _config(config)
-    d = int(c["num_attention_heads"]) * int(c["attention_head_dim"])
-    layers = int(c["num_layers"])
-    p = int(c.get("patch_size", 2))
-    c_in = int(c.get("in_channels", 16))
-    c_out = int(c.get("out_channels") or c_in)
-    joint = int(c.get("joint_attention_dim", 4096))
-    dual = {int(i) for i in (c.get("dual_attention_layers") or ())}
-    n, t = float(num_image_tokens), float(num_text_tokens)
-    m = mask_ratio * n
-    keys = n + t
-
-    total = 2.0 * p * p * c_in * d * n  # patch embedding (all N tokens)
-    total += 2.0 * joint * d * t  # context embedder
-    total += 2.0 * d * p * p * c_out * m  # proj_out on the computed tokens
-    for layer in range(layers):
-        last = layer == layers - 1
-        total += (6 + 2 + 16) * d * d * m  # image: QKV, out projection, feed-forward
-        total += (4 if last else 6 + 2 + 16) * d * d * t  # text (the last block: K/V only)
-        total += 4.0 * (m + (0 if last else t)) * keys * d  # joint attention: QK^T and AV
-        if layer in dual:
-            total += 8.0 * d * d * m + 4.0 * m * n * d  # attn2: image-only self-attention
-    return total
 
 
 def estimate_costs_from_configs(large_config: Any, small_config: Any, num_image_tokens: int,
@@ -242,7 +198,7 @@ def _synchronizer(device) -> Callable[[], None]:
 def _median_ms(fn: Callable[[], Any], *, warmup: int, repeats: int, sync: Callable[[], None],
                times_out: list | None = None) -> float:
     """Median wall time of ``fn`` in ms over ``repeats`` calls after ``warmup`` untimed ones (every time is
-    appended to ``times_out`` when given, for :mod:`stitchkit.profile_checks`)."""
+    appended to ``times_out`` when given, for :mod:`stitchkit.cost.profile_checks`)."""
     for _ in range(warmup):
         fn()
     sync()
@@ -261,8 +217,6 @@ def random_inputs(transformer, *, latent_height: int, latent_width: int, text_to
                   dtype, device, seed: int = 0):
     """Random :class:`~stitchkit.protocols.ModelInputs` of the shapes ``transformer`` expects."""
     import torch
-
-    from stitchkit.protocols import ModelInputs
 
     c = _config(transformer)
     g = torch.Generator().manual_seed(seed)
@@ -291,7 +245,8 @@ def profile_transformers(large, small, *, latent_height: int, latent_width: int,
                          batch: int = 2, dtype: Any = "float32", device: Any = "cpu",
                          ratios: Sequence[float] = DEFAULT_RATIOS, warmup: int = 5, repeats: int = 5,
                          seed: int = 0, num_threads: int | None = None,
-                         timings: dict[str, list[float]] | None = None, latent_frames: int | None = None) -> Costs:
+                         timings: dict[str, list[float]] | None = None, latent_frames: int | None = None,
+                         family: Any) -> Costs:
     """Measure ``L_l``, ``L_s`` and the masked ``L_l(M)`` of two ``SD3Transformer2DModel``s, in ms per step.
 
     Inputs are random, of the shapes a pipeline hands the transformers: latents ``(batch, C, H, W)``
@@ -305,9 +260,11 @@ def profile_transformers(large, small, *, latent_height: int, latent_width: int,
     CPU threads while measuring (restored after): on a loaded machine several busy-waiting OpenMP threads
     can make CPU timings tens of times slower and erratic, and one thread makes them repeatable.
     ``timings``, when given, receives every timed call per quantity (``"large"``, ``"small"``,
-    ``"masked 0.3"``) so that :func:`stitchkit.profile_checks.check_profile` can judge the spread.
+    ``"masked 0.3"``) so that :func:`stitchkit.cost.profile_checks.check_profile` can judge the spread.
     ``latent_frames`` (a video family): latents ``(batch, C, F, H, W)``, the inputs made by the family's
-    ``random_inputs``; tokens are then (frame, row, column).
+    ``random_inputs``; tokens are then (frame, row, column). ``family``: the pair's
+    :class:`~stitchkit.families.Family`, whose masked runner, stock forward and random inputs time the
+    models (a pipeline hands in ``pipe.family``; ``registry.family_for_transformer(large)`` finds it).
     """
     import torch
 
@@ -327,8 +284,6 @@ def profile_transformers(large, small, *, latent_height: int, latent_width: int,
     sync = _synchronizer(dev)
     large, small = _move(large, dev, torch_dtype), _move(small, dev, torch_dtype)
     latent = (latent_height, latent_width) if latent_frames is None else (latent_frames, latent_height, latent_width)
-    from stitchkit.models.tokens import patch_tuple
-
     raw_patch = _config(large)["patch_size"]
     patch = patch_tuple(raw_patch, len(latent))
     if any(side % q for side, q in zip(latent, patch)):
@@ -338,9 +293,7 @@ def profile_transformers(large, small, *, latent_height: int, latent_width: int,
                           f"use a size that is a multiple of {shown} latent pixels")
     n_tokens = math.prod(side // q for side, q in zip(latent, patch))
     shapes = dict(text_tokens=text_tokens, batch=batch, dtype=torch_dtype, device=dev, seed=seed)
-    from stitchkit.registry import get_registry
-
-    make = get_registry().family_for_transformer(large, path="large").random_inputs
+    make = family.random_inputs
     if make is None and latent_frames is not None:
         raise ConfigError("latent_frames", "the large model's family makes images", "leave it unset")
     if make is None:
@@ -356,29 +309,23 @@ def profile_transformers(large, small, *, latent_height: int, latent_width: int,
         torch.set_num_threads(num_threads)
     try:
         return _measure(large, small, inputs_large, inputs_small, ratios=ratios, n_tokens=n_tokens,
-                        batch=batch, device=dev, generator=g, timing=timing, timings=timings)
+                        batch=batch, device=dev, generator=g, timing=timing, timings=timings, family=family)
     finally:
         torch.set_num_threads(threads)
 
 
 def _measure(large, small, inputs_large, inputs_small, *, ratios, n_tokens, batch, device, generator,
-             timing, timings=None) -> Costs:
+             timing, family, timings=None) -> Costs:
     import torch
 
     def out(name: str):
         return None if timings is None else timings.setdefault(name, [])
 
-    from stitchkit.registry import get_registry
-
-    # The masked runner and stock forward of the large model's family (looked up by its class).
-    family = get_registry().family_for_transformer(large, path="large")
     masked: list[tuple[float, float]] = []
     # no_grad, as the engine runs: inference_mode is a little faster and would make the profile optimistic.
     with torch.no_grad():
         large_ms = _median_ms(lambda: family.forward(large, inputs_large), **timing, times_out=out("large"))
         # The small model is timed as the engine calls it (replayed from a CUDA graph on a GPU).
-        from stitchkit.engine import small_forward_fn
-
         small_call = small_forward_fn(small, torch.device(device), family.forward)
         small_ms = _median_ms(lambda: small_call(inputs_small), **timing, times_out=out("small"))
         with family.masked_runner(large) as runner:

@@ -5,7 +5,7 @@ prompt's switch steps depended on which other prompts shared its batch and the b
 slowest prompt (the HybridStitch paper's Fig. 8 shows switch steps differ per prompt). Here every sample
 gets the decisions it would get alone: the engine (Algorithm 1 per sample) asks a :class:`SampleSwitch`
 for one :class:`~stitchkit.protocols.Decision` per sample and a :class:`SampleMasks` for each hybrid
-sample's mask, then groups the batch by decision (:mod:`stitchkit.engine`).
+sample's mask, then groups the batch by decision (:mod:`stitchkit.loop.engine`).
 
 A policy class that declares ``batched = True`` is not copied: it is handed the whole batch (a switch
 policy's ``decide`` returns one Decision for all or one per sample; a mask policy is called once per group
@@ -22,6 +22,7 @@ import attrs
 import torch
 
 from stitchkit.errors import ConfigError
+from stitchkit.loop.protocol_checks import check_indices
 from stitchkit.protocols import Decision, LoopState
 
 
@@ -95,7 +96,6 @@ class SampleMasks:
 
 def _checked(indices: Any, policy: Any, batch: int, state: LoopState) -> torch.Tensor:
     """``select``'s answer, refused with one line unless it is what the protocol asks for."""
-    from stitchkit.protocol_checks import check_indices
 
     check_indices(indices, policy, batch, state.num_tokens)
     return indices

@@ -1,6 +1,6 @@
 """Generate several units of one method in one batch, each with its own image, trace and masks.
 
-An experiment's unit is one (method, prompt, seed). Since decisions are per sample (``stitchkit.per_sample``),
+An experiment's unit is one (method, prompt, seed). Since decisions are per sample (``stitchkit.loop.per_sample``),
 a unit's image and trace do not depend on which units share its batch, so units of one method can be
 generated ``k`` at a time (one batched denoising loop) and recorded, and resumed, one by one:
 
@@ -22,7 +22,8 @@ import attrs
 import torch
 
 from stitchkit.errors import ConfigError
-from stitchkit.trace import StepRecord
+from stitchkit.loop.trace import StepRecord
+from stitchkit.tokens import token_grid
 
 
 @attrs.frozen(kw_only=True)
@@ -40,7 +41,6 @@ class UnitOutput:
 
 def mask_grid(pipe, latents) -> list[int]:
     """The token grid of ``latents``: ``[rows, columns]``, or ``[frames, rows, columns]`` for a video."""
-    from stitchkit.models.tokens import token_grid
 
     return list(token_grid(latents.shape[2:], pipe.adapter.patch_size))
 

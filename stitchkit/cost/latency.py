@@ -22,7 +22,7 @@ supplies measured masked costs ``L_l(M)``, :func:`predict` also gives the *refin
 masked step at the profile's ``L_l(M)`` (see :func:`masked_cost`); both are reported.
 
 A batch whose samples are in different stages runs one call per group of samples at a step (see
-``stitchkit.engine``); :func:`predict_from_calls` prices such a run as the calls it made, each at its
+``stitchkit.loop.engine``); :func:`predict_from_calls` prices such a run as the calls it made, each at its
 samples' share, so a mixed step costs the sum of its groups.
 
 >>> costs = Costs(large_ms=10.0, small_ms=2.5)
@@ -73,7 +73,7 @@ class Costs:
     ``masked_ms`` holds ``(M, L_l(M))`` pairs: the large model's cost on a fraction ``M`` of the image tokens,
     all text tokens kept (from ``stitchkit profile``); empty when only the paper's model is wanted.
     ``source`` says where the numbers came from: ``"given"`` (typed in), ``"profile"`` (measured) or
-    ``"flops-estimate"`` (:func:`stitchkit.profile.estimate_costs_from_configs`: an estimate, in units of one
+    ``"flops-estimate"`` (:func:`stitchkit.cost.profile.estimate_costs_from_configs`: an estimate, in units of one
     large step unless scaled).
     """
 
@@ -377,7 +377,7 @@ def predict_from_steps(steps: Iterable[tuple[float, bool]], costs: Costs) -> Pre
 
 def predict_from_calls(steps: Iterable[Iterable[tuple[str, float, int]]], costs: Costs, *,
                        batch: int) -> Prediction:
-    """A batched run priced as the calls it made (``stitchkit.trace.latency_calls``): per step, a list of
+    """A batched run priced as the calls it made (``stitchkit.loop.trace.latency_calls``): per step, a list of
     ``(model, large_fraction or 1, samples)`` calls. A large call on ``k`` samples at fraction ``f`` costs
     ``k · L_l · f`` (refined: ``k · L_l(f)``), a small call ``k · L_s``: ``costs`` are one sample's, and a
     call on ``k`` samples is priced as ``k`` of them (no batching gain is assumed). A step whose samples were

@@ -18,8 +18,8 @@ from typing import Any
 import attrs
 
 from stitchkit.errors import ConfigError
-from stitchkit.latency import Costs, Plan, UnprofitablePlanWarning, check_profitable
-from stitchkit.profile import ProfileKey, cpu_threads, estimate_costs_from_configs, load_profile
+from stitchkit.cost.latency import Costs, Plan, UnprofitablePlanWarning, check_profitable
+from stitchkit.cost.profile import ProfileKey, cpu_threads, estimate_costs_from_configs, load_profile
 
 
 def pair_costs(*, pair_id: str, large_config: Any, small_config: Any, height: int, width: int, num_tokens: int,

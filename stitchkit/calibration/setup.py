@@ -1,10 +1,10 @@
 """``stitchkit calibrate --method M --target-...``: a method's thresholds for a target, on the real pair.
 
-Builds the :class:`stitchkit.target.Problem` for one method of an experiment: the first ``units`` prompt ×
+Builds the :class:`stitchkit.calibration.target.Problem` for one method of an experiment: the first ``units`` prompt ×
 seed units at the experiment's sampler settings, the pair's profiled costs (as ``stitchkit run`` prices its
 rows), and a recorder that runs the method's stages on a fixed switch prefix
-(:class:`stitchkit.replay.ScheduledPolicy`) with the method's own mask and context. The search then
-replays every candidate on those runs (:mod:`stitchkit.target`); only the runs a candidate actually needs
+(:class:`stitchkit.calibration.replay.ScheduledPolicy`) with the method's own mask and context. The search then
+replays every candidate on those runs (:mod:`stitchkit.calibration.target`); only the runs a candidate actually needs
 are recorded.
 """
 
@@ -17,11 +17,14 @@ from typing import Any
 import attrs
 import torch
 
-from stitchkit.experiments.config import ExperimentConfig, MethodConfig
+from stitchkit.calibration.replay import TraceStore, handed_from_trace, scheduled_like
+from stitchkit.calibration.target import Problem, knobs_of, with_values
+from stitchkit.cost.latency import Costs, UnprofitablePlanWarning
+from stitchkit.cost.loop_costs import costs_from_traces, spread_transitions
 from stitchkit.errors import ConfigError
-from stitchkit.latency import Costs, UnprofitablePlanWarning
-from stitchkit.replay import TraceStore, handed_from_trace, scheduled_like
-from stitchkit.target import Problem, knobs_of, with_values
+from stitchkit.experiments.config import ExperimentConfig, MethodConfig
+from stitchkit.experiments.pair_setup import ensure_profile, load_pair, ran_sampler, run_size, use_threads
+from stitchkit.registry import DEFAULT_CONTEXT, DEFAULT_MASK
 
 
 def find_method(config: ExperimentConfig, name: str, registry, flag: str = "--method") -> MethodConfig:
@@ -78,9 +81,7 @@ def prepare(config: ExperimentConfig, method_name: str, *, units: int, pipe=None
     """The search problem for ``method_name`` over the first ``units`` units of ``config``. Without
     ``costs``, they come from the pair's profile (``costs_from="profile"``, as ``stitchkit run`` prices its
     rows) or from the loop's own step timings over the calibration units (``"loop"``:
-    :mod:`stitchkit.loop_costs`)."""
-    from stitchkit.experiments.runner import _size, ensure_profile, load_pair, ran_sampler, use_threads
-    from stitchkit.pipeline import DEFAULT_CONTEXT, DEFAULT_MASK
+    :mod:`stitchkit.cost.loop_costs`)."""
 
     if units < 1:
         raise ConfigError("--units", f"must be at least 1, got {units}")
@@ -93,7 +94,7 @@ def prepare(config: ExperimentConfig, method_name: str, *, units: int, pipe=None
     base = switch_mapping(method.switch)
     policy, implied = registry.create("switch", base, path="--method")
     knobs = knobs_of(policy)
-    size = _size(pipe, config)
+    size = run_size(pipe, config)
     pipe.check_plan(method.switch, context=method.context, height=size.height, width=size.width,
                     text_tokens=size.text_tokens, guided=size.guided, allow_unprofitable=config.allow_unprofitable,
                     path="--method", num_frames=size.num_frames)
@@ -105,8 +106,6 @@ def prepare(config: ExperimentConfig, method_name: str, *, units: int, pipe=None
     if costs is None:
         setup.generate(setup.units[0], "large")  # warm-up, as stitchkit run does before profiling
         if costs_from == "loop":
-            from stitchkit.loop_costs import costs_from_traces, spread_transitions
-
             # every calibration unit, not one: a masked step's cost moves by ±15 % from one run to the next
             stages = scheduled_like(policy, spread_transitions(setup.sampler["steps"], len(policy.stages) - 1))
             costs = costs_from_traces([setup.generate(unit, spec).trace for unit in setup.units

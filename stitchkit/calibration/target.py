@@ -1,5 +1,5 @@
 """Thresholds calibrated to a target: the smallest predicted speedup that reaches X (or the most large-step
-equivalents within E), searched on the adaptive loop's own traces (:mod:`stitchkit.replay`).
+equivalents within E), searched on the adaptive loop's own traces (:mod:`stitchkit.calibration.replay`).
 
 A method's *knobs* are its thresholds (HybridStitch: one per transition, strictly decreasing), SRDiffusion's
 ``threshold`` or T-Stitch's ``small_fraction``. A threshold changes what happens only where it crosses a
@@ -21,8 +21,8 @@ import attrs
 import numpy as np
 
 from stitchkit.errors import ConfigError
-from stitchkit.latency import Costs
-from stitchkit.replay import Summary, TraceStore, replay, scheduled_like, summarize
+from stitchkit.cost.latency import Costs
+from stitchkit.calibration.replay import Summary, TraceStore, replay, scheduled_like, summarize
 
 #: A threshold no D_t reaches: stands for "not yet chosen" while an earlier knob is searched.
 _NEVER = 1e-300

@@ -1,7 +1,7 @@
 """diffusers' call conventions for :meth:`StitchPipeline.__call__`: what is honoured and what is refused.
 
 A script written for ``StableDiffusion3Pipeline`` should run unchanged on a ``StitchPipeline``, or fail with
-one line saying which argument stitchkit cannot honour and why (:data:`stitchkit.pipeline.REFUSED_ARGUMENTS`).
+one line saying which argument stitchkit cannot honour and why (:data:`REFUSED_ARGUMENTS`).
 Honoured here: ``callback_on_step_end`` (with ``callback_on_step_end_tensor_inputs``, diffusers'
 ``PipelineCallback`` objects included) and ``joint_attention_kwargs={"scale": s}`` (the LoRA scale, for the
 text encoders and both transformers, as diffusers applies it).
@@ -14,14 +14,34 @@ from typing import Any, Callable, Iterable, Iterator
 
 from stitchkit.errors import ConfigError
 
-__all__ = ["check_call_arguments", "lora_scale", "scaled_lora", "step_end_hook"]
+__all__ = ["CALLBACK_TENSOR_INPUTS", "DIFFUSERS_DEFAULT_EXCEPTIONS", "REFUSED_ARGUMENTS", "check_call_arguments",
+           "lora_scale", "scaled_lora", "step_end_hook"]
+
+#: The tensors a ``callback_on_step_end`` may ask for and replace, as in ``StableDiffusion3Pipeline``.
+CALLBACK_TENSOR_INPUTS = ("latents", "prompt_embeds", "pooled_prompt_embeds")
+
+#: ``StableDiffusion3Pipeline.__call__`` arguments whose default differs here, with the reason (the signature
+#: test compares every other default with diffusers'). A preset that needs to know whether the caller passed
+#: ``num_inference_steps``/``height``/``width`` may make those ``None`` and list them here.
+DIFFUSERS_DEFAULT_EXCEPTIONS: dict[str, str] = {
+    "num_inference_steps": "None: a preset's sampler settings apply (the paper's 50 steps), else diffusers' 28",
+}
+
+#: Arguments accepted by name (a diffusers script passes them) and refused when set, with the reason.
+REFUSED_ARGUMENTS: dict[str, str] = {
+    "ip_adapter_image": "IP-Adapter image conditioning is not supported by stitchkit's masked attention; "
+                        "leave it None",
+    "ip_adapter_image_embeds": "IP-Adapter image conditioning is not supported by stitchkit's masked "
+                               "attention; leave it None",
+    "skip_guidance_layers": "skip-layer guidance needs a third transformer pass with layers skipped, which "
+                            "has no counterpart in small-model steps or in masked hybrid steps (whose K/V "
+                            "cache comes from the full model); leave it None",
+}
 
 
 def check_call_arguments(**arguments: Any) -> None:
     """Refuse, with one line, every argument of :data:`REFUSED_ARGUMENTS` that is set, and
     ``joint_attention_kwargs`` other than ``scale``."""
-    from stitchkit.pipeline import REFUSED_ARGUMENTS
-
     for name, why in REFUSED_ARGUMENTS.items():
         if arguments.get(name) is not None:
             raise ConfigError(name, "is not supported", why)
@@ -68,8 +88,6 @@ def step_end_hook(pipe: Any, callback: Callable[..., dict] | None, tensor_inputs
     """The engine's ``step_end`` hook running diffusers' ``callback_on_step_end(pipe, i, t, kwargs)``: it gets
     the requested tensors (``latents``, ``prompt_embeds``, ``pooled_prompt_embeds``) and may return
     replacements, exactly as in ``StableDiffusion3Pipeline``. ``None`` when there is no callback."""
-    from stitchkit.pipeline import CALLBACK_TENSOR_INPUTS
-
     if callback is None:
         return None
     try:

@@ -16,23 +16,19 @@ see it and their state is untouched. The large model's full steps of a hybrid me
 K/V) do go through the hooks: a block a cache skips keeps the K/V it recorded last.
 
 MagCache needs magnitude ratios per model: without them, the pipeline runs one calibration generation in
-diffusers' calibrate mode and stores the ratios under ``$STITCHKIT_CACHE/magcache`` (next to the latency
-profiles, :func:`stitchkit.profile.profile_dir`), keyed by the pair, the model, the steps and the size.
+diffusers' calibrate mode and stores the ratios on disk (:mod:`stitchkit.pipeline.magcache_ratios`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
-import os
-from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 import attrs
 import torch
 
 from stitchkit.errors import ConfigError
+from stitchkit.protocols import CacheSetup, cache_context
 
 ROLES = ("large", "small")
 
@@ -67,8 +63,6 @@ class ModelCache:
 
     def attach(self, *, num_steps: int, guided: bool, current_timestep: Callable[[], float]) -> None:
         """Apply the cache's diffusers hooks to the model for a generation of ``num_steps``."""
-        from stitchkit.policies.caches import CacheSetup
-
         setup = CacheSetup(num_steps=num_steps, guided=guided, current_timestep=current_timestep,
                            mag_ratios=self.mag_ratios, calibrate=self.calibrating)
         before = {id(m): list(m._diffusers_hook._hook_order) for m in self.model.modules()
@@ -135,53 +129,7 @@ class ModelCache:
                 m._diffusers_hook._child_registries_cache = None
 
 
-def cache_context(model: torch.nn.Module, name: str, **where: Any):
-    """diffusers' ``cache_context`` for ``model``: its own method when its class mixes in ``CacheMixin``,
-    else that very method applied to it (``SD3Transformer2DModel`` does not mix it in in 0.42.1; the method
-    only sets the context on the hooks' state managers under the module)."""
-    from diffusers.models.cache_utils import CacheMixin
-
-    own = getattr(type(model), "cache_context", None)
-    return (own or CacheMixin.cache_context)(model, name, **where)
-
-
 def hooked_modules(model: torch.nn.Module) -> list[tuple[str, list[str]]]:
     """Every submodule of ``model`` holding diffusers hooks, with their names: ``[]`` for a clean model."""
     return [(name, list(m._diffusers_hook._hook_order)) for name, m in model.named_modules()
             if hasattr(m, "_diffusers_hook") and m._diffusers_hook._hook_order]
-
-
-# ---------------------------------------------------------------------------------------------- MagCache ratios
-
-def magcache_dir() -> Path:
-    """``magcache`` beside the latency profiles (``$STITCHKIT_CACHE/magcache`` when that is set)."""
-    from stitchkit.profile import profile_dir
-
-    return profile_dir().parent / "magcache"
-
-
-def magcache_key(*, pair_id: str, role: str, model: torch.nn.Module, num_steps: int, num_tokens: int,
-                 guided: bool) -> str:
-    """A file name for the ratios of ``role`` of the pair at this length and size: the ratios depend on the
-    weights (named by the pair and the model's config), the schedule length and the latent size."""
-    config = json.dumps({k: v for k, v in dict(model.config).items() if not k.startswith("_")}, sort_keys=True,
-                        default=str)
-    digest = hashlib.sha256(f"{pair_id}|{role}|{config}|{num_steps}|{num_tokens}|{guided}".encode()).hexdigest()
-    return f"{role}-{num_steps}steps-{num_tokens}tokens-{digest[:16]}.json"
-
-
-def load_ratios(key: str) -> tuple[float, ...] | None:
-    path = magcache_dir() / key
-    try:
-        return tuple(float(x) for x in json.loads(path.read_text())["mag_ratios"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def save_ratios(key: str, ratios: list[float], **about: Any) -> Path:
-    path = magcache_dir() / key
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"mag_ratios": list(ratios), **about}, indent=1))
-    tmp.replace(path)
-    return path

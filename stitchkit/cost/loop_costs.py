@@ -8,8 +8,8 @@ The loop's trace times every model call of every step (``large_ms``, ``small_ms`
 measured run is judged by, so costs taken from it price the loop as it runs.
 
 :func:`costs_from_traces` takes the medians: ``L_l`` over full large steps that ran alone, ``L_s`` over
-steps where the small model ran, and ``L_l(M)`` (Eq. 8's refinement, :func:`stitchkit.latency.masked_cost`)
-per mask ratio seen. :func:`stitchkit.calibration.prepare` feeds it, for every calibration unit, a
+steps where the small model ran, and ``L_l(M)`` (Eq. 8's refinement, :func:`stitchkit.cost.latency.masked_cost`)
+per mask ratio seen. :func:`stitchkit.calibration.setup.prepare` feeds it, for every calibration unit, a
 large-only run and a run of the method's stages with their transitions spread evenly over the steps, so
 every ratio the method uses is timed, many times: on the shapes pair one run's masked/full ratio moves
 between 0.40 and 0.56 from one unit to the next, on a quiet machine.
@@ -21,7 +21,7 @@ import statistics
 from collections.abc import Iterable
 
 from stitchkit.errors import ConfigError
-from stitchkit.latency import Costs
+from stitchkit.cost.latency import Costs
 
 
 def _fields(record) -> tuple[float, float, float, int]:
@@ -30,7 +30,7 @@ def _fields(record) -> tuple[float, float, float, int]:
 
 
 def costs_from_traces(traces: Iterable[Iterable]) -> Costs:
-    """``Costs(source="loop")`` from step records (:class:`stitchkit.trace.StepRecord` or their dicts)."""
+    """``Costs(source="loop")`` from step records (:class:`stitchkit.loop.trace.StepRecord` or their dicts)."""
     full: list[float] = []
     small: list[float] = []
     masked: dict[float, list[float]] = {}

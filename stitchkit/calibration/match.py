@@ -13,18 +13,19 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from stitchkit.calibration.replay import ScheduledPolicy, scheduled_like
+from stitchkit.calibration.setup import find_method
+from stitchkit.calibration.target import Found, candidates
 from stitchkit.errors import ConfigError
-from stitchkit.replay import ScheduledPolicy, scheduled_like
-from stitchkit.target import Found, candidates
+from stitchkit.experiments.config import MetricConfig
+from stitchkit.experiments.metrics.base import batches
+
 
 def _metric(config, name: str):
     """The metric plugin ``name`` with its parameters from the experiment's ``metrics:`` (else defaults),
     checked for this pair (weights, classifier) before anything is generated."""
-    from stitchkit.experiments.config import MetricConfig
-    from stitchkit.registry import get_registry
-
     spec = next((m for m in config.metrics if m.name == name), None) or MetricConfig(kind=name)
-    metric = get_registry().create("metric", {"kind": spec.kind, **spec.params}, path="--metric")[0]
+    metric = config.registry.create("metric", {"kind": spec.kind, **spec.params}, path="--metric")[0]
     metric.check(pair_name=config.pair.name)
     return metric
 
@@ -32,8 +33,6 @@ def _metric(config, name: str):
 def metric_score(config, name: str, images: list[tuple[str, Any]], large_images: list[Any]) -> float:
     """The metric plugin ``name`` over ``(prompt, PIL image)`` units, paired with the large model's images
     of the same units. The one place that knows how metrics are looked up."""
-    from stitchkit.experiments.metrics.base import batches
-
     metric = _metric(config, name)
     with tempfile.TemporaryDirectory() as folder:
         paths: dict[str, list] = {"large": [], "candidate": []}
@@ -50,7 +49,6 @@ def metric_score(config, name: str, images: list[tuple[str, Any]], large_images:
 
 def match_quality(problem, setup, reference: str, metric: str) -> tuple[Found, float, float]:
     """``(found, its score, the reference's score)``: the fastest single-knob setting at least as good."""
-    from stitchkit.calibration import find_method
 
     better = _metric(setup.config, metric).higher_is_better
     if len(problem.knobs) != 1:

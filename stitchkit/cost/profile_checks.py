@@ -13,7 +13,7 @@ from __future__ import annotations
 import statistics
 from typing import Callable
 
-from stitchkit.latency import Costs
+from stitchkit.cost.latency import Costs
 
 __all__ = ["MAX_SPREAD", "MONOTONE_TOLERANCE", "check_profile", "measure_checked", "spread"]
 

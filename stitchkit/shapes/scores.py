@@ -25,6 +25,9 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from stitchkit.shapes.classifier import accuracy
+from stitchkit.shapes.world import labels_of, parse_caption
+
 if TYPE_CHECKING:
     from stitchkit.shapes.classifier import AttributeClassifier
     from stitchkit.shapes.world import Caption
@@ -123,8 +126,6 @@ def caption_accuracy(classifier: AttributeClassifier, images: torch.Tensor,
                      captions: Sequence[Caption | str]) -> dict[str, float]:
     """Fraction of pictures whose classified attribute matches the caption, per attribute and ``"all"``
     (every attribute right). Our offline stand-in for the CLIP score."""
-    from stitchkit.shapes.classifier import accuracy
-    from stitchkit.shapes.world import labels_of, parse_caption
 
     if len(captions) != len(images):
         raise ValueError(f"{len(images)} pictures but {len(captions)} captions")

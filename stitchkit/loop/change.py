@@ -42,15 +42,14 @@ import attrs
 import torch
 import torch.nn.functional as F
 
-from stitchkit.errors import ConfigError
+from stitchkit.protocols import CHANGE_MEASURES, check_measure_name
+from stitchkit.tokens import patch_tuple
 
 __all__ = [
     "MEASURES",
     "Measure",
     "StepTensors",
     "change_map",
-    "check_measure",
-    "check_measure_or_none",
     "measure",
     "measure_names",
     "relative_l1",
@@ -104,9 +103,8 @@ def change_map(delta: torch.Tensor, patch_size: "int | tuple[int, ...]") -> torc
     video ``(B, C, F, H, W)`` with patch ``(p_t, p_h, p_w)`` -> ``(B, F/p_t * H/p_h * W/p_w)``.
 
     Tokens are in row-major order over the token grid (frame, row, column), as the transformers' patch
-    embeddings lay them out (:mod:`stitchkit.models.tokens`).
+    embeddings lay them out (:mod:`stitchkit.tokens`).
     """
-    from stitchkit.models.tokens import patch_tuple
 
     if delta.ndim not in (4, 5):
         raise ValueError(f"change_map expects (B, C, H, W) or (B, C, F, H, W), got shape {tuple(delta.shape)}")
@@ -181,7 +179,6 @@ def _latent_std(prev: StepTensors | None, cur: StepTensors, patch_size: int):
     """RAS's ranking (microsoft/RAS, ``ras_scheduling_flow_match_euler_discrete.py`` lines 103-106): per
     token, the standard deviation over channels of the latent step ``next - latents`` (their
     ``(sigma_next - sigma) * model_output``), averaged over the token's patch; ``D_t`` as :func:`_latent`."""
-    from stitchkit.models.tokens import patch_tuple
 
     delta = (cur.next_latents - cur.latents).detach().float()
     if delta.ndim != 4:
@@ -194,6 +191,7 @@ def _latent_std(prev: StepTensors | None, cur: StepTensors, patch_size: int):
 #: Every change measure by name. Policies name theirs in ``change_measure``.
 MEASURES: dict[str, Measure] = {"x0": _x0, "x0-prev": _x0_prev, "latent": _latent, "output": _output,
                                 "small-x0": _small_x0, "latent-std": _latent_std}
+assert set(MEASURES) == set(CHANGE_MEASURES), "stitchkit.protocols.CHANGE_MEASURES names every measure"
 
 
 def measure_names() -> tuple[str, ...]:
@@ -203,20 +201,4 @@ def measure_names() -> tuple[str, ...]:
 
 def measure(name: str, path: str = "change") -> Measure:
     """The measure called ``name``; unknown: a :class:`ConfigError` at ``path`` naming the known ones."""
-    try:
-        return MEASURES[name]
-    except (KeyError, TypeError):
-        raise ConfigError(
-            path, f"unknown change measure {name!r}", "known: " + ", ".join(measure_names())
-        ) from None
-
-
-def check_measure(instance: object, attribute: "attrs.Attribute", value: object) -> None:
-    """attrs validator: ``value`` names a known measure, else a :class:`ConfigError` at the field's name."""
-    measure(value, attribute.name)  # type: ignore[arg-type]
-
-
-def check_measure_or_none(instance: object, attribute: "attrs.Attribute", value: object) -> None:
-    """attrs validator: ``None`` (take the policy's default measure) or a known measure's name."""
-    if value is not None:
-        measure(value, attribute.name)  # type: ignore[arg-type]
+    return MEASURES[check_measure_name(name, path)]

@@ -11,7 +11,7 @@ Nothing in the final stage is read, so the small-only stage is never recorded.
 
 A replayed rule may read ``step``, ``num_steps`` and ``change`` (every built-in switch policy does);
 ``timestep``/``sigma`` are 0 and there is no change map in a replay. What each step costs follows from the
-replayed decision (Eq. 3-6 via :func:`stitchkit.latency.predict_from_steps`).
+replayed decision (Eq. 3-6 via :func:`stitchkit.cost.latency.predict_from_steps`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 import torch
 
-from stitchkit.latency import Costs, predict_from_steps
+from stitchkit.cost.latency import Costs, predict_from_steps
 from stitchkit.masks import mask_size
 from stitchkit.protocols import Decision, LoopState
 

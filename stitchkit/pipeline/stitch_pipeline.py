@@ -16,50 +16,40 @@ installed for one generation and restored after it (also on error).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import torch
 from diffusers.utils import BaseOutput
 
-from stitchkit.engine import Models, Policies, StepCallback, denoise
+from stitchkit.cost.validation import check_switch_policy, pair_costs
 from stitchkit.errors import ConfigError
-from stitchkit.registry import Registry, get_registry
+from stitchkit.families.loading import loading_options
+from stitchkit.loop.caches import ModelCache, normalize_cache_spec
+from stitchkit.loop.engine import Models, Policies, StepCallback, denoise
+from stitchkit.loop.trace import BatchStep, StepRecord
+from stitchkit.pipeline.conventions import (
+    CALLBACK_TENSOR_INPUTS,
+    check_call_arguments,
+    lora_scale,
+    scaled_lora,
+    step_end_hook,
+)
+from stitchkit.pipeline.magcache_ratios import load_ratios, magcache_key, save_ratios
+from stitchkit.pipeline.video import frames_for
+from stitchkit.registry import DEFAULT_CONTEXT, DEFAULT_MASK, Registry, get_registry
 from stitchkit.sampler import largest_size, preset_sampler, resolve_sampler
-from stitchkit.trace import BatchStep, StepRecord
+from stitchkit.values import check_guidance, check_steps
 
-#: What ``mask=`` and ``context=`` default to when neither the call nor a preset names them.
-DEFAULT_MASK = "top-k"
-DEFAULT_CONTEXT = "kv-cache"
-
-#: The tensors a ``callback_on_step_end`` may ask for and replace, as in ``StableDiffusion3Pipeline``.
-CALLBACK_TENSOR_INPUTS = ("latents", "prompt_embeds", "pooled_prompt_embeds")
-
-#: ``StableDiffusion3Pipeline.__call__`` arguments whose default differs here, with the reason (the signature
-#: test compares every other default with diffusers'). A preset that needs to know whether the caller passed
-#: ``num_inference_steps``/``height``/``width`` may make those ``None`` and list them here.
-DIFFUSERS_DEFAULT_EXCEPTIONS: dict[str, str] = {
-    "num_inference_steps": "None: a preset's sampler settings apply (the paper's 50 steps), else diffusers' 28",
-}
-
-#: Arguments accepted by name (a diffusers script passes them) and refused when set, with the reason.
-REFUSED_ARGUMENTS: dict[str, str] = {
-    "ip_adapter_image": "IP-Adapter image conditioning is not supported by stitchkit's masked attention; "
-                        "leave it None",
-    "ip_adapter_image_embeds": "IP-Adapter image conditioning is not supported by stitchkit's masked "
-                               "attention; leave it None",
-    "skip_guidance_layers": "skip-layer guidance needs a third transformer pass with layers skipped, which "
-                            "has no counterpart in small-model steps or in masked hybrid steps (whose K/V "
-                            "cache comes from the full model); leave it None",
-}
+logger = logging.getLogger(__name__)
 
 
 @dataclass
 class StitchOutput(BaseOutput):
     """``images`` as diffusers returns them for the ``output_type``; ``trace``: one record per step (for one
-    sample its record; for a batch the summary of :func:`stitchkit.trace.batch_record`); ``traces``: one
+    sample its record; for a batch the summary of :func:`stitchkit.loop.trace.batch_record`); ``traces``: one
     trace per sample (its own stage and tokens per step); ``steps``: per step, the batched model calls.
 
     A diffusers ``BaseOutput``: ``out.images``, ``out["images"]`` and ``out[0]`` are the images, as with
@@ -82,7 +72,14 @@ def _cast(pipeline, small_transformer, dtype: torch.dtype) -> None:
 
 
 class StitchPipeline:
-    """Runs one denoising loop over a pair of transformers, policies deciding who computes what."""
+    """Runs one denoising loop over a pair of transformers, policies deciding who computes what.
+
+    Its components are attributes, under diffusers' names, as on any diffusers pipeline:
+    ``pipe.transformer`` (the large model), ``pipe.small_transformer``, ``pipe.vae``, ``pipe.scheduler``,
+    the text encoders and tokenizers (those the family's pipeline has)."""
+
+    #: The tensors a ``callback_on_step_end`` may ask for, as diffusers keeps them on the pipeline class.
+    _callback_tensor_inputs = list(CALLBACK_TENSOR_INPUTS)
 
     def __init__(self, adapter, small_transformer: torch.nn.Module, registry: Registry | None = None,
                  pair_id: str | None = None, family=None) -> None:
@@ -127,8 +124,6 @@ class StitchPipeline:
         (``local_files_only``, ``revision``, ``cache_dir``, ``token``, ``variant``, ``use_safetensors``) go to
         the small transformer's too.
         """
-        from stitchkit.families.loading import loading_options
-
         registry = registry or get_registry()
         family = registry.family_for_checkpoint(large, **loading_options(kwargs))
         large_pipe, small_tf = family.load(large, small, torch_dtype=torch_dtype, device=device, **kwargs)
@@ -138,13 +133,19 @@ class StitchPipeline:
         return cls.from_pipelines(large=large_pipe, small=small_tf, registry=registry, pair_id=pair_id)
 
     @classmethod
+    def from_pair(cls, name: str, *, registry: Registry | None = None) -> "StitchPipeline":
+        """A registered pair by name (``stitchkit plugins`` lists them: ``shapes``, ``tiny-random``, ...; an
+        outside package adds more through ``register_pairs``): its loader builds both models."""
+        registry = registry or get_registry()
+        large, small = registry.pair(name).loader()
+        return cls.from_pipelines(large=large, small=small, registry=registry, pair_id=name)
+
+    @classmethod
     def from_shapes(cls, path=None, *, torch_dtype: torch.dtype = torch.float32,
                     device: str | torch.device | None = None, registry: Registry | None = None) -> "StitchPipeline":
         """The shipped CPU pair (``stitchkit/pairs/shapes``), or a shapes pair saved at ``path``."""
         if path is None:
-            from stitchkit.pairs import load_pair_pipeline
-
-            pipe = load_pair_pipeline("shapes", registry=registry)
+            pipe = cls.from_pair("shapes", registry=registry)
             return pipe.to(device) if device is not None else pipe
         return cls.from_pretrained(str(path), str(path), torch_dtype=torch_dtype, device=device, registry=registry)
 
@@ -223,17 +224,13 @@ class StitchPipeline:
         ``num_frames``: for a video family, the frames to generate (its default if unset); an image family
         refuses it.
 
-        ``cache``: diffusers' cache hooks for this generation (:mod:`stitchkit.caches`): a cache name,
+        ``cache``: diffusers' cache hooks for this generation (:mod:`stitchkit.loop.caches`): a cache name,
         ``{"kind": "magcache", **params}`` or a cache object for the large model, or
         ``{"large": ..., "small": ...}``. MagCache without ``mag_ratios`` is calibrated on first use."""
-        from stitchkit.diffusers_compat import check_call_arguments, lora_scale, step_end_hook
-
         check_call_arguments(ip_adapter_image=ip_adapter_image, ip_adapter_image_embeds=ip_adapter_image_embeds,
                              skip_guidance_layers=skip_guidance_layers, joint_attention_kwargs=joint_attention_kwargs)
         step_end = step_end_hook(self, callback_on_step_end, callback_on_step_end_tensor_inputs)
         scale = lora_scale(joint_attention_kwargs)
-        from stitchkit.values import check_guidance, check_steps
-
         if num_inference_steps is not None:  # 0 would fall back to the default steps without a word
             check_steps(num_inference_steps, "num_inference_steps")
         check_guidance(guidance_scale, "guidance_scale")  # NaN / negative refused; <= 1: guidance off
@@ -286,8 +283,6 @@ class StitchPipeline:
                                     num_inference_steps=num_inference_steps)
         if progress is None:
             progress = not self._progress_bar_config.get("disable", True)
-        from stitchkit.diffusers_compat import scaled_lora
-
         with scaled_lora((adapter.large_transformer, self.small), scale):
             result = denoise(
                 models=models, policies=policies, scheduler=scheduler, timesteps=timesteps, latents=latents,
@@ -301,19 +296,15 @@ class StitchPipeline:
         return StitchOutput(images=images, trace=result.trace, traces=result.traces, steps=result.steps)
 
     def resolve_caches(self, cache: Any, path: str = "cache") -> dict[str, Any]:
-        """``{role: cache object}`` from ``cache=`` (see :func:`stitchkit.caches.normalize_cache_spec`)."""
-        from stitchkit.caches import normalize_cache_spec
-
+        """``{role: cache object}`` from ``cache=`` (see :func:`stitchkit.loop.caches.normalize_cache_spec`)."""
         per_role = isinstance(cache, Mapping) and "kind" not in cache
         return {role: self.registry.create("cache", spec, path=f"{path}.{role}" if per_role else path)[0]
                 for role, spec in normalize_cache_spec(cache, path).items()}
 
     def _model_caches(self, specs: Mapping[str, Any], *, models: Models, policies: Policies, latents, cond,
                       num_steps: int, **schedule: Any) -> dict[str, Any]:
-        """One :class:`stitchkit.caches.ModelCache` per cached model; MagCache's ratios from the disk cache,
+        """One :class:`stitchkit.loop.caches.ModelCache` per cached model; MagCache's ratios from the disk cache,
         or calibrated now: one generation of that model alone in diffusers' calibrate mode, same inputs."""
-        from stitchkit.caches import ModelCache, load_ratios, magcache_key, save_ratios
-
         out = {}
         for role, spec in specs.items():
             model = models.large if role == "large" else models.small
@@ -322,7 +313,7 @@ class StitchPipeline:
                 key = magcache_key(pair_id=self.pair_id, role=role, model=model, num_steps=num_steps,
                                    num_tokens=math.prod(latents.shape[2:]), guided=cond.guided)
                 ratios = load_ratios(key)
-                logging.getLogger(__name__).info("MagCache ratios of the %s model: %s", role,
+                logger.info("MagCache ratios of the %s model: %s", role,
                                                  "calibrating now" if ratios is None else "read from the cache")
                 if ratios is None:
                     probe = ModelCache(model=model, cache=spec, role=role, calibrating=True)
@@ -339,9 +330,6 @@ class StitchPipeline:
 
     def costs(self, *, height: int, width: int, text_tokens: int, guided: bool, num_frames: int | None = None):
         """The pair's per-step costs at this size: its cached profile, else a FLOPs estimate (``.source``)."""
-        from stitchkit.validation import pair_costs
-        from stitchkit.video import frames_for
-
         num_frames = frames_for(self.adapter, num_frames)
         return pair_costs(
             pair_id=self.pair_id, large_config=self.adapter.large_transformer.config,
@@ -355,8 +343,6 @@ class StitchPipeline:
                    num_frames: int | None = None) -> tuple[str, ...]:
         """Refuse (or with ``allow_unprofitable`` warn about) mask ratios that break Eq. 7-8 for this pair;
         ``context`` (else the preset's, else the default) decides whether a hybrid step computes every token."""
-        from stitchkit.validation import check_switch_policy
-
         policies = self.resolve_policies(switch, None, context)
         if not getattr(policies.switch, "mask_ratios", None):
             return ()
@@ -365,6 +351,15 @@ class StitchPipeline:
                                    computes_all_tokens=getattr(policies.context, "computes_all_tokens", False))
 
     # -- conveniences (diffusers' pipeline attributes) -----------------------------------------------------
+    def __getattr__(self, name: str) -> Any:
+        """A component by its diffusers name (``pipe.transformer``, ``pipe.vae``, ``pipe.small_transformer``)."""
+        if name.startswith("_") or name in ("adapter", "small"):  # not set yet: no component lookup
+            raise AttributeError(name)
+        components = self.components
+        if name in components:
+            return components[name]
+        raise AttributeError(f"{type(self).__name__!r} has no attribute {name!r}")
+
     def to(self, device: str | torch.device) -> "StitchPipeline":
         self.adapter.to(device)
         self.small.to(device)

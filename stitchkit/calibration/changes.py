@@ -5,7 +5,7 @@ falls at its own pace. ``stitchkit calibrate EXPERIMENT.yaml`` runs the large mo
 experiment's prompts and seeds and prints, per step, quantiles of every change measure (and of the drop
 tanh(D_{t-1}) - tanh(D_t) of the output measure, what SRDiffusion's ``xdit`` and ``tanh-drop`` rules compare),
 from which a switch step — and so a threshold — can be read off. ``--method M --target-...`` (in
-:mod:`stitchkit.calibration`) does the reading off itself.
+:mod:`stitchkit.calibration.setup`) does the reading off itself.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from stitchkit.change import MEASURES, StepTensors
+from stitchkit.loop.change import MEASURES, StepTensors
 
 QUANTILES = (0.1, 0.5, 0.9)
 
