@@ -90,10 +90,17 @@ def small_forward_fn(model: torch.nn.Module, device: torch.device, forward=stock
     sizes a small model's step is partly bound by kernel launches once the GPU has idled between calls."""
     if device.type != "cuda" or not cuda_graphs_enabled():
         return lambda inputs: forward(model, inputs)
-    graphs = CudaGraphs(lambda x, t, e, *p: forward(model, ModelInputs(
-        hidden_states=x, timestep=t, encoder_hidden_states=e, pooled_projections=p[0] if p else None)))
-    return lambda inputs: graphs(inputs.hidden_states, inputs.timestep, inputs.encoder_hidden_states,
-                                 *(() if inputs.pooled_projections is None else (inputs.pooled_projections,)))
+    optional = ("pooled_projections", "guidance")  # the inputs a family may leave None
+    present: list[str] = []  # which of them this call has (part of the graph's key)
+    graphs = CudaGraphs(lambda x, t, e, *rest: forward(model, ModelInputs(
+        hidden_states=x, timestep=t, encoder_hidden_states=e, **dict(zip(present, rest)))),
+        key_extra=lambda: tuple(present))
+
+    def run(inputs: ModelInputs) -> torch.Tensor:
+        present[:] = [name for name in optional if getattr(inputs, name) is not None]
+        return graphs(inputs.hidden_states, inputs.timestep, inputs.encoder_hidden_states,
+                      *(getattr(inputs, name) for name in present))
+    return run
 
 
 def _check_finite(x: torch.Tensor, step: int, model: str) -> torch.Tensor:
@@ -184,10 +191,13 @@ def denoise(
     progress: bool = False,
     step_end: StepEndHook | None = None,
     caches: "Mapping[str, Any] | None" = None,
+    guidance: torch.Tensor | None = None,
 ) -> Denoised:
     """Run the loop from ``latents`` over ``timesteps``; return the final latents and the traces.
 
     ``prompt_embeds``/``pooled_projections`` hold [uncond, cond] halves when ``guidance_scale > 1``.
+    ``guidance``: a guidance-distilled model's guidance input, one value per row of those (FLUX.1-dev's;
+    see :class:`stitchkit.families.Conditioning`), passed to every model call; ``None`` for other families.
     The scheduler must be freshly set to ``timesteps`` (its step index at the start); its step must act
     on each sample alone (every diffusers flow-matching scheduler does), as a batch's samples may be in
     different stages.
@@ -244,7 +254,8 @@ def denoise(
                            timestep=inputs.timestep.index_select(0, rows),
                            encoder_hidden_states=inputs.encoder_hidden_states.index_select(0, rows),
                            pooled_projections=None if inputs.pooled_projections is None
-                           else inputs.pooled_projections.index_select(0, rows)), rows
+                           else inputs.pooled_projections.index_select(0, rows),
+                           guidance=None if inputs.guidance is None else inputs.guidance.index_select(0, rows)), rows
 
     def check_rows_supported() -> None:
         lacking = [f"{type(context).__name__}.{name}()" for name in ("full", "masked")
@@ -278,7 +289,8 @@ def denoise(
                         "full large step records: decide Decision(stage=0, large=True, small=False) first")
             model_input = torch.cat([latents] * 2) if guided else latents
             inputs = ModelInputs(hidden_states=model_input, timestep=t.expand(model_input.shape[0]),
-                                 encoder_hidden_states=prompt_embeds, pooled_projections=pooled_projections)
+                                 encoder_hidden_states=prompt_embeds, pooled_projections=pooled_projections,
+                                 guidance=guidance)
 
             groups: dict[tuple, list[int]] = {}
             for b, decision in enumerate(decisions):
