@@ -105,7 +105,7 @@ class FluxKVCacheAttnProcessor(DispatchedAttention):
     block's ``attn``), owning that module's K/V cache.
 
     In :attr:`Mode.PLAIN` it computes what ``FluxAttnProcessor`` computes
-    (``diffusers/models/transformers/transformer_flux.py:80-142``), projections through diffusers' own
+    (``diffusers/models/transformers/transformer_flux.py:76-142``), projections through diffusers' own
     ``_get_qkv_projections`` (fused or not).
     """
 
@@ -316,7 +316,7 @@ class FluxMaskedTransformer:
 
     def _masked_body(self, inputs: ModelInputs, indices: torch.Tensor) -> torch.Tensor:
         """The blocks on the text and the gathered image tokens; mirrors ``FluxTransformer2DModel.forward``
-        (``transformer_flux.py:695-821``) step by step, without ControlNet and IP-Adapter inputs."""
+        (``transformer_flux.py:723-821``) step by step, without ControlNet and IP-Adapter inputs."""
         model = self.model
         args = flux_call_args(model, inputs)
         hidden = args["hidden_states"]  # packed (B, N, C·4): gathered before x_embedder, which is per token
