@@ -23,7 +23,8 @@ thread's CPU time.
     OMP_NUM_THREADS=1 python benchmarks/masked_forward.py
     python benchmarks/masked_forward.py --paper-scale
 
-``--family wan`` runs the same measurement on Wan 2.1-shaped video transformers (masked_forward_wan.py).
+``--family wan`` runs the same measurement on Wan 2.1-shaped video transformers (masked_forward_wan.py),
+``--family flux`` on FLUX.1-shaped transformers (masked_forward_flux.py).
 """
 
 from __future__ import annotations
@@ -184,16 +185,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=None, help="timed runs per row (median reported)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batch", type=int, default=2, help="2: one image with guidance (CFG)")
-    parser.add_argument("--family", choices=("sd3", "wan"), default="sd3",
-                        help="wan: Wan 2.1-shaped video transformers (masked_forward_wan.py)")
+    parser.add_argument("--family", choices=("sd3", "wan", "flux"), default="sd3",
+                        help="wan: Wan 2.1-shaped video transformers (masked_forward_wan.py); "
+                             "flux: FLUX.1-shaped transformers (masked_forward_flux.py)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     diffusers_logging.set_verbosity_error()  # not the "keep in float32" note from .to(dtype) on random models
 
-    if args.family == "wan":
-        import masked_forward_wan
+    if args.family in ("wan", "flux"):
+        import importlib
 
-        ok = masked_forward_wan.run(args)
+        ok = importlib.import_module(f"masked_forward_{args.family}").run(args)
         if not ok:
             print(f"\nFAIL: a masked ratio exceeds the FLOP model + {SLACK}", file=sys.stderr)
         return 0 if ok else 1

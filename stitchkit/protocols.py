@@ -111,6 +111,9 @@ class ModelInputs:
     timestep: "torch.Tensor"
     encoder_hidden_states: "torch.Tensor"
     pooled_projections: "torch.Tensor | None" = None  # None for a family without a pooled text vector
+    #: A guidance-distilled model's guidance scale as an input (FLUX.1-dev's ``guidance``), one value per row;
+    #: None for a family without one. Classifier-free guidance is not this: it is two halves of the batch.
+    guidance: "torch.Tensor | None" = None
 
 
 @runtime_checkable

@@ -27,12 +27,15 @@ from stitchkit.errors import ConfigError
 
 def _builtin_families() -> tuple[str, ...]:
     """Every subpackage of ``stitchkit.families`` is a built-in family plugin (register_model_families,
-    register_pairs), found rather than listed, so that nothing outside a family's folder names it."""
+    register_pairs), found rather than listed, so that nothing outside a family's folder names it; registered in
+    ``stitchkit.families.REGISTRATION_ORDER``, then in name order."""
     import pkgutil
 
     import stitchkit.families as families
 
-    return tuple(f"stitchkit.families.{m.name}" for m in pkgutil.iter_modules(families.__path__) if m.ispkg)
+    found = {m.name for m in pkgutil.iter_modules(families.__path__) if m.ispkg}
+    ordered = [name for name in families.REGISTRATION_ORDER if name in found]
+    return tuple(f"stitchkit.families.{name}" for name in ordered + sorted(found - set(ordered)))
 
 
 #: What ``mask=`` and ``context=`` default to when neither the call nor a preset names them.

@@ -73,11 +73,18 @@ class Family:
 @attrs.frozen(kw_only=True)
 class Conditioning:
     """Text conditioning for the loop, CFG halves already concatenated as [uncond, cond] when guided.
-    ``pooled_projections`` is ``None`` for a family whose transformer takes no pooled text vector."""
+    ``pooled_projections`` is ``None`` for a family whose transformer takes no pooled text vector.
+
+    Two kinds of guidance: ``guidance_scale`` is classifier-free guidance, which the loop applies to the
+    two halves' predictions (``guided`` when above 1); ``guidance`` is a guidance-distilled model's input
+    (FLUX.1-dev embeds its guidance scale, one pass), one value per model-batch row, handed to the
+    transformer as :attr:`stitchkit.protocols.ModelInputs.guidance`, or ``None``. FLUX's "true CFG"
+    (``true_cfg_scale`` with a negative prompt) is the first kind and may come with the second."""
 
     prompt_embeds: "torch.Tensor"
     pooled_projections: "torch.Tensor | None"
     guidance_scale: float
+    guidance: "torch.Tensor | None" = None
 
     @property
     def guided(self) -> bool:

@@ -182,7 +182,8 @@ class _Rows:
                            timestep=inputs.timestep.index_select(0, rows),
                            encoder_hidden_states=inputs.encoder_hidden_states.index_select(0, rows),
                            pooled_projections=None if inputs.pooled_projections is None
-                           else inputs.pooled_projections.index_select(0, rows)), rows
+                           else inputs.pooled_projections.index_select(0, rows),
+                           guidance=None if inputs.guidance is None else inputs.guidance.index_select(0, rows)), rows
 
 
 class _Step:
@@ -284,10 +285,13 @@ def denoise(
     progress: bool = False,
     step_end: StepEndHook | None = None,
     caches: "Mapping[str, Any] | None" = None,
+    guidance: torch.Tensor | None = None,
 ) -> Denoised:
     """Run the loop from ``latents`` over ``timesteps``; return the final latents and the traces.
 
     ``prompt_embeds``/``pooled_projections`` hold [uncond, cond] halves when ``guidance_scale > 1``.
+    ``guidance``: a guidance-distilled model's guidance input, one value per row of those (FLUX.1-dev's;
+    see :class:`stitchkit.families.Conditioning`), passed to every model call; ``None`` for other families.
     The scheduler must be freshly set to ``timesteps`` (its step index at the start); its step must act
     on each sample alone (every diffusers flow-matching scheduler does), as a batch's samples may be in
     different stages.
@@ -363,7 +367,8 @@ def denoise(
                         "full large step records: decide Decision(stage=0, large=True, small=False) first")
             model_input = torch.cat([latents] * 2) if guided else latents
             inputs = ModelInputs(hidden_states=model_input, timestep=t.expand(model_input.shape[0]),
-                                 encoder_hidden_states=prompt_embeds, pooled_projections=pooled_projections)
+                                 encoder_hidden_states=prompt_embeds, pooled_projections=pooled_projections,
+                                 guidance=guidance)
             groups: dict[tuple, list[int]] = {}
             for b, decision in enumerate(decisions):
                 groups.setdefault(_key(decision), []).append(b)

@@ -16,6 +16,7 @@ installed for one generation and restored after it (also on error).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from dataclasses import dataclass
@@ -204,6 +205,7 @@ class StitchPipeline:
         allow_unprofitable: bool = False,
         num_frames: int | None = None,
         cache: Any = None,
+        true_cfg_scale: float | None = None,
     ) -> StitchOutput | tuple:
         """Generate as ``StableDiffusion3Pipeline.__call__`` does, with ``switch``/``mask``/``context``
         choosing the method (a name, a ``{"kind": name, **params}`` dict, or a policy object).
@@ -226,7 +228,11 @@ class StitchPipeline:
 
         ``cache``: diffusers' cache hooks for this generation (:mod:`stitchkit.loop.caches`): a cache name,
         ``{"kind": "magcache", **params}`` or a cache object for the large model, or
-        ``{"large": ..., "small": ...}``. MagCache without ``mag_ratios`` is calibrated on first use."""
+        ``{"large": ..., "small": ...}``. MagCache without ``mag_ratios`` is calibrated on first use.
+
+        ``true_cfg_scale``: for a family whose ``encode`` takes it (FLUX, where ``guidance_scale`` is the
+        distilled guidance embedded in the model), classifier-free guidance with the negative prompt, as
+        ``FluxPipeline``'s argument of that name; other families refuse it (their ``guidance_scale`` is CFG)."""
         check_call_arguments(ip_adapter_image=ip_adapter_image, ip_adapter_image_embeds=ip_adapter_image_embeds,
                              skip_guidance_layers=skip_guidance_layers, joint_attention_kwargs=joint_attention_kwargs)
         step_end = step_end_hook(self, callback_on_step_end, callback_on_step_end_tensor_inputs)
@@ -257,6 +263,12 @@ class StitchPipeline:
         else:
             batch = prompt_embeds.shape[0]
         num_images_per_prompt = num_images_per_prompt or 1
+        family_options = {}
+        if true_cfg_scale is not None:
+            if "true_cfg_scale" not in inspect.signature(adapter.encode).parameters:
+                raise ConfigError("true_cfg_scale", f"is not used by the {self.family.name} family",
+                                  "use guidance_scale (classifier-free guidance there) and leave it unset")
+            family_options["true_cfg_scale"] = true_cfg_scale
         cond = adapter.encode(
             guidance_scale=guidance_scale, num_images_per_prompt=num_images_per_prompt,
             max_sequence_length=max_sequence_length, prompt=prompt, prompt_2=prompt_2, prompt_3=prompt_3,
@@ -264,7 +276,7 @@ class StitchPipeline:
             negative_prompt_3=negative_prompt_3, prompt_embeds=prompt_embeds,
             negative_prompt_embeds=negative_prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
             negative_pooled_prompt_embeds=negative_pooled_prompt_embeds, clip_skip=clip_skip,
-            **({"lora_scale": scale} if scale is not None else {}),
+            **({"lora_scale": scale} if scale is not None else {}), **family_options,
         )
         self.check_plan(policies.switch, context=policies.context, height=height, width=width,
                         text_tokens=cond.prompt_embeds.shape[1], guided=cond.guided,
@@ -288,7 +300,7 @@ class StitchPipeline:
                 models=models, policies=policies, scheduler=scheduler, timesteps=timesteps, latents=latents,
                 prompt_embeds=cond.prompt_embeds, pooled_projections=cond.pooled_projections,
                 guidance_scale=cond.guidance_scale, callback=callback, progress=progress, step_end=step_end,
-                caches=caches,
+                caches=caches, guidance=cond.guidance,
             )
         images = adapter.decode(result.latents, output_type)
         if not return_dict:
@@ -322,7 +334,7 @@ class StitchPipeline:
                     denoise(models=models, policies=self.resolve_policies(role), scheduler=scheduler,
                             timesteps=timesteps, latents=latents.clone(), prompt_embeds=cond.prompt_embeds,
                             pooled_projections=cond.pooled_projections, guidance_scale=cond.guidance_scale,
-                            caches={role: probe})
+                            caches={role: probe}, guidance=cond.guidance)
                     ratios = tuple(probe.calibrated)
                     save_ratios(key, list(ratios), pair=self.pair_id, role=role, num_steps=num_steps)
             out[role] = ModelCache(model=model, cache=spec, role=role, mag_ratios=ratios)

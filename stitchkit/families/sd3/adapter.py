@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from stitchkit.errors import ConfigError
+from stitchkit.families.checks import check_matching_config, check_same_placement
 from stitchkit.families.family import Conditioning
 
 #: Transformer config fields the two models of a pair must agree on to share latents, text and a loop.
@@ -21,17 +22,8 @@ MATCHING_FIELDS = ("in_channels", "out_channels", "patch_size", "joint_attention
 
 def check_pair(large_transformer, small_transformer) -> None:
     """Refuse a pair whose transformers cannot share latents and text embeddings, naming the field."""
-    for field in MATCHING_FIELDS:
-        a, b = large_transformer.config.get(field), small_transformer.config.get(field)
-        if a != b:
-            raise ConfigError(f"small.config.{field}", f"is {b}, the large model's is {a}", "the two must match")
-    large_param, small_param = next(large_transformer.parameters()), next(small_transformer.parameters())
-    if small_param.dtype != large_param.dtype:
-        raise ConfigError("small.dtype", f"is {small_param.dtype}, the large model's is {large_param.dtype}",
-                          "load both in one dtype (torch_dtype=...) or call small.to(dtype)")
-    if small_param.device != large_param.device:
-        raise ConfigError("small.device", f"is {small_param.device}, the large model's is {large_param.device}",
-                          "put both on one device with .to(device)")
+    check_matching_config(large_transformer, small_transformer, MATCHING_FIELDS)
+    check_same_placement(large_transformer, small_transformer)
 
 
 class SD3Adapter:

@@ -17,8 +17,8 @@ The text stream is computed in full in every block, as later blocks need it; in 
 (``context_pre_only``) its output is thrown away, so no text queries are computed there, in any mode.
 
 Cache layout and size. One K and one V tensor per Attention module, shaped ``(B, L, heads, head_dim)``:
-the layout the projections produce, so fresh rows go in with one ``index_copy_`` and no transpose, and
-scaled-dot-product attention reads the whole buffer through a transposed view, without a concatenation.
+the layout the projections produce and diffusers' attention dispatch takes, so fresh rows go in with one
+``index_copy_`` and no transpose, and attention reads the whole buffer without a concatenation.
 For the joint attention ``L = N + T``, laid out [image, text]: the ``N`` image rows are the cache proper,
 the ``T`` text rows are scratch space written afresh by every call. SD3.5 Medium's image-only ``attn2``
 has ``L = N``. In elements::
@@ -45,9 +45,9 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from diffusers.models.transformers.transformer_sd3 import SD3Transformer2DModel
 
+from stitchkit.models.attention import DispatchedAttention, attend, inherit_backend
 from stitchkit.models.cuda_graphs import CudaGraphs, cuda_graphs_enabled, locked as _locked
 from stitchkit.models.indices import check_indices
 
@@ -99,10 +99,11 @@ class PassState:
         self._flat.clear()
 
 
-class KVCacheAttnProcessor:
+class KVCacheAttnProcessor(DispatchedAttention):
     """Attention for one ``Attention`` module of an SD3 block (joint ``attn`` or image-only ``attn2``).
 
-    In :attr:`Mode.PLAIN` it computes what ``JointAttnProcessor2_0`` computes. It owns this module's K/V
+    In :attr:`Mode.PLAIN` it computes what ``JointAttnProcessor2_0`` computes, but through diffusers'
+    attention dispatch (:mod:`stitchkit.models.attention`), so ``set_attention_backend`` applies to it. It owns this module's K/V
     cache (``key``, ``value``: ``(B, L, heads, head_dim)``, see the module docstring), so one instance must
     serve one module: ``JointTransformerBlock`` hands the same processor to ``attn`` and ``attn2``, and
     their caches differ.
@@ -162,8 +163,7 @@ class KVCacheAttnProcessor:
             key = torch.cat([key, text_key], dim=1)
             value = torch.cat([value, text_value], dim=1)
 
-        out = F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2))
-        out = out.transpose(1, 2).reshape(batch, -1, heads * head_dim).to(query.dtype)
+        out = attend(self, query, key, value).reshape(batch, -1, heads * head_dim).to(query.dtype)
         image = attn.to_out[1](attn.to_out[0](out[:, :n]))
         if not joint:
             return image
@@ -296,7 +296,8 @@ class MaskedTransformer:
         if self._originals is not None:
             raise RuntimeError("MaskedTransformer.begin() called twice without end()")
         originals = self.model.attn_processors
-        processors = {name: KVCacheAttnProcessor(self._state) for name in originals}
+        processors = {name: inherit_backend(KVCacheAttnProcessor(self._state), proc)
+                      for name, proc in originals.items()}
         self.model.set_attn_processor(dict(processors))  # set_attn_processor empties the dict it is given
         self._originals, self._processors = originals, list(processors.values())
         return self

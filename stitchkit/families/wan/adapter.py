@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from stitchkit.errors import ConfigError
+from stitchkit.families.checks import check_matching_config
 from stitchkit.families.family import Conditioning
 
 #: Transformer config fields the two models of a pair must agree on to share latents, text and a loop.
@@ -28,10 +29,7 @@ DEFAULT_FRAMES = 81
 
 def check_pair(large_transformer, small_transformer) -> None:
     """Refuse a pair whose transformers cannot share latents and text embeddings, naming the field."""
-    for field in MATCHING_FIELDS:
-        a, b = large_transformer.config.get(field), small_transformer.config.get(field)
-        if (list(a) if isinstance(a, (list, tuple)) else a) != (list(b) if isinstance(b, (list, tuple)) else b):
-            raise ConfigError(f"small.config.{field}", f"is {b}, the large model's is {a}", "the two must match")
+    check_matching_config(large_transformer, small_transformer, MATCHING_FIELDS)
 
 
 class WanAdapter:

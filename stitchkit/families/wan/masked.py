@@ -41,9 +41,9 @@ import math
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 
 from stitchkit.families.wan.forward import wan_forward
+from stitchkit.models.attention import DispatchedAttention, attend, inherit_backend
 from stitchkit.models.cuda_graphs import locked
 from stitchkit.models.indices import check_indices, check_rows, flat_rows
 from stitchkit.tokens import token_grid
@@ -84,11 +84,12 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return out.type_as(x)
 
 
-class KVCacheSelfAttnProcessor:
+class KVCacheSelfAttnProcessor(DispatchedAttention):
     """Self-attention (``attn1``) of one Wan block, owning that block's K/V cache.
 
     In :attr:`Mode.PLAIN` it computes what ``WanAttnProcessor`` computes for self-attention (no image
-    context, no attention mask). ``rotary_emb`` is ``(cos, sin)``, shaped ``(1, n, 1, head_dim)`` for all
+    context, no attention mask), through the same attention dispatch and backend
+    (:mod:`stitchkit.models.attention`). ``rotary_emb`` is ``(cos, sin)``, shaped ``(1, n, 1, head_dim)`` for all
     tokens or ``(B, m, 1, head_dim)`` for the gathered ones.
     """
 
@@ -119,8 +120,7 @@ class KVCacheSelfAttnProcessor:
         elif mode is Mode.MASKED:
             key, value = self._refresh(key, value)
 
-        out = F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2))
-        out = out.transpose(1, 2).flatten(2, 3).type_as(query)
+        out = attend(self, query, key, value).flatten(2, 3).type_as(query)
         return attn.to_out[1](attn.to_out[0](out))
 
     def _record(self, key: torch.Tensor, value: torch.Tensor) -> None:
@@ -184,7 +184,8 @@ class WanMaskedTransformer:
         if self._originals is not None:
             raise RuntimeError("WanMaskedTransformer.begin() called twice without end()")
         originals = self.model.attn_processors
-        installed = {name: (KVCacheSelfAttnProcessor(self._state) if ".attn1." in name else proc)
+        installed = {name: (inherit_backend(KVCacheSelfAttnProcessor(self._state), proc) if ".attn1." in name
+                            else proc)
                      for name, proc in originals.items()}
         self.model.set_attn_processor(dict(installed))
         self._originals = originals
