@@ -286,6 +286,7 @@ def denoise(
     step_end: StepEndHook | None = None,
     caches: "Mapping[str, Any] | None" = None,
     guidance: torch.Tensor | None = None,
+    after_guidance: Callable[..., torch.Tensor] | None = None,
 ) -> Denoised:
     """Run the loop from ``latents`` over ``timesteps``; return the final latents and the traces.
 
@@ -299,6 +300,9 @@ def denoise(
     ``caches``: ``{"large"|"small": ModelCache}`` (:mod:`stitchkit.loop.caches`), diffusers' cache hooks attached
     for this generation only: every full call of a cached model runs in its ``cache_context``, masked calls
     bypass the hooks, and the hooks are removed when the loop ends, also on error.
+
+    ``after_guidance(i, t, latents, raw, guided, decisions)``: under classifier-free guidance, a term added to
+    the guided prediction before the scheduler's step (skip-layer guidance), ``raw`` holding both halves.
     """
     from tqdm.auto import tqdm  # deferred: tqdm.auto probes for a notebook on import
 
@@ -431,8 +435,10 @@ def denoise(
             small_prediction = step.small_prediction()
             prediction = step.prediction
             if guided:
-                prediction = _guide(prediction, guidance_scale)
+                raw_prediction, prediction = prediction, _guide(prediction, guidance_scale)
                 small_prediction = _guide(small_prediction, guidance_scale)
+                if after_guidance is not None:  # e.g. skip-layer guidance (stitchkit.pipeline.skip_layer_guidance)
+                    prediction = after_guidance(i, t, latents, raw_prediction, prediction, decisions)
             next_latents = scheduler.step(prediction, t, latents, return_dict=False)[0]
 
             # 8. The change D_t (Eq. 9-10) and its per-token map, for the next decision [line 19].

@@ -33,9 +33,6 @@ REFUSED_ARGUMENTS: dict[str, str] = {
                         "leave it None",
     "ip_adapter_image_embeds": "IP-Adapter image conditioning is not supported by stitchkit's masked "
                                "attention; leave it None",
-    "skip_guidance_layers": "skip-layer guidance needs a third transformer pass with layers skipped, which "
-                            "has no counterpart in small-model steps or in masked hybrid steps (whose K/V "
-                            "cache comes from the full model); leave it None",
 }
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import torch
+from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
 from stitchkit.cost.validation import check_switch_policy, pair_costs
@@ -38,7 +39,15 @@ from stitchkit.pipeline.conventions import (
     scaled_lora,
     step_end_hook,
 )
+from stitchkit.pipeline.components import (
+    SMALL,
+    STITCH_PARAMETERS,
+    component_class,
+    large_pipeline_class,
+    offload_sequence,
+)
 from stitchkit.pipeline.magcache_ratios import load_ratios, magcache_key, save_ratios
+from stitchkit.pipeline.skip_layer_guidance import skip_layer_guidance
 from stitchkit.pipeline.video import frames_for
 from stitchkit.registry import DEFAULT_CONTEXT, DEFAULT_MASK, Registry, get_registry
 from stitchkit.sampler import largest_size, preset_sampler, resolve_sampler
@@ -72,12 +81,15 @@ def _cast(pipeline, small_transformer, dtype: torch.dtype) -> None:
 
 
 
-class StitchPipeline:
+class StitchPipeline(DiffusionPipeline):
     """Runs one denoising loop over a pair of transformers, policies deciding who computes what.
 
-    Its components are attributes, under diffusers' names, as on any diffusers pipeline:
-    ``pipe.transformer`` (the large model), ``pipe.small_transformer``, ``pipe.vae``, ``pipe.scheduler``,
-    the text encoders and tokenizers (those the family's pipeline has)."""
+    A diffusers ``DiffusionPipeline``: its components are registered under diffusers' names, the large
+    pipeline's (``pipe.transformer`` is the large model, ``pipe.vae``, ``pipe.scheduler``, the text encoders
+    and tokenizers its family has) plus ``pipe.small_transformer``; they are the very modules of the large
+    pipeline the adapter wraps, so ``.to(device, dtype)``, the offload methods, attention slicing and
+    ``save_pretrained`` act on both. ``model_index.json`` also holds the family, the pair id and the large
+    pipeline's class, which a single-path :meth:`from_pretrained` reads back."""
 
     #: The tensors a ``callback_on_step_end`` may ask for, as diffusers keeps them on the pipeline class.
     _callback_tensor_inputs = list(CALLBACK_TENSOR_INPUTS)
@@ -86,18 +98,64 @@ class StitchPipeline:
                  pair_id: str | None = None, family=None) -> None:
         """``adapter``: a family's pipeline adapter (:class:`stitchkit.families.Adapter`); ``family``: its
         :class:`~stitchkit.families.Family`, else the one registered under ``adapter.family``."""
+        super().__init__()
         self.registry = registry or get_registry()
         self.family = family or self.registry.families[adapter.family]
         self.family.check_pair(adapter.large_transformer, small_transformer)
         self.adapter = adapter
-        self.small = small_transformer
-        self.masked_large = self.family.masked_runner(adapter.large_transformer)
         self._progress_bar_config: dict[str, Any] = {}
         self._num_timesteps, self._guidance_scale = 0, 1.0
+        pipeline = getattr(adapter, "pipeline", None)
+        if hasattr(adapter, "components"):  # an adapter whose large side is not a diffusers pipeline
+            components = dict(adapter.components())
+        else:
+            components = dict(pipeline.components) if pipeline is not None else {"transformer": adapter.large_transformer}
+        if isinstance(pipeline, DiffusionPipeline):
+            self._optional_components = list(pipeline._optional_components)
+            self.model_cpu_offload_seq = offload_sequence(pipeline.model_cpu_offload_seq, components)
+            self.register_to_config(large_pipeline=(type(pipeline).__module__.split(".")[0], type(pipeline).__name__))
+        else:
+            self.model_cpu_offload_seq = offload_sequence(None, components)
+        self._stitch_components = (*components, SMALL)
+        self.register_modules(**components, **{SMALL: small_transformer})
+        self.masked_large = self.family.masked_runner(adapter.large_transformer)
         #: Names the pair in profiles and result tables.
         self.pair_id = pair_id or "+".join(
             str(m.config.get("_name_or_path") or f"{m.config.num_layers}x{m.config.num_attention_heads}")
             for m in (adapter.large_transformer, small_transformer))
+        self.register_to_config(family=self.family.name, pair_id=self.pair_id)
+
+    @property
+    def small(self) -> torch.nn.Module:
+        """The small transformer (``small_transformer``)."""
+        return self.small_transformer
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """A component set on the pipeline is set on the large pipeline too (they share their modules), and a
+        new ``transformer`` gets its own masked runner."""
+        super().__setattr__(name, value)
+        if name in self.__dict__.get("_stitch_components", ()) and name != SMALL:
+            pipeline = getattr(self.adapter, "pipeline", None)
+            if pipeline is not None and getattr(pipeline, name, value) is not value:
+                setattr(pipeline, name, value)
+            if name == "transformer" and "masked_large" in self.__dict__:
+                self.masked_large = self.family.masked_runner(value)
+
+    @classmethod
+    def _get_signature_keys(cls, obj):
+        """diffusers reads a pipeline's components from its ``__init__`` signature; an instance's are what
+        it registered (a :func:`~stitchkit.pipeline.components.component_class` has them in its signature)."""
+        names = obj.__dict__.get("_stitch_components") if isinstance(obj, StitchPipeline) else None
+        if names is None:
+            return super()._get_signature_keys(obj)
+        return sorted(names), sorted(STITCH_PARAMETERS)
+
+    @classmethod
+    def with_components_of(cls, large_class: type) -> type["StitchPipeline"]:
+        """The ``StitchPipeline`` class whose ``__init__`` takes ``large_class``'s components plus
+        ``small_transformer`` (and ``pair_id``), as diffusers builds pipelines: ``StitchPipeline.with_components_of(
+        StableDiffusion3Pipeline)(**sd3_pipe.components, small_transformer=small)``."""
+        return component_class(StitchPipeline, large_class)
 
     # -- construction -----------------------------------------------------------------------------------
     @classmethod
@@ -111,13 +169,22 @@ class StitchPipeline:
         if not isinstance(small_transformer, torch.nn.Module) or not hasattr(small_transformer, "config"):
             raise ConfigError("small", f"is a {type(small).__name__}",
                               f"pass a {type(large).__name__} or its transformer")
+        if "_components_of" in cls.__dict__:  # a with_components_of class: its __init__ takes components
+            cls = cls.__mro__[1]
         return cls(family.adapter(large), small_transformer, registry=registry, pair_id=pair_id, family=family)
 
     @classmethod
-    def from_pretrained(cls, large: str, small: str, *, torch_dtype: torch.dtype | None = None,
+    def from_pretrained(cls, large: str, small: str | None = None, *, torch_dtype: torch.dtype | None = None,
                         device: str | torch.device | None = None, registry: Registry | None = None,
                         **kwargs: Any) -> "StitchPipeline":
-        """Hub ids or local folders in diffusers format; only the small pipeline's transformer is loaded.
+        """One folder written by :meth:`save_pretrained` (``small`` left out), or two checkpoints.
+
+        One folder: diffusers' own ``DiffusionPipeline.from_pretrained`` loads it, with all its options
+        (``torch_dtype``/``dtype`` or a per-component dict, ``variant``, ``device_map``, ``use_safetensors``,
+        components passed by name), into the ``StitchPipeline`` class of the large pipeline's components
+        (:meth:`with_components_of`); ``device`` moves it after loading.
+
+        Two checkpoints: hub ids or local folders in diffusers format; only the small pipeline's transformer is loaded.
 
         The family is the one that claims the ``large`` folder or lists its pipeline class
         (``model_index.json``). Extra keyword arguments go to the large pipeline's ``from_pretrained``
@@ -125,6 +192,8 @@ class StitchPipeline:
         (``local_files_only``, ``revision``, ``cache_dir``, ``token``, ``variant``, ``use_safetensors``) go to
         the small transformer's too.
         """
+        if small is None:
+            return cls._from_folder(large, torch_dtype=torch_dtype, device=device, registry=registry, **kwargs)
         registry = registry or get_registry()
         family = registry.family_for_checkpoint(large, **loading_options(kwargs))
         large_pipe, small_tf = family.load(large, small, torch_dtype=torch_dtype, device=device, **kwargs)
@@ -132,6 +201,34 @@ class StitchPipeline:
             _cast(large_pipe, small_tf, torch_dtype)
         pair_id = large if large == small else f"{large}+{small}"
         return cls.from_pipelines(large=large_pipe, small=small_tf, registry=registry, pair_id=pair_id)
+
+    @classmethod
+    def _from_folder(cls, path: str, *, torch_dtype: torch.dtype | None, device: str | torch.device | None,
+                     registry: Registry | None, **kwargs: Any) -> "StitchPipeline":
+        """A folder (or hub id) whose ``model_index.json`` names ``StitchPipeline``."""
+        options = {k: kwargs[k] for k in ("cache_dir", "local_files_only", "revision", "token") if k in kwargs}
+        config = DiffusionPipeline.load_config(path, **options)
+        if config.get("_class_name") != StitchPipeline.__name__:
+            raise ConfigError("small", f"missing, and {path} holds a {config.get('_class_name')!r}, not a StitchPipeline",
+                              "pass the small checkpoint too: from_pretrained(large, small)")
+        pipeline_class = cls.with_components_of(large_pipeline_class(config.get("large_pipeline"),
+                                                                     f"{path}/model_index.json:large_pipeline"))
+        # A component saved as absent ([null, null]: SD3 without T5) is passed as None, as one would by hand.
+        absent = {k: None for k, v in config.items() if isinstance(v, list) and v == [None, None]}
+        loaded = DiffusionPipeline.from_pretrained.__func__(pipeline_class, path, torch_dtype=torch_dtype,
+                                                           registry=registry, **{**absent, **kwargs})
+        return loaded.to(device) if device is not None else loaded
+
+    def save_pretrained(self, save_directory, *args: Any, **kwargs: Any) -> None:
+        """diffusers' ``save_pretrained``: one folder, every component in its subfolder (``small_transformer/``
+        too) and a ``model_index.json`` naming ``StitchPipeline``, the family, the pair id and the large
+        pipeline's class; :meth:`from_pretrained` with that one path reads it back."""
+        if "large_pipeline" not in self.config:
+            raise ConfigError("save_pretrained", f"the {self.family.name} pair's large side is a "
+                              f"{type(getattr(self.adapter, 'pipeline', self.adapter)).__name__}, not a diffusers pipeline",
+                              "save it in its family's own format (the shapes pair: ShapesPair.save, loaded by "
+                              "StitchPipeline.from_shapes(path))")
+        super().save_pretrained(save_directory, *args, **kwargs)
 
     @classmethod
     def from_pair(cls, name: str, *, registry: Registry | None = None) -> "StitchPipeline":
@@ -234,7 +331,7 @@ class StitchPipeline:
         distilled guidance embedded in the model), classifier-free guidance with the negative prompt, as
         ``FluxPipeline``'s argument of that name; other families refuse it (their ``guidance_scale`` is CFG)."""
         check_call_arguments(ip_adapter_image=ip_adapter_image, ip_adapter_image_embeds=ip_adapter_image_embeds,
-                             skip_guidance_layers=skip_guidance_layers, joint_attention_kwargs=joint_attention_kwargs)
+                             joint_attention_kwargs=joint_attention_kwargs)
         step_end = step_end_hook(self, callback_on_step_end, callback_on_step_end_tensor_inputs)
         scale = lora_scale(joint_attention_kwargs)
         if num_inference_steps is not None:  # 0 would fall back to the default steps without a word
@@ -288,6 +385,11 @@ class StitchPipeline:
         timesteps = adapter.timesteps(scheduler, num_inference_steps=num_inference_steps, latents=latents,
                                       sigmas=sigmas, mu=mu)
         self._num_timesteps, self._guidance_scale = len(timesteps), guidance_scale
+        after_guidance = skip_layer_guidance(
+            transformer=adapter.large_transformer, layers=skip_guidance_layers, scale=skip_layer_guidance_scale,
+            start=skip_layer_guidance_start, stop=skip_layer_guidance_stop, num_steps=len(timesteps),
+            guided=cond.guided, prompt_embeds=cond.prompt_embeds, pooled_projections=cond.pooled_projections,
+            switch=policies.switch)
         models = Models(large=adapter.large_transformer, masked_large=self.masked_large, small=self.small,
                         patch_size=adapter.patch_size, forward=self.family.forward)
         caches = self._model_caches(cache_specs, models=models, policies=policies, latents=latents,
@@ -300,9 +402,10 @@ class StitchPipeline:
                 models=models, policies=policies, scheduler=scheduler, timesteps=timesteps, latents=latents,
                 prompt_embeds=cond.prompt_embeds, pooled_projections=cond.pooled_projections,
                 guidance_scale=cond.guidance_scale, callback=callback, progress=progress, step_end=step_end,
-                caches=caches, guidance=cond.guidance,
+                caches=caches, guidance=cond.guidance, after_guidance=after_guidance,
             )
         images = adapter.decode(result.latents, output_type)
+        self.maybe_free_model_hooks()  # as every diffusers pipeline ends: the offload hooks back to their start
         if not return_dict:
             return (images,)
         return StitchOutput(images=images, trace=result.trace, traces=result.traces, steps=result.steps)
@@ -362,37 +465,7 @@ class StitchPipeline:
         return check_switch_policy(policies.switch, costs, allow_unprofitable=allow_unprofitable, path=path,
                                    computes_all_tokens=getattr(policies.context, "computes_all_tokens", False))
 
-    # -- conveniences (diffusers' pipeline attributes) -----------------------------------------------------
-    def __getattr__(self, name: str) -> Any:
-        """A component by its diffusers name (``pipe.transformer``, ``pipe.vae``, ``pipe.small_transformer``)."""
-        if name.startswith("_") or name in ("adapter", "small"):  # not set yet: no component lookup
-            raise AttributeError(name)
-        components = self.components
-        if name in components:
-            return components[name]
-        raise AttributeError(f"{type(self).__name__!r} has no attribute {name!r}")
-
-    def to(self, device: str | torch.device) -> "StitchPipeline":
-        self.adapter.to(device)
-        self.small.to(device)
-        return self
-
-    @property
-    def device(self) -> torch.device:
-        """Where the models run (the large pipeline's execution device)."""
-        return self.adapter.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.adapter.dtype
-
-    @property
-    def components(self) -> dict[str, Any]:
-        """The large pipeline's components (diffusers' names) plus ``small_transformer``."""
-        pipeline = getattr(self.adapter, "pipeline", None)
-        parts = dict(pipeline.components) if pipeline is not None else {"transformer": self.adapter.large_transformer}
-        return {**parts, "small_transformer": self.small}
-
+    # -- diffusers' pipeline attributes (the rest come from DiffusionPipeline) ----------------------------
     @property
     def num_timesteps(self) -> int:
         """Steps of the current (or last) generation, as diffusers' callbacks read it."""
@@ -410,17 +483,3 @@ class StitchPipeline:
     def interrupt(self) -> bool:
         """Always ``False``: stitchkit's loop cannot be interrupted from a callback (raise instead)."""
         return False
-
-    def set_progress_bar_config(self, **kwargs: Any) -> None:
-        """As in diffusers; ``disable=False`` turns the per-step bar on for calls that do not pass ``progress``."""
-        self._progress_bar_config = dict(kwargs)
-
-    def enable_model_cpu_offload(self, *args: Any, **kwargs: Any) -> None:
-        raise ConfigError("enable_model_cpu_offload", "is not supported",
-                          "a stitched step alternates both transformers and keeps the K/V cache on the device; "
-                          "load the pair on one device with .to(device)")
-
-    def enable_sequential_cpu_offload(self, *args: Any, **kwargs: Any) -> None:
-        raise ConfigError("enable_sequential_cpu_offload", "is not supported",
-                          "a stitched step alternates both transformers and keeps the K/V cache on the device; "
-                          "load the pair on one device with .to(device)")

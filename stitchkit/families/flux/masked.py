@@ -52,6 +52,7 @@ from stitchkit.families.flux.latents import PACK, flux_call_args, to_stitch_layo
 from stitchkit.models.attention import DispatchedAttention, attend, inherit_backend
 from stitchkit.models.cuda_graphs import locked
 from stitchkit.models.indices import check_indices, check_rows, flat_rows
+from stitchkit.models.offload import offload_hooks
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -310,7 +311,8 @@ class FluxMaskedTransformer:
         state = self._state
         try:
             state.mode, state.indices, state.num_tokens, state.rows = Mode.MASKED, indices, n, rows
-            return self._masked_body(inputs, indices)
+            with offload_hooks(self.model):  # the body calls submodules: run the model's offload hooks
+                return self._masked_body(inputs, indices)
         finally:
             state.reset()
 

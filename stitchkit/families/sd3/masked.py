@@ -50,6 +50,7 @@ from diffusers.models.transformers.transformer_sd3 import SD3Transformer2DModel
 from stitchkit.models.attention import DispatchedAttention, attend, inherit_backend
 from stitchkit.models.cuda_graphs import CudaGraphs, cuda_graphs_enabled, locked as _locked
 from stitchkit.models.indices import check_indices
+from stitchkit.models.offload import has_offload_hooks, offload_hooks
 
 if TYPE_CHECKING:
     from diffusers.models.attention_processor import Attention
@@ -397,11 +398,12 @@ class MaskedTransformer:
                 raise RuntimeError("forward_masked(rows=...) needs recorded K/V in every one of those rows: "
                                    "record a full forward of them first")
             extra = (rows,)
-        if x.is_cuda and self.cuda_graphs:
+        if x.is_cuda and self.cuda_graphs and not has_offload_hooks(self.model):  # offloaded weights move
             # n rides along as the length of an empty tensor, so the graph key carries it too.
             return self._graphs(x, inputs.timestep, inputs.encoder_hidden_states, inputs.pooled_projections,
                                 indices, x.new_empty((n, 0)), *extra)
-        return self._masked_body(inputs, indices, n, rows)
+        with offload_hooks(self.model):  # the body calls submodules: run the model's own offload hooks
+            return self._masked_body(inputs, indices, n, rows)
 
     def _masked_body(self, inputs: ModelInputs, indices: torch.Tensor, n: int,
                      rows: torch.Tensor | None = None) -> torch.Tensor:

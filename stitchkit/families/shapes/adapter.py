@@ -56,6 +56,13 @@ class ShapesAdapter:
     def to(self, device) -> None:
         self.pair.to(device)
 
+    def components(self) -> dict[str, Any]:
+        """The pair's parts under diffusers' component names (the large model is ``transformer``), which a
+        ``StitchPipeline`` registers: the pair is not a diffusers pipeline."""
+        pair = self.pair
+        return {"transformer": pair.large, "text_encoder": pair.text_encoder, "tokenizer": pair.tokenizer,
+                "scheduler": pair.scheduler}
+
     def new_scheduler(self):
         scheduler = self.pair.scheduler
         return type(scheduler).from_config(scheduler.config)

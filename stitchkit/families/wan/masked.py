@@ -46,6 +46,7 @@ from stitchkit.families.wan.forward import wan_forward
 from stitchkit.models.attention import DispatchedAttention, attend, inherit_backend
 from stitchkit.models.cuda_graphs import locked
 from stitchkit.models.indices import check_indices, check_rows, flat_rows
+from stitchkit.models.offload import offload_hooks
 from stitchkit.tokens import token_grid
 
 if TYPE_CHECKING:
@@ -281,7 +282,8 @@ class WanMaskedTransformer:
         try:
             state.mode, state.indices, state.rows = Mode.MASKED, indices, rows
             state.flat = flat_rows(indices, n, rows)
-            return self._masked_body(inputs, indices)
+            with offload_hooks(self.model):  # the body calls submodules: run the model's offload hooks
+                return self._masked_body(inputs, indices)
         finally:
             state.reset()
 
