@@ -79,7 +79,7 @@ def test_return_dict_false_and_subscripting_match_diffusers(tiny_pair, stitch_pi
 
 
 @pytest.mark.parametrize("name, value", [("ip_adapter_image_embeds", torch.zeros(1, 4)),
-                                         ("ip_adapter_image", "an image"), ("skip_guidance_layers", [7, 8, 9])])
+                                         ("ip_adapter_image", "an image")])
 def test_unsupported_arguments_are_refused_in_one_line(stitch_pipe, name, value):
     with pytest.raises(ConfigError) as err:
         stitch_pipe(**ARGS, **{name: value})
@@ -110,8 +110,6 @@ def test_pipeline_attributes(tiny_pair, stitch_pipe):
     components = stitch_pipe.components
     assert components["small_transformer"] is small and components["vae"] is large.vae
     assert components["transformer"] is large.transformer
-    with pytest.raises(ConfigError, match=r"^enable_model_cpu_offload: is not supported; "):
-        stitch_pipe.enable_model_cpu_offload()
     stitch_pipe.set_progress_bar_config(disable=True)
     assert stitch_pipe._progress_bar_config == {"disable": True}
 
