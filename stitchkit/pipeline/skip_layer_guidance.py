@@ -40,7 +40,7 @@ def skip_layer_guidance(*, transformer: torch.nn.Module, layers: Sequence[int] |
         return None
     if "skip_layers" not in inspect.signature(type(transformer).forward).parameters:
         raise ConfigError("skip_guidance_layers", f"{type(transformer).__name__} takes no skip_layers",
-                          "leave it None: skip-layer guidance is SD3's")
+                          "leave it None: this family's transformer cannot skip layers")
     num_layers = len(getattr(transformer, "transformer_blocks", ()))
     bad = [layer for layer in layers if not (isinstance(layer, int) and 0 <= layer < num_layers)]
     if bad:

@@ -12,6 +12,11 @@ looked up in the plugin registry from the large pipeline's class (:mod:`stitchki
 names none. Text encoders, VAE and scheduler come from the large pipeline; the small model contributes only
 its transformer. The caller's pipelines are never changed: the scheduler is copied, attention processors are
 installed for one generation and restored after it (also on error).
+
+A ``StitchPipeline`` is a diffusers ``DiffusionPipeline`` whose components are the large pipeline's plus
+``small_transformer`` (:mod:`stitchkit.pipeline.components`): ``save_pretrained`` writes one folder that a
+single-path ``from_pretrained`` reads back, and ``.to``, attention slicing and the offload methods are
+diffusers' own.
 """
 
 from __future__ import annotations
@@ -326,6 +331,10 @@ class StitchPipeline(DiffusionPipeline):
         ``cache``: diffusers' cache hooks for this generation (:mod:`stitchkit.loop.caches`): a cache name,
         ``{"kind": "magcache", **params}`` or a cache object for the large model, or
         ``{"large": ..., "small": ...}``. MagCache without ``mag_ratios`` is calibrated on first use.
+
+        ``skip_guidance_layers``: SD3.5's skip-layer guidance, as diffusers runs it, on the steps of its window where
+        every sample runs the large model in full; a step in the window that is not one is refused
+        (:mod:`stitchkit.pipeline.skip_layer_guidance`).
 
         ``true_cfg_scale``: for a family whose ``encode`` takes it (FLUX, where ``guidance_scale`` is the
         distilled guidance embedded in the model), classifier-free guidance with the negative prompt, as
