@@ -30,6 +30,7 @@ from stitchkit.errors import ConfigError
 from stitchkit.families.loading import loading_options
 from stitchkit.loop.caches import ModelCache, normalize_cache_spec
 from stitchkit.loop.engine import Models, Policies, StepCallback, denoise
+from stitchkit.loop.method_checks import cache_paths, check_method
 from stitchkit.loop.trace import BatchStep, StepRecord
 from stitchkit.pipeline.conventions import (
     CALLBACK_TENSOR_INPUTS,
@@ -242,6 +243,7 @@ class StitchPipeline:
         check_guidance(guidance_scale, "guidance_scale")  # NaN / negative refused; <= 1: guidance off
         policies = self.resolve_policies(switch, mask, context)
         cache_specs = self.resolve_caches(cache)
+        check_method(policies.switch, mask=mask, cache_roles=cache_paths(cache))  # a mask/cache it never uses
         adapter = self.adapter
         # A paper preset brings its steps and size where the call gives none (stitchkit.sampler).
         sampler = resolve_sampler(
