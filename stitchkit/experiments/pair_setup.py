@@ -19,6 +19,7 @@ from stitchkit.cost.profile_checks import measure_checked
 from stitchkit.cost.threads import apply_threads
 from stitchkit.experiments.config import ExperimentConfig
 from stitchkit.pipeline import StitchPipeline
+from stitchkit.pipeline.sizes import check_sides
 from stitchkit.pipeline.video import frames_for, latent_shape
 
 logger = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ def run_size(pipe, config: ExperimentConfig) -> RunSize:
     """The image size (a video's frames) and text length every unit of this experiment runs at (one prompt
     encoded to see). ``sampler.num_frames`` is checked here against the loaded pair (refused on images)."""
     sampler = ran_sampler(pipe, config)
+    check_sides(pipe.adapter, pipe.small, sampler["height"], sampler["width"], prefix="sampler.")
     s = config.sampler
     with torch.no_grad():
         cond = pipe.adapter.encode(guidance_scale=s.guidance_scale, num_images_per_prompt=1,

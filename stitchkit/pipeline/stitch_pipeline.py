@@ -40,6 +40,7 @@ from stitchkit.pipeline.conventions import (
     step_end_hook,
 )
 from stitchkit.pipeline.magcache_ratios import load_ratios, magcache_key, save_ratios
+from stitchkit.pipeline.sizes import check_sides
 from stitchkit.pipeline.video import frames_for
 from stitchkit.registry import DEFAULT_CONTEXT, DEFAULT_MASK, Registry, get_registry
 from stitchkit.sampler import largest_size, preset_sampler, resolve_sampler
@@ -251,6 +252,7 @@ class StitchPipeline:
             default_size=adapter.default_size(),
             max_size=largest_size(adapter.large_transformer.config, adapter.patch_size, adapter.vae_scale_factor))
         num_inference_steps, height, width = sampler.steps, sampler.height, sampler.width
+        check_sides(adapter, self.small, height, width)  # before diffusers' deep ValueError (pipeline.sizes)
         adapter.check_inputs(
             prompt=prompt, prompt_2=prompt_2, prompt_3=prompt_3, height=height, width=width,
             negative_prompt=negative_prompt, negative_prompt_2=negative_prompt_2,
