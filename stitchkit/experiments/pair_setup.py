@@ -17,6 +17,7 @@ import torch
 from stitchkit.cost.profile import ProfileKey, cpu_threads, load_profile, profile_transformers, save_profile
 from stitchkit.cost.profile_checks import measure_checked
 from stitchkit.cost.threads import apply_threads
+from stitchkit.errors import ConfigError
 from stitchkit.experiments.config import ExperimentConfig
 from stitchkit.pipeline import StitchPipeline
 from stitchkit.pipeline.sizes import check_sides
@@ -28,10 +29,15 @@ logger = logging.getLogger(__name__)
 def load_pair(config: ExperimentConfig):
     """The StitchPipeline the experiment's ``pair`` names."""
     pair = config.pair
-    if pair.name is not None:
-        return StitchPipeline.from_pair(pair.name, registry=config.registry)
-    return StitchPipeline.from_pretrained(pair.large, pair.small, torch_dtype=getattr(torch, pair.dtype),
-                                          device=pair.device, registry=config.registry)
+    try:
+        if pair.name is not None:
+            return StitchPipeline.from_pair(pair.name, registry=config.registry)
+        return StitchPipeline.from_pretrained(pair.large, pair.small, torch_dtype=getattr(torch, pair.dtype),
+                                              device=pair.device, registry=config.registry)
+    except ConfigError as err:  # the pair check's `small.config.patch_size` is the experiment's pair.small...
+        if err.path.split(".")[0] in ("large", "small"):
+            raise err.at("pair") from None
+        raise
 
 
 def ran_sampler(pipe, config: ExperimentConfig) -> dict[str, Any]:

@@ -415,3 +415,34 @@ def test_a_truncated_record_is_reported_unreadable_not_stale(tmp_path):
         "seed 0): not counted; `stitchkit run` remakes them"]
     runner.run_experiment(config, progress=False)  # and the rerun remakes it
     assert json.loads(record.read_text())["method"] == "small"
+
+
+def test_a_pair_that_cannot_stitch_is_named_at_pair_small(tmp_path, tiny_pair):
+    """A registered pair whose small transformer has another patch size: the family's pair check, at the
+    experiment's field."""
+    from stitchkit import hookimpl
+    from stitchkit.families.sd3.tiny_random import tiny_transformer
+    from stitchkit.experiments.pair_setup import load_pair
+    from stitchkit.registry import get_registry
+
+    class OddPair:
+        @hookimpl
+        def register_pairs(self, register):
+            other = tiny_transformer(num_layers=1, heads=2, seed=5)
+            other.register_to_config(patch_size=4)
+            register("odd-pair", lambda: (tiny_pair[0], other))
+
+    registry = get_registry(extra=[OddPair()])
+    config = ExperimentConfig.from_dict({"pair": "odd-pair", "prompts": ["a cat"], "methods": ["large"]},
+                                        base=tmp_path, registry=registry)
+    with pytest.raises(ConfigError, match=r"^pair\.small\.config\.patch_size: is 4, the large model's is 2; "
+                                          r"the two must match$"):
+        load_pair(config)
+
+
+def test_profile_of_a_size_the_pair_cannot_make_names_the_option(capsys):
+    assert main(["profile", "--pair", "shapes", "--height", "64", "--width", "32"]) == 2
+    err = capsys.readouterr().err
+    assert err.rstrip("\n").splitlines()[-1] == (
+        "stitchkit profile: error: --height: 64 is beyond the 32 the large model's position embedding covers "
+        "(pos_embed_max_size × patch × VAE factor); use at most 32")
