@@ -54,7 +54,7 @@ def test_bad_pair_refused_before_loading(tmp_path, monkeypatch, old, new, messag
     assert str(err.value).startswith(message)
 
 
-def test_cuda_on_a_cpu_machine_refused_before_loading(tmp_path, monkeypatch):
+def test_cuda_on_a_cpu_machine_refused_before_loading(tmp_path, monkeypatch, capsys):
     import torch
 
     if torch.cuda.is_available():
@@ -67,6 +67,12 @@ def test_cuda_on_a_cpu_machine_refused_before_loading(tmp_path, monkeypatch):
         "pair: tiny-random", f"pair: {{large: {tmp_path / 'large'}, small: {tmp_path / 'small'}, device: cuda}}"))
     with pytest.raises(ConfigError, match=r"^pair.device: 'cuda' asked for, but this machine has no CUDA device"):
         runner.run_experiment(config, progress=False)
+    from stitchkit.experiments import plan
+
+    monkeypatch.setattr(plan, "load_pair", _no_model)
+    for command in (["run", "--dry-run"], ["plan"]):  # issue 25: they used to load first ("Torch not compiled")
+        assert main([*command, str(tmp_path / "exp.yaml")]) == 2
+        assert capsys.readouterr().err.startswith(f"stitchkit {command[0]}: error: pair.device: 'cuda' asked for")
 
 
 def test_output_under_a_file_refused_on_the_cli(tmp_path, monkeypatch, capsys):
@@ -380,25 +386,6 @@ def test_dry_run_makes_runs_checks_before_loading(tmp_path, monkeypatch, capsys)
     assert capsys.readouterr().err.startswith(
         "stitchkit run: error: prompts[0]: caption_accuracy reads shapes captions only: cannot parse 'a dog'")
     assert not (tmp_path / "out").exists()  # a dry run creates nothing
-
-
-def test_cuda_on_a_cpu_machine_refused_by_dry_run_and_plan(tmp_path, monkeypatch, capsys):
-    import torch
-
-    from stitchkit.experiments import plan
-
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
-    monkeypatch.setattr(plan, "load_pair", _no_model)
-    for name in ("large", "small"):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "model_index.json").write_text("{}")
-    _config(tmp_path, EXPERIMENT.replace(
-        "pair: tiny-random", f"pair: {{large: {tmp_path / 'large'}, small: {tmp_path / 'small'}, device: cuda}}"))
-    for command in (["run", "--dry-run"], ["plan"]):
-        assert main([*command, str(tmp_path / "exp.yaml")]) == 2
-        assert capsys.readouterr().err.startswith(f"stitchkit {command[0]}: error: pair.device: 'cuda' asked for, "
-                                                  "but this machine has no CUDA device")
 
 
 def test_a_truncated_record_is_reported_unreadable_not_stale(tmp_path):
