@@ -23,7 +23,7 @@ from typing import Any
 from stitchkit.errors import ConfigError
 from stitchkit.loop.caches import normalize_cache_spec
 
-__all__ = ["STAGE_MODELS", "cache_paths", "check_method", "models_run"]
+__all__ = ["STAGE_MODELS", "cache_paths", "check_method", "models_run", "uses_mask"]
 
 #: The models a stage of each name runs.
 STAGE_MODELS: dict[str, frozenset[str]] = {
@@ -53,8 +53,10 @@ def cache_paths(cache: Any, path: str = "cache") -> dict[str, str]:
     return {role: f"{path}.{role}" if per_role else path for role in normalize_cache_spec(cache, path)}
 
 
-def _never_masks(switch: Any) -> bool:
-    return getattr(switch, "may_mask", True) is False or (hasattr(switch, "mask_ratios") and not switch.mask_ratios)
+def uses_mask(switch: Any) -> bool:
+    """Whether ``switch`` may take a hybrid (masked) step, so that a mask policy means something to it."""
+    return not (getattr(switch, "may_mask", True) is False
+                or (hasattr(switch, "mask_ratios") and not switch.mask_ratios))
 
 
 def check_method(switch: Any, *, mask: Any = None, cache_roles: Mapping[str, str] | None = None,
@@ -64,7 +66,7 @@ def check_method(switch: Any, *, mask: Any = None, cache_roles: Mapping[str, str
     ``mask``: the mask the user named (``None``: none, or a preset's own); ``cache_roles``: each cached
     model's role (``"large"``, ``"small"``) and the path of its spec; ``prefix``: put before ``mask``."""
     name = type(switch).__name__
-    if mask is not None and _never_masks(switch):
+    if mask is not None and not uses_mask(switch):
         raise ConfigError(f"{prefix}mask", f"{name} never runs a hybrid (masked) step, so a mask policy would be "
                           "ignored", "remove mask: or use a switch policy with mask_ratios")
     runs = models_run(switch)
