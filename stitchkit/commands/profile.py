@@ -220,7 +220,7 @@ def pair_shape(pair: str, max_sequence_length: int, *, num_frames: int | None = 
         raise ConfigError("--pair", err.problem, err.allowed) from None
     adapter = pipe.adapter
     if sides is not None:
-        check_sides(adapter, pipe.small, *sides, prefix="--")
+        check_sides(adapter, pipe.small, *sides, prefix="--", multiples=False)  # the multiple: profile()
     frames = frames_for(adapter, num_frames, "--num-frames")
     with torch.no_grad():
         cond = adapter.encode(guidance_scale=1.0, num_images_per_prompt=1,

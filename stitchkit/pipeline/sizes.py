@@ -30,8 +30,10 @@ def _patches(adapter: Any) -> tuple[int, int]:
     return int(patch), int(patch)
 
 
-def check_sides(adapter: Any, small: Any, height: int, width: int, prefix: str = "") -> None:
-    """Refuse a side the pair cannot make, naming the field and the sides it can."""
+def check_sides(adapter: Any, small: Any, height: int, width: int, prefix: str = "",
+                multiples: bool = True) -> None:
+    """Refuse a side the pair cannot make, naming the field and the sides it can (``multiples=False``: only
+    the position embeddings' bound, for a caller that words the multiple itself, as ``stitchkit profile``)."""
     factor = int(adapter.vae_scale_factor)
     limits = []
     for role, model in (("large", adapter.large_transformer), ("small", small)):
@@ -42,7 +44,7 @@ def check_sides(adapter: Any, small: Any, height: int, width: int, prefix: str =
                 limits.append((limit, role))
     for name, side, patch in (("height", height, _patches(adapter)[0]), ("width", width, _patches(adapter)[1])):
         multiple = factor * patch
-        if side % multiple:
+        if multiples and side % multiple:
             raise ConfigError(f"{prefix}{name}", f"{side} is not a multiple of {multiple} (VAE factor {factor} × "
                               f"patch {patch})", f"use a multiple of {multiple}")
         for limit, role in sorted(limits):
