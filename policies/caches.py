@@ -17,12 +17,17 @@ what SD3 transformers need to run them at all (``/work/shared/NOTES-caches.md``,
   as guidance-distilled (nothing to split).
 * PAB and FasterCache ask for the current timestep through a callback: the engine's.
 
+Each parameter is checked against its domain when the cache is built (issue 25): a negative or non-finite
+threshold, a ratio outside [0, 1] or a skip range below 1 used to be accepted and do nothing, or something
+else than asked (diffusers' configs do not check them).
+
 The lifecycle (attach for one generation, a ``cache_context`` around every call, masked calls bypassing the
 hooks, removal also on error) is :mod:`stitchkit.loop.caches`.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import attrs
@@ -30,6 +35,24 @@ import torch
 
 from stitchkit.hookspecs import hookimpl
 from stitchkit.protocols import CacheSetup, cache_context
+
+
+def _at_least(low: float):
+    """An attrs validator: a finite number ``>= low`` (thresholds, skip ranges, step counts)."""
+
+    def check(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if value is None and attribute.default is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < low:
+            raise ValueError(f"{attribute.name} must be a finite number >= {low:g}, got {value!r}")
+
+    return check
+
+
+def _fraction(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+    """An attrs validator: a number in [0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{attribute.name} must be in [0, 1], got {value!r}")
 
 
 def _blocks(module: torch.nn.Module) -> list[torch.nn.Module]:
@@ -87,9 +110,9 @@ class MagCache:
     cached on disk (:mod:`stitchkit.loop.caches`)."""
 
     kind = "magcache"
-    threshold: float = 0.06
-    max_skip_steps: int = 3
-    retention_ratio: float = 0.2
+    threshold: float = attrs.field(default=0.06, validator=_at_least(0))
+    max_skip_steps: int = attrs.field(default=3, validator=_at_least(0))
+    retention_ratio: float = attrs.field(default=0.2, validator=_fraction)
     mag_ratios: tuple[float, ...] | None = attrs.field(default=None, converter=lambda v: None if v is None
                                                         else tuple(float(x) for x in v))
 
@@ -126,7 +149,7 @@ class FirstBlock:
     block's residual changes by less than ``threshold`` (relative L1)."""
 
     kind = "first-block"
-    threshold: float = 0.05
+    threshold: float = attrs.field(default=0.05, validator=_at_least(0))
     needs_calibration = False
 
     def apply(self, model: torch.nn.Module, setup: CacheSetup) -> None:
@@ -146,10 +169,10 @@ class TaylorSeer:
     ``["^transformer_blocks\\.\\d+\\.(attn|ff|ff_context)$"]`` caches both feed-forwards too."""
 
     kind = "taylorseer"
-    cache_interval: int = 5
-    disable_cache_before_step: int = 3
-    disable_cache_after_step: int | None = None
-    max_order: int = 1
+    cache_interval: int = attrs.field(default=5, validator=_at_least(1))
+    disable_cache_before_step: int = attrs.field(default=3, validator=_at_least(0))
+    disable_cache_after_step: int | None = attrs.field(default=None, validator=_at_least(0))
+    max_order: int = attrs.field(default=1, validator=_at_least(0))
     cache_identifiers: tuple[str, ...] | None = attrs.field(default=None, converter=lambda v: None if v is None
                                                              else tuple(v))
     needs_calibration = False
@@ -172,9 +195,9 @@ class Faster:
     approximated from the conditional one every ``unconditional_batch_skip_range`` steps."""
 
     kind = "faster"
-    spatial_attention_block_skip_range: int = 2
+    spatial_attention_block_skip_range: int = attrs.field(default=2, validator=_at_least(1))
     spatial_attention_timestep_skip_range: tuple[int, int] = attrs.field(default=(-1, 681), converter=tuple)
-    unconditional_batch_skip_range: int = 5
+    unconditional_batch_skip_range: int = attrs.field(default=5, validator=_at_least(1))
     unconditional_batch_timestep_skip_range: tuple[int, int] = attrs.field(default=(-1, 641), converter=tuple)
     alpha_low_frequency: float = 1.1
     alpha_high_frequency: float = 1.1
@@ -203,7 +226,7 @@ class PAB:
     broadcast over ``spatial_attention_block_skip_range`` steps inside the timestep window."""
 
     kind = "pab"
-    spatial_attention_block_skip_range: int = 2
+    spatial_attention_block_skip_range: int = attrs.field(default=2, validator=_at_least(1))
     spatial_attention_timestep_skip_range: tuple[int, int] = attrs.field(default=(100, 800), converter=tuple)
     needs_calibration = False
 

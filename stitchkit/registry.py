@@ -4,8 +4,9 @@ Built once per :func:`get_registry` call (no global plugin manager at import tim
 The built-in policies are ordinary hookimpl modules listed in :data:`DEFAULT_PLUGINS` and go through the very
 path an outside package's plugin does: ``pm.register(module)``, then the hooks are called with a
 ``register`` callback that collects what each plugin hands over. Outside packages are found through the
-``stitchkit`` entry-point group; ``STITCHKIT_PLUGINS`` restricts which of them load (a comma-separated list
-of entry-point names; empty string: none), and ``STITCHKIT_TRACE_HOOKS=1`` prints every hook call.
+``stitchkit`` entry-point group, one at a time (:mod:`stitchkit.plugin_loading`: a broken one is reported in
+one line and skipped); ``STITCHKIT_PLUGINS`` restricts which of them load (a comma-separated list of
+entry-point names; empty string: none), and ``STITCHKIT_TRACE_HOOKS=1`` prints every hook call.
 
 A name registered twice is an error that names both sources: silently letting one plugin shadow another
 makes results depend on install order.
@@ -24,6 +25,7 @@ import pluggy
 
 import stitchkit.hookspecs as hookspecs
 from stitchkit.errors import ConfigError
+from stitchkit.plugin_loading import load_outside_plugins, unknown_name_note
 
 def _builtin_families() -> tuple[str, ...]:
     """Every subpackage of ``stitchkit.families`` is a built-in family plugin (register_model_families,
@@ -247,7 +249,8 @@ class Registry:
             return self.entries[kind][name]
         except KeyError:
             noun = NOUNS.get(kind, f"{kind} policy")
-            raise ConfigError(path, f"unknown {noun} {name!r}", "known: " + ", ".join(self.names(kind)))
+            raise ConfigError(path, f"unknown {noun} {name!r}",
+                              "known: " + ", ".join(self.names(kind)) + unknown_name_note()) from None
 
     def create(self, kind: str, spec: Any, path: str | None = None) -> tuple[Any, dict[str, Any]]:
         """Build a policy from a name, a ``{"kind": name, **params}`` dict, or pass an object through.
@@ -300,13 +303,6 @@ def _origin(pm: pluggy.PluginManager, plugin: object) -> str:
     return name
 
 
-def _allowed_outside_plugins() -> set[str] | None:
-    value = os.environ.get("STITCHKIT_PLUGINS")
-    if value is None:
-        return None
-    return {name.strip() for name in value.split(",") if name.strip()}
-
-
 def make_plugin_manager(
     *, builtins: Iterable[str] = DEFAULT_PLUGINS, entry_points: bool = True, extra: Iterable[object] = ()
 ) -> pluggy.PluginManager:
@@ -316,12 +312,7 @@ def make_plugin_manager(
     for name in builtins:
         pm.register(importlib.import_module(name), name=name)
     if entry_points:
-        allowed = _allowed_outside_plugins()
-        if allowed is None:
-            pm.load_setuptools_entrypoints(hookspecs.ENTRY_POINT_GROUP)
-        else:
-            for name in sorted(allowed):
-                pm.load_setuptools_entrypoints(hookspecs.ENTRY_POINT_GROUP, name=name)
+        load_outside_plugins(pm, hookspecs.ENTRY_POINT_GROUP)
     for plugin in extra:
         pm.register(plugin)
     if os.environ.get("STITCHKIT_TRACE_HOOKS"):

@@ -2,6 +2,7 @@
 step before any large step is refused by the engine and caught by stitchkit.testing's machine."""
 
 import pytest
+import torch
 from hypothesis import settings
 from hypothesis.errors import Flaky
 
@@ -88,3 +89,44 @@ def test_the_state_machine_catches_a_hybrid_step_before_any_large_step():
     machine.TestCase.settings = settings(max_examples=5, deadline=None, stateful_step_count=4)
     with pytest.raises((AssertionError, Flaky), match="a hybrid step before any large step"):
         machine.TestCase("runTest").runTest()
+
+
+class _TopKThen:
+    """The built-in top-k answer, then broken as ``fix(indices, n)`` says (issue 25: the mask contract)."""
+
+    def __init__(self, fix):
+        self.fix = fix
+
+    def reset(self):
+        pass
+
+    def select(self, state, ratio):
+        from stitchkit.masks import mask_size
+
+        k = mask_size(ratio, state.num_tokens)
+        return self.fix(torch.arange(k, dtype=torch.int64).repeat(state.batch_size, 1), state.num_tokens)
+
+
+@pytest.mark.parametrize("fix, message", [
+    (lambda idx, n: torch.arange(idx.shape[1] + 1).repeat(idx.shape[0], 1),
+     r"^mask: _TopKThen\.select returned 6 tokens at ratio 0\.3 of 16, not mask_size\(ratio, N\) = 5; return int64"),
+    (lambda idx, n: idx.flip(1), r"^mask: _TopKThen\.select returned tokens not sorted ascending in row 0 "
+                                 r"\(\[4, 3, 2, 1, 0\]\); return int64 indices shaped \(batch, mask_size\(ratio, N\)\)"),
+    (lambda idx, n: torch.cat([idx[:, :1], idx[:, :-1]], 1), r"^mask: _TopKThen\.select returned token 0 twice in row 0"),
+    (lambda idx, n: idx + n - 4, r"^mask: _TopKThen\.select returned token 16, outside \[0, 16\) in row 0"),
+    (lambda idx, n: idx[:, :1].reshape(-1), r"^mask: _TopKThen\.select returned shape \(1,\)"),
+])
+@pytest.mark.parametrize("prompts", [1, 2], ids=["alone", "per-sample batch"])
+def test_the_engine_checks_every_mask_it_gets(stitch_pipe, fix, message, prompts):
+    """Shape, count, order, uniqueness and range of a mask policy's answer, one line naming the policy, at
+    the first hybrid step; before, k + 1 tokens or unsorted rows ran silently."""
+    switch = {"kind": "hybridstitch", "thresholds": [1e9, 1e-12], "mask_ratios": [0.3]}
+    args = {**ARGS, "prompt": ["a cat"] * prompts}
+    with pytest.raises(ConfigError, match=message):
+        stitch_pipe(**args, switch=switch, mask=_TopKThen(fix), allow_unprofitable=True)
+
+
+def test_the_full_mask_answers_every_token_at_any_ratio(stitch_pipe):
+    switch = {"kind": "hybridstitch", "thresholds": [1e9, 1e-12], "mask_ratios": [0.3]}
+    out = stitch_pipe(**ARGS, switch=switch, mask="full", allow_unprofitable=True)
+    assert [r.large_tokens for r in out.trace] == [16, 16, 16]

@@ -24,6 +24,7 @@ from stitchkit.cost.loop_costs import costs_from_traces, spread_transitions
 from stitchkit.errors import ConfigError
 from stitchkit.experiments.config import ExperimentConfig, MethodConfig
 from stitchkit.experiments.pair_setup import ensure_profile, load_pair, ran_sampler, run_size, use_threads
+from stitchkit.loop.method_checks import uses_mask
 from stitchkit.registry import DEFAULT_CONTEXT, DEFAULT_MASK
 
 
@@ -62,6 +63,8 @@ class Setup:
         """One generation of ``unit`` with ``switch`` (a policy or spec), the method's mask and context."""
         prompt, seed = unit
         s = self.sampler
+        # The method's mask, where this run's switch policy masks at all (the large-only reference does not).
+        mask = self.mask if uses_mask(self.pipe.registry.create("switch", switch)[0]) else None
         start = time.perf_counter()
         with warnings.catch_warnings():  # the method was checked (Eq. 7) once, up front
             warnings.simplefilter("ignore", UnprofitablePlanWarning)
@@ -69,7 +72,7 @@ class Setup:
                             guidance_scale=s["guidance_scale"], negative_prompt=self.config.sampler.negative_prompt,
                             max_sequence_length=self.config.sampler.max_sequence_length,
                             generator=torch.Generator(device="cpu").manual_seed(seed), output_type=output_type,
-                            switch=switch, mask=self.mask, context=self.context, allow_unprofitable=True,
+                            switch=switch, mask=mask, context=self.context, allow_unprofitable=True,
                             num_frames=s.get("num_frames"))
         self.generation_s += time.perf_counter() - start
         self.generations += 1

@@ -13,6 +13,8 @@ enumerated (candidates that switch every unit at the same steps are one candidat
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable, Hashable, Sequence
 from itertools import pairwise
 from typing import Any
@@ -71,6 +73,21 @@ class Target:
         if self.kind == "speedup":
             return summary.speedup - self.value
         return self.value - summary.large_step_equivalents
+
+
+def check_goal(flag: str, value: float | None) -> None:
+    """Refuse a goal no calibration can mean: a speedup at or below 1 (the large model alone already reaches
+    it: the search would print a method to paste that is no faster, issue 25), a large-step budget at or
+    below 0, or a non-finite number."""
+    if value is None:
+        return
+    if not math.isfinite(value):
+        raise ConfigError(flag, f"is {value}", "give a finite number")
+    if flag == "--target-speedup" and value <= 1.0:
+        raise ConfigError(flag, f"is {value:g}, at or below 1: the large model alone is 1x",
+                          "ask for a speedup above 1, e.g. --target-speedup 1.5")
+    if flag == "--target-large-steps" and value <= 0.0:
+        raise ConfigError(flag, f"is {value:g}, not above 0", "give a positive budget of large-step equivalents")
 
 
 @attrs.frozen(kw_only=True)

@@ -42,6 +42,7 @@ def command(experiment: str, thresholds: str, method: str | None, target_speedup
     per step. With --method: search its thresholds on replayed traces and print the YAML to paste."""
     import attrs
 
+    from stitchkit.calibration.target import check_goal
     from stitchkit.experiments.config import ExperimentConfig
     from stitchkit.cost.threads import parse_threads
 
@@ -58,6 +59,8 @@ def command(experiment: str, thresholds: str, method: str | None, target_speedup
     if len(goals) != 1:
         raise ConfigError("--method", "needs exactly one goal",
                           "--target-speedup X, --target-large-steps E, or --match METHOD --metric NAME")
+    check_goal("--target-speedup", target_speedup)
+    check_goal("--target-large-steps", target_large_steps)
     if (match is None) != (metric is None):
         raise ConfigError("--metric" if metric is None else "--match", "missing", "--match and --metric go together")
     _calibrate(config, method, target_speedup, target_large_steps, match, metric, units, name, costs_from)

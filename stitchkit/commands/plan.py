@@ -136,8 +136,11 @@ def show_plan(plan: Plan, costs: Costs, *, as_json: bool = False,
 def _show_experiment(path: str, as_json: bool) -> None:
     from stitchkit.experiments.config import ExperimentConfig
     from stitchkit.experiments.plan import plan_experiment
+    from stitchkit.experiments.preflight import check_pair
 
-    costs, plans = plan_experiment(ExperimentConfig.from_yaml(path))
+    config = ExperimentConfig.from_yaml(path)
+    check_pair(config)  # folders and device, as `run` checks them before loading the pair
+    costs, plans = plan_experiment(config)
     unit = "ms" if costs.source != "flops-estimate" else "large steps (FLOPs estimate: no profile cached)"
     click.echo(f"costs ({costs.source}): Ll = {costs.large_ms:.4g}, Ls = {costs.small_ms:.4g} {unit}")
     click.echo(f"{'method':<22} {'basis':<26} {'switch steps':<14} {'predicted':>10} {'speedup':>8} {'refined':>8}")

@@ -119,7 +119,8 @@ def profile(pair: str, height: str, width: str, num_frames: str, dtype: str, dev
     shape = None
     if not vae_scale_factor.strip() or not text_tokens.strip() or frames is not None:
         # the pair's own, so the key is the one `run` loads
-        shape = pair_shape(pair, _positive("--max-sequence-length", max_sequence_length), num_frames=frames)
+        shape = pair_shape(pair, _positive("--max-sequence-length", max_sequence_length), num_frames=frames,
+                           sides=(_positive("--height", height), _positive("--width", width)))
         vae_scale_factor = vae_scale_factor.strip() or str(shape.vae_scale_factor)
         text_tokens = text_tokens.strip() or str(shape.text_tokens)
     scale = _positive("--vae-scale-factor", vae_scale_factor)
@@ -200,14 +201,17 @@ class PairShape:
     latent_frames: int | None = None
 
 
-def pair_shape(pair: str, max_sequence_length: int, *, num_frames: int | None = None) -> PairShape:
+def pair_shape(pair: str, max_sequence_length: int, *, num_frames: int | None = None,
+               sides: tuple[int, int] | None = None) -> PairShape:
     """The pair's VAE scale factor, the text length its encoder produces (one prompt encoded), its patch and,
     for a video pair, its frames (``num_frames``, else its default; an image pair refuses ``--num-frames``):
-    the numbers `run` and `plan` put in the profile key, from the pair's own adapter."""
+    the numbers `run` and `plan` put in the profile key, from the pair's own adapter. ``sides``: ``(--height,
+    --width)``, refused here when the pair cannot make them (:func:`stitchkit.pipeline.sizes.check_sides`)."""
     import torch
 
     from stitchkit.tokens import patch_tuple
     from stitchkit.pipeline.pairs import load_pair_pipeline
+    from stitchkit.pipeline.sizes import check_sides
     from stitchkit.pipeline.video import frames_for
 
     try:
@@ -215,6 +219,8 @@ def pair_shape(pair: str, max_sequence_length: int, *, num_frames: int | None = 
     except ConfigError as err:
         raise ConfigError("--pair", err.problem, err.allowed) from None
     adapter = pipe.adapter
+    if sides is not None:
+        check_sides(adapter, pipe.small, *sides, prefix="--", multiples=False)  # the multiple: profile()
     frames = frames_for(adapter, num_frames, "--num-frames")
     with torch.no_grad():
         cond = adapter.encode(guidance_scale=1.0, num_images_per_prompt=1,

@@ -9,6 +9,7 @@ import click
 
 from stitchkit.experiments.config import ExperimentConfig
 from stitchkit.experiments.distributed import world_from_env
+from stitchkit.experiments.preflight import preflight
 from stitchkit.experiments.runner import run_experiment
 
 
@@ -31,6 +32,7 @@ def dry_run(config: ExperimentConfig) -> None:
     from stitchkit.experiments.plan import plan_experiment
     from stitchkit.experiments.store import record_path
 
+    preflight(config, create_output=False)  # the checks `run` makes first, before any model loads
     units = config.units
     done = sum(record_path(config.output, m.name, pi, s).exists() for m, pi, _, s in units)
     click.echo(f"{config.name}: {len(config.methods)} methods × {len(config.prompts)} prompts × "

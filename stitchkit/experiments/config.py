@@ -32,9 +32,10 @@ from stitchkit.errors import ConfigError
 from stitchkit.experiments.fields import list_of, mapping, only, positive, typed
 from stitchkit.experiments.names import check_name, normalised
 from stitchkit.experiments.prompts import read_prompts
-from stitchkit.experiments.sweeps import expand_grid, point_name, switch_kind_and_params
+from stitchkit.experiments.sweeps import MAX_METHODS, expand_grid, point_name, switch_kind_and_params
 from stitchkit.experiments.yaml_loader import load as load_yaml
 from stitchkit.loop.caches import normalize_cache_spec
+from stitchkit.loop.method_checks import cache_paths, check_method
 from stitchkit.registry import get_registry
 from stitchkit.values import check_guidance, check_seed, check_steps
 
@@ -150,6 +151,12 @@ class ExperimentConfig:
             data = load_yaml(path.read_text())
         except FileNotFoundError:
             raise ConfigError(str(path), "no such file", "give the path of an experiment YAML") from None
+        except UnicodeDecodeError as err:
+            raise ConfigError(str(path), f"is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset "
+                              f"{err.start})", "save the experiment file as UTF-8 YAML") from None
+        except OSError as err:  # a folder, no permission
+            raise ConfigError(str(path), f"cannot be read ({err.strerror or err})",
+                              "give the path of a readable experiment YAML") from None
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark else ""
@@ -160,7 +167,7 @@ class ExperimentConfig:
     def from_dict(cls, data: Any, *, base: Path = Path("."), registry=None, source: Path | None = None):
         data = mapping(data, "", "the experiment file must be a mapping of fields")
         only(data, "", ("name", "pair", "sampler", "prompts", "prompts_file", "seeds", "methods", "output",
-                         "allow_unprofitable", "metrics"))
+                         "allow_unprofitable", "metrics", "max_methods"))
         registry = registry if registry is not None else get_registry()
         name = typed(data.get("name", source.stem if source else "experiment"), "name", str)
         prompts = read_prompts(data, base)
@@ -171,7 +178,8 @@ class ExperimentConfig:
             if seed in seeds[:i]:  # the unit would be generated and counted twice
                 raise ConfigError(f"seeds[{i}]", f"duplicate seed {seed}", "list each seed once")
         sampler = _sampler(data.get("sampler", {}))
-        methods = _methods(data.get("methods"), registry, sampler)
+        methods = _methods(data.get("methods"), registry, sampler,
+                           positive(data.get("max_methods", MAX_METHODS), "max_methods", int))
         output = Path(typed(data.get("output", f"runs/{name}"), "output", str))
         pair = _pair(data.get("pair", "tiny-random"), tuple(registry.pairs))
         metrics = _metrics(data.get("metrics", []), pair, registry, base)
@@ -239,7 +247,8 @@ def _method_name(spec: Any) -> str | None:
     return None
 
 
-def _methods(value: Any, registry, sampler: SamplerConfig = SamplerConfig()) -> tuple[MethodConfig, ...]:
+def _methods(value: Any, registry, sampler: SamplerConfig = SamplerConfig(),
+             limit: int = MAX_METHODS) -> tuple[MethodConfig, ...]:
     if value is None:
         raise ConfigError("methods", "missing", "list at least one method, e.g. [large, small, hybridstitch-30]")
     methods, seen = [], set()
@@ -262,7 +271,10 @@ def _methods(value: Any, registry, sampler: SamplerConfig = SamplerConfig()) -> 
             kind, params = switch_kind_and_params(data["switch"], path)
             points = [(point_name(name, point), f"{path}.grid[{point_name(name, point)}]",
                        {"kind": kind, **params, **point}, point)
-                      for point in expand_grid(data["grid"], f"{path}.grid")]
+                      for point in expand_grid(data["grid"], f"{path}.grid", limit - len(methods))]
+        if len(methods) + len(points) > limit:  # a grid's own size is refused by expand_grid, before expanding
+            raise ConfigError(path, f"is method {len(methods) + 1}, more than max_methods ({limit:,})",
+                              "list fewer methods, or raise max_methods")
         for method_name, where, switch, point in points:
             check_name(method_name, f"{path}.name")
             if normalised(method_name) in seen:  # one folder on a case-insensitive filesystem
@@ -274,9 +286,9 @@ def _methods(value: Any, registry, sampler: SamplerConfig = SamplerConfig()) -> 
             for kind, spec in (("switch", switch), ("mask", data.get("mask")), ("context", data.get("context"))):
                 if spec is not None:  # built once here so each policy's validators speak
                     built[kind] = registry.create(kind, spec, path=f"{where}.{kind}" if point else f"{path}.{kind}")[0]
-            _check_switch(built["switch"], data.get("mask"), sampler, where if point else path)
-            if data.get("cache") is not None:
-                _check_cache(registry, data["cache"], f"{path}.cache")
+            _check_switch(built["switch"], sampler, where if point else path)
+            check_method(built["switch"], mask=data.get("mask"), prefix=f"{where if point else path}.",
+                         cache_roles=_check_cache(registry, data.get("cache"), f"{path}.cache"))
             methods.append(MethodConfig(name=method_name, switch=switch, mask=data.get("mask"),
                                         context=data.get("context"), params=point,
                                         sweep_of=name if "grid" in data else None, cache=data.get("cache")))
@@ -285,29 +297,27 @@ def _methods(value: Any, registry, sampler: SamplerConfig = SamplerConfig()) -> 
     return tuple(methods)
 
 
-def _check_cache(registry, cache: Any, path: str) -> None:
-    """Build a method's cache specs once, so each cache plugin's validators speak before anything runs."""
+def _check_cache(registry, cache: Any, path: str) -> dict[str, str]:
+    """Build a method's cache specs once, so each cache plugin's validators speak before anything runs;
+    returns each cached model's role and the path of its spec."""
 
-    per_role = isinstance(cache, Mapping) and "kind" not in cache
+    roles = cache_paths(cache, path)
     for role, spec in normalize_cache_spec(cache, path).items():
-        registry.create("cache", spec, path=f"{path}.{role}" if per_role else path)
+        registry.create("cache", spec, path=roles[role])
+    return roles
 
 
-def _check_switch(switch: Any, mask: Any, sampler: SamplerConfig, path: str) -> None:
-    """What a switch policy's own validators cannot see: the sampler's step count, the method's ``mask:``.
+def _check_switch(switch: Any, sampler: SamplerConfig, path: str) -> None:
+    """What a switch policy's own validators cannot see: the sampler's step count.
 
     A policy learns ``num_steps`` only at ``reset``, so a ``min_switch_step`` at or past the last step (a
-    method that can never switch) is refused here, against ``sampler.steps``. A ``mask:`` on a switch policy
-    that never masks (``may_mask = False``, or no ``mask_ratios``) would be ignored: refused too."""
+    method that can never switch) is refused here, against ``sampler.steps``. (A ``mask:`` or cache the
+    method would never use: :func:`stitchkit.loop.method_checks.check_method`.)"""
     low = getattr(switch, "min_switch_step", None)
     if isinstance(low, int) and not isinstance(low, bool) and low >= sampler.steps:
         raise ConfigError(f"{path}.switch.min_switch_step",
                           f"is {low}, at or past the last step ({sampler.steps - 1} of sampler.steps {sampler.steps})",
                           "the method could never switch: lower it or raise sampler.steps")
-    if mask is not None and (getattr(switch, "may_mask", True) is False
-                             or (hasattr(switch, "mask_ratios") and not switch.mask_ratios)):
-        raise ConfigError(f"{path}.mask", f"{type(switch).__name__} never runs a hybrid (masked) step, so a "
-                          "mask policy would be ignored", "remove mask: or use a switch policy with mask_ratios")
 
 
 def _metrics(value: Any, pair: PairConfig, registry, base: Path) -> tuple[MetricConfig, ...]:

@@ -17,8 +17,10 @@ import torch
 from stitchkit.cost.profile import ProfileKey, cpu_threads, load_profile, profile_transformers, save_profile
 from stitchkit.cost.profile_checks import measure_checked
 from stitchkit.cost.threads import apply_threads
+from stitchkit.errors import ConfigError
 from stitchkit.experiments.config import ExperimentConfig
 from stitchkit.pipeline import StitchPipeline
+from stitchkit.pipeline.sizes import check_sides
 from stitchkit.pipeline.video import frames_for, latent_shape
 
 logger = logging.getLogger(__name__)
@@ -27,10 +29,15 @@ logger = logging.getLogger(__name__)
 def load_pair(config: ExperimentConfig):
     """The StitchPipeline the experiment's ``pair`` names."""
     pair = config.pair
-    if pair.name is not None:
-        return StitchPipeline.from_pair(pair.name, registry=config.registry)
-    return StitchPipeline.from_pretrained(pair.large, pair.small, torch_dtype=getattr(torch, pair.dtype),
-                                          device=pair.device, registry=config.registry)
+    try:
+        if pair.name is not None:
+            return StitchPipeline.from_pair(pair.name, registry=config.registry)
+        return StitchPipeline.from_pretrained(pair.large, pair.small, torch_dtype=getattr(torch, pair.dtype),
+                                              device=pair.device, registry=config.registry)
+    except ConfigError as err:  # the pair check's `small.config.patch_size` is the experiment's pair.small...
+        if err.path.split(".")[0] in ("large", "small"):
+            raise err.at("pair") from None
+        raise
 
 
 def ran_sampler(pipe, config: ExperimentConfig) -> dict[str, Any]:
@@ -78,6 +85,7 @@ def run_size(pipe, config: ExperimentConfig) -> RunSize:
     """The image size (a video's frames) and text length every unit of this experiment runs at (one prompt
     encoded to see). ``sampler.num_frames`` is checked here against the loaded pair (refused on images)."""
     sampler = ran_sampler(pipe, config)
+    check_sides(pipe.adapter, pipe.small, sampler["height"], sampler["width"], prefix="sampler.")
     s = config.sampler
     with torch.no_grad():
         cond = pipe.adapter.encode(guidance_scale=s.guidance_scale, num_images_per_prompt=1,

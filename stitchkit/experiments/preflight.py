@@ -5,6 +5,7 @@
 - ``output``: the folder can be created and written to (a probe file is written and removed);
 - ``pair.large`` / ``pair.small``: a path that looks like a folder (absolute, ``./``, ``~``) exists;
   a hub id (``org/name``) is left to diffusers;
+- ``pair.small``: a small model whose transformer class is not the large one's (read from the folders);
 - ``pair.device``: CUDA asked for on a machine without it;
 - ``sampler.height`` / ``sampler.width``: for a pair of diffusers folders, a side that is not a multiple
   of the VAE factor times the patch size, or beyond the transformer's position embedding, read from the
@@ -28,24 +29,36 @@ from stitchkit.errors import ConfigError
 from stitchkit.experiments.metrics.scoring import build_metrics
 
 
-def preflight(config) -> None:
-    """Refuse, before any model is loaded, what would fail later."""
-    check_output(Path(config.output))
+def preflight(config, *, create_output: bool = True) -> None:
+    """Refuse, before any model is loaded, what would fail later. ``create_output=False`` (``run --dry-run``,
+    which writes nothing) checks the output folder without creating it."""
+    check_output(Path(config.output), create=create_output)
+    check_pair(config)
+    check_prompts(config)
+
+
+def check_pair(config) -> None:
+    """What the pair's folders and device tell before loading (also ``stitchkit plan``, which loads the pair)."""
     pair = config.pair
     if pair.name is None:
         for field in ("large", "small"):
             check_model_folder(getattr(pair, field), f"pair.{field}")
+        check_same_kind(pair.large, pair.small)
         check_size(pair.large, config.sampler.height, config.sampler.width)
     check_device(pair.device)
-    check_prompts(config)
 
 
-def check_output(folder: Path, path: str = "output") -> None:
+def check_output(folder: Path, path: str = "output", create: bool = True) -> None:
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if existing.exists() and not existing.is_dir():
         raise ConfigError(path, f"{existing} is a file, not a folder", "give a folder for the results")
+    if not create:
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ConfigError(path, f"cannot write to {folder} ({existing} is not writable)",
+                              "give a folder you can write to (--output)")
+        return
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe.")
@@ -89,6 +102,24 @@ def _config(folder: Path, sub: str) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def _transformer_class(spec: str) -> str | None:
+    """The transformer class a folder holds: a pipeline's ``transformer/config.json`` or a model's own."""
+    if not _looks_local(spec):
+        return None
+    folder = Path(spec).expanduser()
+    config = _config(folder, "transformer") or _config(folder, ".")
+    return config.get("_class_name") if isinstance(config, dict) else None
+
+
+def check_same_kind(large: str, small: str) -> None:
+    """Refuse a small model of another kind than the large one (a Wan transformer beside an SD3 pipeline):
+    diffusers would load it and fail at the first stitched step."""
+    large_kind, small_kind = _transformer_class(large), _transformer_class(small)
+    if large_kind and small_kind and large_kind != small_kind:
+        raise ConfigError("pair.small", f"holds a {small_kind}, but the large model is a {large_kind}",
+                          f"give a small {large_kind} (a pipeline folder of the large one's kind, or its transformer)")
 
 
 def check_size(large: str, height: int | None, width: int | None) -> None:

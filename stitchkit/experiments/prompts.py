@@ -128,6 +128,8 @@ def read_source(spec: Any, base: Path) -> PromptSet:
                           "one of " + ", ".join(FORMATS))
     if not path.is_file():
         raise ConfigError("prompts.from", f"no such file: {path}", "give a path relative to the YAML, or absolute")
+    if path.stat().st_size == 0:  # a zero-byte csv used to be "no 'prompt' column", the wrong fix
+        raise ConfigError("prompts.from", f"{path.name} is empty (0 bytes)", "give a file with at least one prompt")
     if path.suffix == ".txt":
         if field is not None:
             raise ConfigError("prompts.field", "given for a .txt file", "a .txt file has one prompt a line, no fields")
@@ -139,11 +141,14 @@ def read_source(spec: Any, base: Path) -> PromptSet:
     else:
         rows = _coco(path, field)
     prompts = []
-    for i, text in rows:
-        if not isinstance(text, str) or not text.strip():
-            raise ConfigError("prompts.field", f"prompt {i} of {path.name} is empty or not text ({text!r})",
-                              "remove the row or choose another field")
-        prompts.append(text.strip())
+    try:
+        for i, text in rows:
+            if not isinstance(text, str) or not text.strip():
+                raise ConfigError("prompts.field", f"prompt {i} of {path.name} is empty or not text ({text!r})",
+                                  "remove the row or choose another field")
+            prompts.append(text.strip())
+    except UnicodeDecodeError as err:
+        raise _not_utf8("prompts.from", path, err) from None
     if not prompts:
         raise ConfigError("prompts.from", f"{path.name} has no prompts", "give a file with at least one")
     indices = list(range(len(prompts)))
@@ -157,6 +162,24 @@ def read_source(spec: Any, base: Path) -> PromptSet:
     return PromptSet(prompts=tuple(prompts[i] for i in indices), indices=tuple(indices), source=source)
 
 
+def _not_utf8(field: str, path: Path, err: UnicodeDecodeError) -> ConfigError:
+    return ConfigError(field, f"{path.name} is not UTF-8 text (byte 0x{err.object[err.start]:02x}; a binary file?)",
+                       "give a UTF-8 text file of prompts")
+
+
+def _text_lines(file: Path) -> list[str]:
+    """``prompts_file``'s non-blank lines, stripped; an empty or non-UTF-8 file refused at ``prompts_file``."""
+    try:
+        text = file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise _not_utf8("prompts_file", file, err) from None
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise ConfigError("prompts_file", f"{file.name} has no prompts ({'0 bytes' if not text else 'blank lines only'})",
+                          "one prompt a line")
+    return prompts
+
+
 def read_prompts(data: Mapping[str, Any], base: Path) -> PromptSet:
     """The experiment's prompts from its ``prompts`` (list or source) or ``prompts_file`` field."""
     if "prompts" in data and "prompts_file" in data:
@@ -166,8 +189,12 @@ def read_prompts(data: Mapping[str, Any], base: Path) -> PromptSet:
         if not file.is_file():
             raise ConfigError("prompts_file", f"no such file: {file}", "a text file with one prompt per line")
         if file.suffix != ".txt":
-            return read_source({"from": str(file)}, base)
-        prompts = [line.strip() for line in file.read_text().splitlines() if line.strip()]
+            try:
+                return read_source({"from": str(file)}, base)
+            except ConfigError as err:  # the field the user wrote is prompts_file
+                raise ConfigError("prompts_file" if err.path == "prompts.from" else err.path, err.problem,
+                                  err.allowed) from None
+        prompts = _text_lines(file)
         result = PromptSet(prompts=tuple(prompts), indices=tuple(range(len(prompts))),
                            source={"from": str(file.resolve())})
     elif isinstance(data.get("prompts"), Mapping):

@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import statistics
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -155,14 +156,14 @@ def write_report(config: ExperimentConfig, *, metrics=None) -> list[Path]:
     A stale record (written for another configuration) is not counted, with a warning."""
 
     stale: list = []
-    records = compact_records(config, stale)
-    if stale:
-        import warnings
-
-        method, pi, seed = stale[0]
-        warnings.warn(f"{len(stale)} record(s) in {config.output} were written for another configuration (first: "
-                      f"method {method!r}, prompt {pi}, seed {seed}): not counted; `stitchkit run` remakes them",
-                      stacklevel=2)
+    unreadable: list = []
+    records = compact_records(config, stale, unreadable)
+    for units, what in ((stale, "were written for another configuration"), (unreadable, "cannot be read (truncated "
+                                                                             "or damaged JSON)")):
+        if units:
+            method, pi, seed = units[0]
+            warnings.warn(f"{len(units)} record(s) in {config.output} {what} (first: method {method!r}, prompt "
+                          f"{pi}, seed {seed}): not counted; `stitchkit run` remakes them", stacklevel=2)
     rows, quality, metrics = write_results(config, records=records, metrics=metrics)
     written = [config.output / name for name in ("results.md", "results.csv", "trace.jsonl")]
     done = {(m, r["prompt_index"], r["seed"]) for m, recs in records.items() for r in recs}

@@ -82,11 +82,13 @@ def read_record(path: Path) -> dict | None:
         return None
 
 
-def current_records(config, stale: list | None = None, methods=None) -> Iterator[tuple[str, dict]]:
+def current_records(config, stale: list | None = None, methods=None,
+                    unreadable: list | None = None) -> Iterator[tuple[str, dict]]:
     """``(method name, record)`` of every unit whose record is current (its key is the unit's key now:
     :mod:`~stitchkit.experiments.unit_keys`), read from disk one at a time, in method, prompt and seed
     order (of ``methods``, default every method). The unit ``(method, prompt index, seed)`` of each stale
-    record is appended to ``stale``."""
+    record is appended to ``stale``; that of a record that does not parse (truncated, damaged) to
+    ``unreadable`` when given (else to ``stale``), so that it is not reported as another configuration's."""
 
     keys = UnitKeys(config)
     for method in config.methods if methods is None else methods:
@@ -95,9 +97,11 @@ def current_records(config, stale: list | None = None, methods=None) -> Iterator
                 path = record_path(config.output, method.name, pi, seed)
                 if not path.exists():
                     continue
-                record = read_record(path) or {}
-                if keys.current(record, method.name, prompt, seed):
+                record = read_record(path)
+                if record is not None and keys.current(record, method.name, prompt, seed):
                     yield method.name, record
+                elif record is None and unreadable is not None:
+                    unreadable.append((method.name, pi, seed))
                 elif stale is not None:
                     stale.append((method.name, pi, seed))
 
@@ -129,10 +133,10 @@ def compact(record: dict) -> dict:
     return slim
 
 
-def compact_records(config, stale: list | None = None) -> dict[str, list[dict]]:
+def compact_records(config, stale: list | None = None, unreadable: list | None = None) -> dict[str, list[dict]]:
     """:func:`load_records` in :func:`compact` form, each record read and reduced before the next."""
     records: dict[str, list[dict]] = {m.name: [] for m in config.methods}
-    for method, record in current_records(config, stale):
+    for method, record in current_records(config, stale, unreadable=unreadable):
         records[method].append(compact(record))
     return records
 

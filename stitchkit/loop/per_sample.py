@@ -22,7 +22,7 @@ import attrs
 import torch
 
 from stitchkit.errors import ConfigError
-from stitchkit.loop.protocol_checks import check_indices
+from stitchkit.loop.protocol_checks import check_index_values, check_indices
 from stitchkit.protocols import Decision, LoopState
 
 
@@ -82,23 +82,29 @@ class SampleMasks:
 
     def select(self, state: LoopState, states: list[LoopState] | None, decisions: list[Decision],
                samples: list[int], ratio: float, device: torch.device) -> torch.Tensor:
-        """The masks of ``samples`` (all hybrid at ``ratio``): ``(len(samples), m)`` on ``device``."""
+        """The masks of ``samples`` (all hybrid at ``ratio``): ``(len(samples), m)`` on ``device``, each
+        answer checked against the mask contract (:mod:`stitchkit.loop.protocol_checks`)."""
+        n = state.num_tokens
         if self.copies is None or states is None:
             group = attrs.evolve(
                 state, stage=decisions[samples[0]].stage, batch_size=len(samples),
                 change=None if state.change is None else state.change[samples],
                 change_map=None if state.change_map is None else state.change_map[samples])
-            return _checked(self.policy.select(group, ratio), self.policy, len(samples), state).to(device)
-        # A policy without a change map builds them on the CPU.
-        return torch.cat([_checked(self.copies[b].select(attrs.evolve(states[b], stage=decisions[b].stage), ratio),
-                                   self.copies[b], 1, state).to(device) for b in samples])
-
-
-def _checked(indices: Any, policy: Any, batch: int, state: LoopState) -> torch.Tensor:
-    """``select``'s answer, refused with one line unless it is what the protocol asks for."""
-
-    check_indices(indices, policy, batch, state.num_tokens)
-    return indices
+            indices = self.policy.select(group, ratio)
+            check_indices(indices, self.policy, len(samples), n, ratio)
+        else:
+            parts = []
+            for b in samples:  # a policy without a change map builds them on the CPU
+                part = self.copies[b].select(attrs.evolve(states[b], stage=decisions[b].stage), ratio)
+                check_indices(part, self.copies[b], 1, n, ratio)
+                parts.append(part.to(device))
+            if len({p.shape[1] for p in parts}) > 1:  # one answered N (all tokens), another k
+                raise ConfigError("mask", f"{type(self.policy).__name__}.select returned masks of "
+                                  f"{sorted({p.shape[1] for p in parts})} tokens for samples at one ratio {ratio:g}",
+                                  "return mask_size(ratio, N) tokens for every sample")
+            indices = torch.cat(parts)
+        check_index_values(indices, self.policy, n)  # range, order, uniqueness: one host sync per group
+        return indices.to(device)
 
 
 def _decisions(decided: Any, batch: int, name: str) -> list[Decision]:

@@ -36,6 +36,7 @@ from stitchkit.errors import ConfigError
 from stitchkit.families.loading import loading_options
 from stitchkit.loop.caches import ModelCache, normalize_cache_spec
 from stitchkit.loop.engine import Models, Policies, StepCallback, denoise
+from stitchkit.loop.method_checks import cache_paths, check_method
 from stitchkit.loop.trace import BatchStep, StepRecord
 from stitchkit.pipeline.conventions import (
     CALLBACK_TENSOR_INPUTS,
@@ -52,6 +53,7 @@ from stitchkit.pipeline.components import (
     offload_sequence,
 )
 from stitchkit.pipeline.magcache_ratios import load_ratios, magcache_key, save_ratios
+from stitchkit.pipeline.sizes import check_sides
 from stitchkit.pipeline.skip_layer_guidance import skip_layer_guidance
 from stitchkit.pipeline.video import frames_for
 from stitchkit.registry import DEFAULT_CONTEXT, DEFAULT_MASK, Registry, get_registry
@@ -348,6 +350,7 @@ class StitchPipeline(DiffusionPipeline):
         check_guidance(guidance_scale, "guidance_scale")  # NaN / negative refused; <= 1: guidance off
         policies = self.resolve_policies(switch, mask, context)
         cache_specs = self.resolve_caches(cache)
+        check_method(policies.switch, mask=mask, cache_roles=cache_paths(cache))  # a mask/cache it never uses
         adapter = self.adapter
         # A paper preset brings its steps and size where the call gives none (stitchkit.sampler).
         sampler = resolve_sampler(
@@ -355,6 +358,7 @@ class StitchPipeline(DiffusionPipeline):
             default_size=adapter.default_size(),
             max_size=largest_size(adapter.large_transformer.config, adapter.patch_size, adapter.vae_scale_factor))
         num_inference_steps, height, width = sampler.steps, sampler.height, sampler.width
+        check_sides(adapter, self.small, height, width)  # before diffusers' deep ValueError (pipeline.sizes)
         adapter.check_inputs(
             prompt=prompt, prompt_2=prompt_2, prompt_3=prompt_3, height=height, width=width,
             negative_prompt=negative_prompt, negative_prompt_2=negative_prompt_2,

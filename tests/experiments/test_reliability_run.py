@@ -54,7 +54,7 @@ def test_bad_pair_refused_before_loading(tmp_path, monkeypatch, old, new, messag
     assert str(err.value).startswith(message)
 
 
-def test_cuda_on_a_cpu_machine_refused_before_loading(tmp_path, monkeypatch):
+def test_cuda_on_a_cpu_machine_refused_before_loading(tmp_path, monkeypatch, capsys):
     import torch
 
     if torch.cuda.is_available():
@@ -67,6 +67,12 @@ def test_cuda_on_a_cpu_machine_refused_before_loading(tmp_path, monkeypatch):
         "pair: tiny-random", f"pair: {{large: {tmp_path / 'large'}, small: {tmp_path / 'small'}, device: cuda}}"))
     with pytest.raises(ConfigError, match=r"^pair.device: 'cuda' asked for, but this machine has no CUDA device"):
         runner.run_experiment(config, progress=False)
+    from stitchkit.experiments import plan
+
+    monkeypatch.setattr(plan, "load_pair", _no_model)
+    for command in (["run", "--dry-run"], ["plan"]):  # issue 25: they used to load first ("Torch not compiled")
+        assert main([*command, str(tmp_path / "exp.yaml")]) == 2
+        assert capsys.readouterr().err.startswith(f"stitchkit {command[0]}: error: pair.device: 'cuda' asked for")
 
 
 def test_output_under_a_file_refused_on_the_cli(tmp_path, monkeypatch, capsys):
@@ -309,3 +315,121 @@ def test_record_of_another_method_with_the_same_name_is_stale(tmp_path):
         assert stages[0] == stages[1] and stages[0].count(0) == 3  # 0.75 of 4 steps in the small stage
         assert ((other.output / "images" / "fast" / f"{stem}.png").read_bytes()
                 == (fresh.output / "images" / "fast" / f"{stem}.png").read_bytes())
+
+
+# Issue 25: the last late failures. ---------------------------------------------------------------------------
+
+SHAPES = EXPERIMENT.replace("pair: tiny-random", "pair: shapes").replace("height: 64, width: 64", "height: 32, width: 32")
+
+
+@pytest.mark.parametrize("side, message", [
+    ("64", "sampler.height: 64 is beyond the 32 the large model's position embedding covers (pos_embed_max_size × "
+           "patch × VAE factor); use at most 32"),
+    ("100000000", "sampler.height: 100000000 is beyond the 32"),
+    ("33", "sampler.height: 33 is not a multiple of 2 (VAE factor 1 × patch 2); use a multiple of 2"),
+])
+def test_a_size_the_shapes_pair_cannot_make_names_sampler_height(tmp_path, capsys, side, message):
+    """Before: diffusers' "Height (32) cannot be greater than `pos_embed_max_size`" traceback, or `height:`."""
+    _config(tmp_path, SHAPES.replace("height: 32", f"height: {side}"))
+    assert main(["run", str(tmp_path / "exp.yaml"), "-q", "--dry-run"]) == 2
+    err = capsys.readouterr().err  # after the loaders' own progress bars and notices
+    assert err.rstrip("\n").splitlines()[-1].startswith(f"stitchkit run: error: {message}")
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_size_beyond_the_small_models_position_embedding_is_refused_by_the_pipeline(tiny_pair):
+    """A small model with a smaller pos_embed_max_size used to fail inside diffusers at its first step."""
+    from stitchkit import StitchPipeline
+    from stitchkit.families.sd3.tiny_random import tiny_transformer
+
+    large, small = tiny_pair
+    cropped = tiny_transformer(num_layers=1, heads=2, seed=3, sample_size=2)  # pos_embed_max_size 4: 64 px
+    pipe = StitchPipeline.from_pipelines(large=large, small=cropped)
+    args = dict(prompt="a cat", num_inference_steps=1, max_sequence_length=8, output_type="latent", switch="small")
+    with pytest.raises(ConfigError, match=r"^height: 128 is beyond the 64 the small model's position embedding "
+                                          r"covers \(pos_embed_max_size × patch × VAE factor\); use at most 64$"):
+        pipe(**args, height=128, width=64)
+    with pytest.raises(ConfigError, match=r"^width: 72 is not a multiple of 16 \(VAE factor 8 × patch 2\)"):
+        pipe(**args, height=64, width=72)
+    pipe(**args, height=64, width=64)  # within both: runs
+
+
+def test_a_small_model_of_another_kind_refused_at_pair_small(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(runner, "load_pair", _no_model)
+    for name, kind in (("large", "SD3Transformer2DModel"), ("small", "WanTransformer3DModel")):
+        (tmp_path / name / "transformer").mkdir(parents=True)
+        (tmp_path / name / "model_index.json").write_text("{}")
+        (tmp_path / name / "transformer" / "config.json").write_text(json.dumps({"_class_name": kind}))
+    _config(tmp_path, EXPERIMENT.replace(
+        "pair: tiny-random", f"pair: {{large: {tmp_path / 'large'}, small: {tmp_path / 'small'}}}"))
+    for command in (["run"], ["run", "--dry-run"], ["plan"]):
+        assert main([*command, str(tmp_path / "exp.yaml")]) == 2
+        assert capsys.readouterr().err == (
+            f"stitchkit {command[0]}: error: pair.small: holds a WanTransformer3DModel, but the large model is a "
+            "SD3Transformer2DModel; give a small SD3Transformer2DModel (a pipeline folder of the large one's kind, "
+            "or its transformer)\n")
+
+
+def test_dry_run_makes_runs_checks_before_loading(tmp_path, monkeypatch, capsys):
+    """--dry-run used to load the models first: diffusers' hub OSError for a missing folder, "Torch not
+    compiled with CUDA enabled", and a prompt the metric cannot read passed the dry run that `run` refused."""
+    from stitchkit.experiments import plan
+
+    monkeypatch.setattr(plan, "load_pair", _no_model)
+    _config(tmp_path, EXPERIMENT.replace("pair: tiny-random", "pair: {large: /nonexistent/l, small: /nonexistent/s}"))
+    assert main(["run", str(tmp_path / "exp.yaml"), "--dry-run"]) == 2
+    assert capsys.readouterr().err.startswith("stitchkit run: error: pair.large: no such folder '/nonexistent/l'")
+    _config(tmp_path, SHAPES.replace("prompts: [a red circle, a blue square]", "prompts: [a dog]")
+            .replace("seeds: [0]", "seeds: [0]\n    metrics: [caption_accuracy]"))
+    assert main(["run", str(tmp_path / "exp.yaml"), "--dry-run"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "stitchkit run: error: prompts[0]: caption_accuracy reads shapes captions only: cannot parse 'a dog'")
+    assert not (tmp_path / "out").exists()  # a dry run creates nothing
+
+
+def test_a_truncated_record_is_reported_unreadable_not_stale(tmp_path):
+    from stitchkit.experiments.reports import write_report
+
+    config = _config(tmp_path)
+    runner.run_experiment(config, progress=False)
+    record = config.output / "records" / "small" / "p0001-s0.json"
+    record.write_bytes(record.read_bytes()[:100])  # cut mid-way, as a full disk or a kill leaves it
+    with pytest.warns(UserWarning) as caught:
+        write_report(config)
+    assert [str(w.message) for w in caught] == [
+        f"1 record(s) in {config.output} cannot be read (truncated or damaged JSON) (first: method 'small', prompt 1, "
+        "seed 0): not counted; `stitchkit run` remakes them"]
+    runner.run_experiment(config, progress=False)  # and the rerun remakes it
+    assert json.loads(record.read_text())["method"] == "small"
+
+
+def test_a_pair_that_cannot_stitch_is_named_at_pair_small(tmp_path, tiny_pair):
+    """A registered pair whose small transformer has another patch size: the family's pair check, at the
+    experiment's field."""
+    from stitchkit import hookimpl
+    from stitchkit.families.sd3.tiny_random import tiny_transformer
+    from stitchkit.experiments.pair_setup import load_pair
+    from stitchkit.registry import get_registry
+
+    class OddPair:
+        @hookimpl
+        def register_pairs(self, register):
+            other = tiny_transformer(num_layers=1, heads=2, seed=5)
+            other.register_to_config(patch_size=4)
+            register("odd-pair", lambda: (tiny_pair[0], other))
+
+    registry = get_registry(extra=[OddPair()])
+    config = ExperimentConfig.from_dict({"pair": "odd-pair", "prompts": ["a cat"], "methods": ["large"]},
+                                        base=tmp_path, registry=registry)
+    with pytest.raises(ConfigError, match=r"^pair\.small\.config\.patch_size: is 4, the large model's is 2; "
+                                          r"the two must match$"):
+        load_pair(config)
+
+
+def test_profile_of_a_size_the_pair_cannot_make_names_the_option(capsys):
+    assert main(["profile", "--pair", "shapes", "--height", "64", "--width", "32"]) == 2
+    err = capsys.readouterr().err
+    assert err.rstrip("\n").splitlines()[-1] == (
+        "stitchkit profile: error: --height: 64 is beyond the 32 the large model's position embedding covers "
+        "(pos_embed_max_size × patch × VAE factor); use at most 32")
