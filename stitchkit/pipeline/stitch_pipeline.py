@@ -31,6 +31,7 @@ from stitchkit.families.loading import loading_options
 from stitchkit.loop.caches import ModelCache, normalize_cache_spec
 from stitchkit.loop.engine import Models, Policies, StepCallback, denoise
 from stitchkit.loop.trace import BatchStep, StepRecord
+from stitchkit.pipeline.compile import compile_pair
 from stitchkit.pipeline.conventions import (
     CALLBACK_TENSOR_INPUTS,
     check_call_arguments,
@@ -361,6 +362,13 @@ class StitchPipeline:
         costs = self.costs(height=height, width=width, text_tokens=text_tokens, guided=guided, num_frames=num_frames)
         return check_switch_policy(policies.switch, costs, allow_unprofitable=allow_unprofitable, path=path,
                                    computes_all_tokens=getattr(policies.context, "computes_all_tokens", False))
+
+    # -- torch.compile and LoRA (stitchkit.pipeline.compile, stitchkit.pipeline.lora) ----------------------
+    def compile_repeated_blocks(self, **torch_compile_options: Any) -> "StitchPipeline":
+        """Regional ``torch.compile`` of both transformers, as diffusers' ``compile_repeated_blocks``; the
+        masked runner runs the same compiled blocks, token counts dynamic (:mod:`stitchkit.pipeline.compile`)."""
+        compile_pair((self.adapter.large_transformer, self.small), **torch_compile_options)
+        return self
 
     # -- conveniences (diffusers' pipeline attributes) -----------------------------------------------------
     def __getattr__(self, name: str) -> Any:
