@@ -59,11 +59,9 @@ def repeated_block_classes(model: torch.nn.Module) -> tuple[str, ...]:
     declared = tuple(getattr(model, "_repeated_blocks", None) or ())
     if declared:
         return declared
-    names: list[str] = []
-    for child in model.children():
-        if isinstance(child, torch.nn.ModuleList):
-            names += [type(block).__name__ for block in child if type(block).__name__ not in names]
-    return tuple(names)
+    names = [type(block).__name__ for child in model.children() if isinstance(child, torch.nn.ModuleList)
+             for block in child]
+    return tuple(dict.fromkeys(names))
 
 
 def compile_repeated_blocks(model: torch.nn.Module, **options: Any) -> int:
