@@ -52,6 +52,7 @@ from stitchkit.families.flux.latents import PACK, flux_call_args, to_stitch_layo
 from stitchkit.models.attention import DispatchedAttention, attend, inherit_backend
 from stitchkit.models.cuda_graphs import release_locked
 from stitchkit.models.indices import check_indices, check_rows, flat_rows
+from stitchkit.models.kv_cache import record_kv
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -150,19 +151,7 @@ class FluxKVCacheAttnProcessor(DispatchedAttention):
 
     def _record(self, key: torch.Tensor, value: torch.Tensor) -> None:
         """Store this call's K/V (Algorithm 1, line 6), in cache rows ``state.rows`` when given."""
-        rows, cache_rows = self.state.rows, self.state.cache_rows
-        if rows is None:  # a copy, not the old buffer: torch.compile then traces no branch on the old cache
-            contiguous = torch.contiguous_format  # the refresh writes through a flat view
-            self.key, self.value = key.clone(memory_format=contiguous), value.clone(memory_format=contiguous)
-            return
-        cached_key, cached_value = self.key, self.value  # read once: dynamo guards on what it read
-        shape = (cache_rows, *key.shape[1:])
-        if (cached_key is None or cached_key.shape != shape or cached_key.dtype != key.dtype
-                or cached_key.device != key.device):
-            cached_key, cached_value = key.new_empty(shape), value.new_empty(shape)
-            self.key, self.value = cached_key, cached_value
-        cached_key.index_copy_(0, rows, key)
-        cached_value.index_copy_(0, rows, value)
+        record_kv(self, key, value, self.state.rows, self.state.cache_rows)
 
     def _refresh(self, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write the m fresh image K/V rows into the cache and return this call's rows of it, text rows

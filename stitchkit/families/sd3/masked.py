@@ -50,6 +50,7 @@ from diffusers.models.transformers.transformer_sd3 import SD3Transformer2DModel
 from stitchkit.models.attention import DispatchedAttention, attend, inherit_backend
 from stitchkit.models.cuda_graphs import CudaGraphs, cuda_graphs_enabled, release_locked
 from stitchkit.models.indices import check_indices
+from stitchkit.models.kv_cache import cache_buffers
 
 if TYPE_CHECKING:
     from diffusers.models.attention_processor import Attention
@@ -175,7 +176,7 @@ class KVCacheAttnProcessor(DispatchedAttention):
             return self._record_rows(key, value, text_key, text_value)
         n = key.shape[1]
         length = n + (0 if text_key is None else text_key.shape[1])
-        cached_key, cached_value = self._buffers((key.shape[0], length, *key.shape[2:]), key, value)
+        cached_key, cached_value = cache_buffers(self, (key.shape[0], length, *key.shape[2:]), key, value)
         if text_key is not None:
             cached_key[:, n:].copy_(text_key)
             cached_value[:, n:].copy_(text_value)
@@ -189,22 +190,10 @@ class KVCacheAttnProcessor(DispatchedAttention):
         rows = self.state.rows
         if text_key is not None:
             key, value = torch.cat([key, text_key], dim=1), torch.cat([value, text_value], dim=1)
-        cached_key, cached_value = self._buffers((self.state.cache_rows, *key.shape[1:]), key, value)
+        cached_key, cached_value = cache_buffers(self, (self.state.cache_rows, *key.shape[1:]), key, value)
         cached_key.index_copy_(0, rows, key)
         cached_value.index_copy_(0, rows, value)
         return key, value
-
-    def _buffers(self, shape, key, value):
-        """This module's cache buffers of ``shape``, allocated anew when missing or unfit (kept otherwise: a
-        CUDA graph of a masked call reads them by address). The old ones are read once, into locals: under
-        torch.compile dynamo guards on what a traced call read, and reading them again after the assignment
-        would guard on both values, a graph that never matches."""
-        cached_key, cached_value = self.key, self.value
-        if (cached_key is None or cached_key.shape != shape or cached_key.dtype != key.dtype
-                or cached_key.device != key.device):
-            cached_key, cached_value = key.new_empty(shape), value.new_empty(shape)
-            self.key, self.value = cached_key, cached_value
-        return cached_key, cached_value
 
     def _refresh(self, key, value, text_key, text_value):
         """Write the m fresh image K/V rows into the cache and return the whole of it (Algorithm 1, line 10).
