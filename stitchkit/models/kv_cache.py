@@ -31,8 +31,8 @@ def record_kv(processor: Any, key: torch.Tensor, value: torch.Tensor, rows: torc
     into those rows of a cache of ``cache_rows`` rows. Without rows the cache is a contiguous copy (the
     refresh writes through a flat view), not the old buffer: a traced call then reads no old cache at all."""
     if rows is None:
-        contiguous = torch.contiguous_format
-        processor.key, processor.value = key.clone(memory_format=contiguous), value.clone(memory_format=contiguous)
+        processor.key = key.clone(memory_format=torch.contiguous_format)
+        processor.value = value.clone(memory_format=torch.contiguous_format)
         return
     cached_key, cached_value = cache_buffers(processor, (cache_rows, *key.shape[1:]), key, value)
     cached_key.index_copy_(0, rows, key)

@@ -15,9 +15,12 @@ K/V-cache processors inside them (:mod:`stitchkit.families.flux.masked` and its 
   :func:`stitchkit.models.cuda_graphs.release_locked`).
 
 The first generation compiles one graph per block kind for each mode it meets (the small model's stock
-call; the large model's stock call, its recording call with and without a cache to reuse, its masked
-call), plus one for the strided text input every single-stream block after the first receives (FLUX).
-These are more than dynamo's default of 8 per code object, so :func:`compile_pair` raises
+call; the large model's stock call, its recording call (SD3: with and without buffers to reuse, which it
+keeps for its CUDA graphs), its masked call), plus one for the strided text input that every FLUX
+single-stream block after the first receives, and separate ones for batch 1 (dynamo specializes sizes 0
+and 1). A FLUX hybrid generation compiles 10 graphs (``tests/pipeline/test_compile.py``), the shapes pair's
+three step kinds 6 (``benchmarks/compile.py``). Dynamo's default limit of 8 per code object would be
+exceeded by a run that meets every mode and batch size, so :func:`compile_pair` raises
 ``torch._dynamo.config.recompile_limit`` to :data:`RECOMPILE_LIMIT` (never lowers it): above the limit
 dynamo would silently run the blocks eagerly.
 

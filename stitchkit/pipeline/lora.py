@@ -41,20 +41,21 @@ def _state_dict(pipeline: Any, weights: Any, **kwargs: Any) -> dict[str, torch.T
     if reader is None:
         if not isinstance(weights, dict):
             raise ConfigError("lora", f"{type(pipeline).__name__} has no LoRA loader to read {weights!r}",
-                              "pass the LoRA as a state dict in diffusers' keys ('transformer.<module>.lora_A.weight')")
+                              "pass the LoRA as a state dict in diffusers' keys "
+                              "('transformer.<module>.lora_A.weight')")
         return weights
     state = reader(weights, **kwargs)
     return dict(state[0] if isinstance(state, tuple) else state)
 
 
-def adapter_names(model: torch.nn.Module) -> tuple[str, ...]:
+def loaded_adapters(model: torch.nn.Module) -> tuple[str, ...]:
     """The LoRA adapters loaded into ``model`` (peft's ``peft_config``), in load order."""
     return tuple(getattr(model, "peft_config", None) or ())
 
 
 def _default_name(models: Sequence[torch.nn.Module]) -> str:
     """diffusers' default adapter name (``default_<n>``), unused in every one of ``models``."""
-    taken = {name for model in models for name in adapter_names(model)}
+    taken = {name for model in models for name in loaded_adapters(model)}
     return next(f"default_{i}" for i in range(len(taken) + 1) if f"default_{i}" not in taken)
 
 
@@ -69,7 +70,7 @@ def load_lora(pipeline: Any, large: torch.nn.Module, small: torch.nn.Module, wei
     targets = {"large": (large,), "small": (small,), "both": (large, small)}[into]
     name = adapter_name or _default_name(targets)
     for model in targets:
-        if name in adapter_names(model):
+        if name in loaded_adapters(model):
             role = "large" if model is large else "small"
             raise ConfigError("adapter_name", f"{name!r} is already loaded into the {role} model",
                               "give another adapter_name, or unload_lora_weights() first")
@@ -78,7 +79,8 @@ def load_lora(pipeline: Any, large: torch.nn.Module, small: torch.nn.Module, wei
             pipeline.load_lora_weights(dict(weights) if isinstance(weights, Mapping) else weights,
                                        adapter_name=name, **kwargs)
         else:
-            large.load_lora_adapter(_state_dict(pipeline, weights, **kwargs), prefix="transformer", adapter_name=name)
+            large.load_lora_adapter(_state_dict(pipeline, weights, **kwargs), prefix="transformer",
+                                    adapter_name=name)
     if into in ("small", "both"):
         prefix = getattr(pipeline, "transformer_name", "transformer")
         try:
@@ -93,21 +95,22 @@ def load_lora(pipeline: Any, large: torch.nn.Module, small: torch.nn.Module, wei
     return name
 
 
-def set_adapters(pipeline: Any, large: torch.nn.Module, small: torch.nn.Module, adapter_names_: Sequence[str],
+def set_adapters(pipeline: Any, large: torch.nn.Module, small: torch.nn.Module, adapter_names: Sequence[str] | str,
                  adapter_weights: Sequence[float] | float | None = None) -> None:
-    """Activate ``adapter_names_`` with ``adapter_weights`` (one number: all of them) on every model holding
+    """Activate ``adapter_names`` with ``adapter_weights`` (one number: all of them) on every model holding
     them: the large pipeline (its transformer and text encoders, diffusers' ``set_adapters``) or the large
     transformer, and the small transformer."""
-    names = [adapter_names_] if isinstance(adapter_names_, str) else list(adapter_names_)
+    names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
     weights = adapter_weights if isinstance(adapter_weights, Sequence) else [adapter_weights] * len(names)
     if len(weights) != len(names):
         raise ConfigError("adapter_weights", f"{len(weights)} weights for {len(names)} adapters", "one per adapter")
-    known = set(adapter_names(large)) | set(adapter_names(small))
+    known = set(loaded_adapters(large)) | set(loaded_adapters(small))
     for name in names:
         if name not in known:
-            raise ConfigError("adapter_names", f"{name!r} is not loaded", "loaded: " + (", ".join(sorted(known)) or "none"))
+            raise ConfigError("adapter_names", f"{name!r} is not loaded",
+                              "loaded: " + (", ".join(sorted(known)) or "none"))
     for model, setter in ((large, getattr(pipeline, "set_adapters", None)), (small, None)):
-        mine = [(n, w) for n, w in zip(names, weights) if n in adapter_names(model)]
+        mine = [(n, w) for n, w in zip(names, weights) if n in loaded_adapters(model)]
         if not mine:
             continue
         setter = setter or model.set_adapters
@@ -118,7 +121,7 @@ def unload_lora(pipeline: Any, large: torch.nn.Module, small: torch.nn.Module) -
     """Remove every LoRA adapter from both models (and the large pipeline's text encoders)."""
     if hasattr(pipeline, "unload_lora_weights"):
         pipeline.unload_lora_weights()
-    elif adapter_names(large):
+    elif loaded_adapters(large):
         large.unload_lora()
-    if adapter_names(small):
+    if loaded_adapters(small):
         small.unload_lora()
