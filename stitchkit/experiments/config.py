@@ -18,6 +18,7 @@ a typo must not silently fall back to a default.
       - {switch: {kind: hybridstitch, thresholds: [0.5, 0.3], mask_ratios: [0.3]}}
       - {switch: hybridstitch-30, grid: {mask_ratios: [[0.2], [0.3]]}}   # a sweep: one method a point
     output: runs/quickstart          # relative to the YAML file
+    compile: true                    # regional torch.compile of both transformers, or {mode: ..., backend: ...}
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from stitchkit.experiments.sweeps import MAX_METHODS, expand_grid, point_name, s
 from stitchkit.experiments.yaml_loader import load as load_yaml
 from stitchkit.loop.caches import normalize_cache_spec
 from stitchkit.loop.method_checks import cache_paths, check_method
+from stitchkit.pipeline.compile import check_options as check_compile_options
 from stitchkit.registry import get_registry
 from stitchkit.values import check_guidance, check_seed, check_steps
 
@@ -118,6 +120,8 @@ class ExperimentConfig:
     prompt_indices: tuple[int, ...] = attrs.field()
     #: ``{from: ABSOLUTE PATH, sample, seed, field}`` when the prompts came from a file.
     prompt_source: Mapping[str, Any] | None = None
+    #: ``torch.compile`` options for both transformers (``StitchPipeline.compile_repeated_blocks``), ``None``: eager.
+    compile: Mapping[str, Any] | None = None
     #: The plugin registry the config was checked against; everything that runs the experiment uses it
     #: (handed in, not rebuilt). Not part of the config's value: equal configs may hold different registries.
     _registry: Any = attrs.field(default=None, eq=False, repr=False, alias="registry")
@@ -167,7 +171,7 @@ class ExperimentConfig:
     def from_dict(cls, data: Any, *, base: Path = Path("."), registry=None, source: Path | None = None):
         data = mapping(data, "", "the experiment file must be a mapping of fields")
         only(data, "", ("name", "pair", "sampler", "prompts", "prompts_file", "seeds", "methods", "output",
-                         "allow_unprofitable", "metrics", "max_methods"))
+                         "allow_unprofitable", "metrics", "max_methods", "compile"))
         registry = registry if registry is not None else get_registry()
         name = typed(data.get("name", source.stem if source else "experiment"), "name", str)
         prompts = read_prompts(data, base)
@@ -187,7 +191,7 @@ class ExperimentConfig:
             name=name, pair=pair, sampler=sampler, metrics=metrics,
             prompts=prompts.prompts, prompt_indices=prompts.indices, prompt_source=prompts.source, seeds=seeds, methods=methods, output=output if output.is_absolute() else base / output,
             allow_unprofitable=typed(data.get("allow_unprofitable", False), "allow_unprofitable", bool),
-            source=source, registry=registry,
+            source=source, registry=registry, compile=_compile(data.get("compile", False)),
         )
 
 
@@ -198,6 +202,15 @@ BASELINE = "large"
 def ordered_methods(methods) -> list[MethodConfig]:
     """The large-only baseline first (if present), so the speedups are always against finished units."""
     return sorted(methods, key=lambda m: m.name != BASELINE)
+
+
+def _compile(value: Any) -> dict[str, Any] | None:
+    """``compile: true`` (stitchkit's torch.compile options), ``false``, or a mapping of options."""
+    if isinstance(value, bool):
+        return {} if value else None
+    options = dict(mapping(value, "compile", "true, false or {mode: ..., backend: ...}"))
+    check_compile_options(options)
+    return options
 
 
 def _pair(value: Any, known: tuple[str, ...]) -> PairConfig:

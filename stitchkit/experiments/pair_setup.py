@@ -27,17 +27,21 @@ logger = logging.getLogger(__name__)
 
 
 def load_pair(config: ExperimentConfig):
-    """The StitchPipeline the experiment's ``pair`` names."""
+    """The StitchPipeline the experiment's ``pair`` names, compiled when the experiment says ``compile``."""
     pair = config.pair
     try:
         if pair.name is not None:
-            return StitchPipeline.from_pair(pair.name, registry=config.registry)
-        return StitchPipeline.from_pretrained(pair.large, pair.small, torch_dtype=getattr(torch, pair.dtype),
-                                              device=pair.device, registry=config.registry)
+            pipe = StitchPipeline.from_pair(pair.name, registry=config.registry)
+        else:
+            pipe = StitchPipeline.from_pretrained(pair.large, pair.small, torch_dtype=getattr(torch, pair.dtype),
+                                                  device=pair.device, registry=config.registry)
     except ConfigError as err:  # the pair check's `small.config.patch_size` is the experiment's pair.small...
         if err.path.split(".")[0] in ("large", "small"):
             raise err.at("pair") from None
         raise
+    if config.compile is not None:
+        pipe.compile_repeated_blocks(**config.compile)
+    return pipe
 
 
 def ran_sampler(pipe, config: ExperimentConfig) -> dict[str, Any]:

@@ -8,6 +8,7 @@ here, not in a family's runner, so that the engine imports no model family.
 from __future__ import annotations
 
 import os
+from typing import Any, Iterable
 
 import torch
 
@@ -59,3 +60,18 @@ def cuda_graphs_enabled() -> bool:
 def locked(cache: torch.Tensor) -> bool:
     """A cache recorded under ``torch.inference_mode()`` can be written only inside it."""
     return cache.is_inference() and not torch.is_inference_mode_enabled()
+
+
+def release_locked(processors: Iterable[Any], *, clone: bool) -> None:
+    """Before a call writes the K/V caches (``.key``/``.value``) of ``processors``: a :func:`locked` cache is
+    cloned (``clone``: a masked call refreshes it in place) or dropped (a recording call allocates its own).
+
+    Checked here, once per call and outside the transformer blocks, not in the processors: under
+    ``torch.compile`` (:mod:`stitchkit.pipeline.compile`) the processors run inside the compiled blocks, and
+    ``Tensor.is_inference`` cannot be traced there (dynamo breaks the graph on it)."""
+    for processor in processors:
+        if processor.key is not None and locked(processor.key):
+            if clone:
+                processor.key, processor.value = processor.key.clone(), processor.value.clone()
+            else:
+                processor.key = processor.value = None

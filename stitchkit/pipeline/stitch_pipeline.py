@@ -38,6 +38,8 @@ from stitchkit.loop.caches import ModelCache, normalize_cache_spec
 from stitchkit.loop.engine import Models, Policies, StepCallback, denoise
 from stitchkit.loop.method_checks import cache_paths, check_method
 from stitchkit.loop.trace import BatchStep, StepRecord
+from stitchkit.pipeline.compile import compile_pair
+from stitchkit.pipeline.lora import load_lora, set_adapters, unload_lora
 from stitchkit.pipeline.conventions import (
     CALLBACK_TENSOR_INPUTS,
     check_call_arguments,
@@ -477,6 +479,28 @@ class StitchPipeline(DiffusionPipeline):
         costs = self.costs(height=height, width=width, text_tokens=text_tokens, guided=guided, num_frames=num_frames)
         return check_switch_policy(policies.switch, costs, allow_unprofitable=allow_unprofitable, path=path,
                                    computes_all_tokens=getattr(policies.context, "computes_all_tokens", False))
+
+    # -- torch.compile and LoRA (stitchkit.pipeline.compile, stitchkit.pipeline.lora) -----------------------
+    def compile_repeated_blocks(self, **torch_compile_options: Any) -> "StitchPipeline":
+        """Regional ``torch.compile`` of both transformers, as diffusers' ``compile_repeated_blocks``; the
+        masked runner runs the same compiled blocks, token counts dynamic (:mod:`stitchkit.pipeline.compile`)."""
+        compile_pair((self.adapter.large_transformer, self.small), **torch_compile_options)
+        return self
+
+    def load_lora_weights(self, weights: Any, *, adapter_name: str | None = None, into: str = "both",
+                          **kwargs: Any) -> str:
+        """Load a LoRA into the ``"large"``, ``"small"`` or ``"both"`` models with diffusers' loaders
+        (:func:`stitchkit.pipeline.lora.load_lora`); returns the adapter name."""
+        return load_lora(getattr(self.adapter, "pipeline", None), self.adapter.large_transformer, self.small,
+                         weights, adapter_name=adapter_name, into=into, **kwargs)
+
+    def set_adapters(self, adapter_names: Any, adapter_weights: Any = None) -> None:
+        """diffusers' ``set_adapters`` on every model that holds the adapters (one scale for both)."""
+        set_adapters(getattr(self.adapter, "pipeline", None), self.adapter.large_transformer, self.small,
+                     adapter_names, adapter_weights)
+
+    def unload_lora_weights(self) -> None:
+        unload_lora(getattr(self.adapter, "pipeline", None), self.adapter.large_transformer, self.small)
 
     # -- diffusers' pipeline attributes (the rest come from DiffusionPipeline) ----------------------------
     @property

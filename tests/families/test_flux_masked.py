@@ -162,3 +162,15 @@ def test_end_restores_the_processors_and_frees_the_cache(model, inputs):
     large.end()
     assert not large.has_cache
     assert all(model.attn_processors[name] is proc for name, proc in before.items())
+
+
+def test_a_cache_recorded_under_inference_mode_can_be_refreshed_outside_it(model, inputs):
+    """The lock check runs before the blocks (release_locked), not in the traced processors."""
+    indices = random_indices(torch.Generator().manual_seed(6), 9)
+    ref = gather_tokens(stock(model, inputs), indices, 2)
+    with FluxMaskedTransformer(model) as large:
+        with torch.inference_mode():
+            large.forward(inputs, record=True)
+        assert max_diff(large.forward_masked(inputs, indices), ref) <= TOL
+        large.forward(inputs, record=True)  # and recorded again outside it
+        assert max_diff(large.forward_masked(inputs, indices), ref) <= TOL

@@ -50,8 +50,9 @@ from diffusers.models.transformers.transformer_flux import _get_qkv_projections
 
 from stitchkit.families.flux.latents import PACK, flux_call_args, to_stitch_layout, unpack
 from stitchkit.models.attention import DispatchedAttention, attend, inherit_backend
-from stitchkit.models.cuda_graphs import locked
+from stitchkit.models.cuda_graphs import release_locked
 from stitchkit.models.indices import check_indices, check_rows, flat_rows
+from stitchkit.models.kv_cache import record_kv
 from stitchkit.models.offload import offload_hooks
 
 if TYPE_CHECKING:
@@ -151,17 +152,7 @@ class FluxKVCacheAttnProcessor(DispatchedAttention):
 
     def _record(self, key: torch.Tensor, value: torch.Tensor) -> None:
         """Store this call's K/V (Algorithm 1, line 6), in cache rows ``state.rows`` when given."""
-        rows, cache_rows = self.state.rows, self.state.cache_rows
-        shape = (key.shape[0] if rows is None else cache_rows, *key.shape[1:])
-        if (self.key is None or self.key.shape != shape or self.key.dtype != key.dtype
-                or self.key.device != key.device or locked(self.key)):
-            self.key, self.value = key.new_empty(shape), value.new_empty(shape)
-        if rows is None:
-            self.key.copy_(key)
-            self.value.copy_(value)
-        else:
-            self.key.index_copy_(0, rows, key)
-            self.value.index_copy_(0, rows, value)
+        record_kv(self, key, value, self.state.rows, self.state.cache_rows)
 
     def _refresh(self, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write the m fresh image K/V rows into the cache and return this call's rows of it, text rows
@@ -175,8 +166,6 @@ class FluxKVCacheAttnProcessor(DispatchedAttention):
             raise RuntimeError(f"the recorded K/V ({have}) does not fit this masked call ((R, "
                                f"{text + state.num_tokens}, {heads}, {head_dim}) {key.dtype}); record a full "
                                "forward with the same latent size and prompt length first")
-        if locked(self.key):
-            self.key, self.value = self.key.clone(), self.value.clone()
         flat = state.flat_image_rows(text)
         self.key.view(-1, heads, head_dim).index_copy_(0, flat, key[:, text:].reshape(-1, heads, head_dim))
         self.value.view(-1, heads, head_dim).index_copy_(0, flat, value[:, text:].reshape(-1, heads, head_dim))
@@ -282,6 +271,7 @@ class FluxMaskedTransformer:
         try:
             state.mode = Mode.RECORD if record else Mode.PLAIN
             if record:
+                release_locked(self._processors, clone=False)
                 state.rows, state.cache_rows = rows, cache_rows
             return flux_forward(self.model, inputs)
         finally:
@@ -308,6 +298,7 @@ class FluxMaskedTransformer:
             raise RuntimeError(f"the recorded K/V has {cached.shape[0]} rows, this call {batch}: pass rows")
         if rows is not None:
             check_rows(rows, batch, cached.shape[0])
+        release_locked(self._processors, clone=True)
         state = self._state
         try:
             state.mode, state.indices, state.num_tokens, state.rows = Mode.MASKED, indices, n, rows
@@ -332,6 +323,9 @@ class FluxMaskedTransformer:
         context = model.context_embedder(args["encoder_hidden_states"])
         cos, sin = model.pos_embed(torch.cat((args["txt_ids"], args["img_ids"]), dim=0))  # (T + N, head_dim)
         text = context.shape[1]
+        # The cache rows of the selected tokens, made here once rather than by the first block's processor:
+        # under torch.compile the blocks then see one state in every call (no recompilation for the first).
+        self._state.flat_image_rows(text)
         # Each row's own positions: every text row, then its selected image rows.
         rows = torch.cat([torch.arange(text, device=indices.device).expand(indices.shape[0], text),
                           indices + text], dim=1)

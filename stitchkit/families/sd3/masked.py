@@ -48,8 +48,9 @@ import torch
 from diffusers.models.transformers.transformer_sd3 import SD3Transformer2DModel
 
 from stitchkit.models.attention import DispatchedAttention, attend, inherit_backend
-from stitchkit.models.cuda_graphs import CudaGraphs, cuda_graphs_enabled, locked as _locked
+from stitchkit.models.cuda_graphs import CudaGraphs, cuda_graphs_enabled, release_locked
 from stitchkit.models.indices import check_indices
+from stitchkit.models.kv_cache import cache_buffers
 from stitchkit.models.offload import has_offload_hooks, offload_hooks
 
 if TYPE_CHECKING:
@@ -176,14 +177,13 @@ class KVCacheAttnProcessor(DispatchedAttention):
             return self._record_rows(key, value, text_key, text_value)
         n = key.shape[1]
         length = n + (0 if text_key is None else text_key.shape[1])
-        shape = (key.shape[0], length, *key.shape[2:])
-        if (self.key is None or self.key.shape != shape or self.key.dtype != key.dtype
-                or self.key.device != key.device or _locked(self.key)):
-            self.key, self.value = key.new_empty(shape), value.new_empty(shape)
-        self._write_text(n, text_key, text_value)
-        self.key[:, :n].copy_(key)
-        self.value[:, :n].copy_(value)
-        return self.key, self.value
+        cached_key, cached_value = cache_buffers(self, (key.shape[0], length, *key.shape[2:]), key, value)
+        if text_key is not None:
+            cached_key[:, n:].copy_(text_key)
+            cached_value[:, n:].copy_(text_value)
+        cached_key[:, :n].copy_(key)
+        cached_value[:, :n].copy_(value)
+        return cached_key, cached_value
 
     def _record_rows(self, key, value, text_key, text_value):
         """Store this call's K/V in cache rows ``state.rows`` of a ``state.cache_rows``-row cache; the call
@@ -191,12 +191,9 @@ class KVCacheAttnProcessor(DispatchedAttention):
         rows = self.state.rows
         if text_key is not None:
             key, value = torch.cat([key, text_key], dim=1), torch.cat([value, text_value], dim=1)
-        shape = (self.state.cache_rows, *key.shape[1:])
-        if (self.key is None or self.key.shape != shape or self.key.dtype != key.dtype
-                or self.key.device != key.device or _locked(self.key)):
-            self.key, self.value = key.new_empty(shape), value.new_empty(shape)
-        self.key.index_copy_(0, rows, key)
-        self.value.index_copy_(0, rows, value)
+        cached_key, cached_value = cache_buffers(self, (self.state.cache_rows, *key.shape[1:]), key, value)
+        cached_key.index_copy_(0, rows, key)
+        cached_value.index_copy_(0, rows, value)
         return key, value
 
     def _refresh(self, key, value, text_key, text_value):
@@ -215,8 +212,6 @@ class KVCacheAttnProcessor(DispatchedAttention):
                 f"the recorded K/V ({have}) does not fit this masked call ({(batch, length, heads, head_dim)} "
                 f"{key.dtype}); record a full forward with the same batch, latent size and prompt length first"
             )
-        if _locked(self.key):
-            self.key, self.value = self.key.clone(), self.value.clone()
         rows = state.flat_index(length)
         self.key.view(-1, heads, head_dim).index_copy_(0, rows, key.reshape(-1, heads, head_dim))
         self.value.view(-1, heads, head_dim).index_copy_(0, rows, value.reshape(-1, heads, head_dim))
@@ -233,8 +228,6 @@ class KVCacheAttnProcessor(DispatchedAttention):
                 f"{key.dtype}); record a full forward of these rows with the same latent size and prompt length "
                 "first"
             )
-        if _locked(self.key):
-            self.key, self.value = self.key.clone(), self.value.clone()
         rows = state.flat_index(length)
         self.key.view(-1, heads, head_dim).index_copy_(0, rows, key.reshape(-1, heads, head_dim))
         self.value.view(-1, heads, head_dim).index_copy_(0, rows, value.reshape(-1, heads, head_dim))
@@ -361,6 +354,8 @@ class MaskedTransformer:
         CFG the cache counts both halves as rows). ``None``: the cache is exactly this call's batch.
         """
         self._require_begun()
+        if record:
+            release_locked(self._processors, clone=False)
         if record and rows is not None:
             if cache_rows is None:
                 raise ValueError("forward(record=True, rows=...) needs cache_rows: the cache's row count")
@@ -398,6 +393,7 @@ class MaskedTransformer:
                 raise RuntimeError("forward_masked(rows=...) needs recorded K/V in every one of those rows: "
                                    "record a full forward of them first")
             extra = (rows,)
+        release_locked(self._processors, clone=True)
         if x.is_cuda and self.cuda_graphs and not has_offload_hooks(self.model):  # offloaded weights move
             # n rides along as the length of an empty tensor, so the graph key carries it too.
             return self._graphs(x, inputs.timestep, inputs.encoder_hidden_states, inputs.pooled_projections,
@@ -410,6 +406,11 @@ class MaskedTransformer:
         """The masked forward itself: no host synchronisation, so it can be captured in a CUDA graph."""
         model = self.model
         with self._mode(Mode.MASKED, indices=indices, num_tokens=n, rows=rows):
+            # The masked tokens' cache rows for the joint (N + T) and image-only (N) caches, made here once
+            # rather than by the first block's processors: under torch.compile the blocks then see one state
+            # in every call (no recompilation for the first block).
+            for length in (n + inputs.encoder_hidden_states.shape[1], n):
+                self._state.flat_index(length)
             # The subset is taken right after pos_embed: the tokens already carry their positions.
             hidden = model.pos_embed(inputs.hidden_states)
             hidden = torch.gather(hidden, 1, indices[..., None].expand(-1, -1, hidden.shape[-1]))

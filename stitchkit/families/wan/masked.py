@@ -44,8 +44,9 @@ import torch
 
 from stitchkit.families.wan.forward import wan_forward
 from stitchkit.models.attention import DispatchedAttention, attend, inherit_backend
-from stitchkit.models.cuda_graphs import locked
+from stitchkit.models.cuda_graphs import release_locked
 from stitchkit.models.indices import check_indices, check_rows, flat_rows
+from stitchkit.models.kv_cache import record_kv
 from stitchkit.models.offload import offload_hooks
 from stitchkit.tokens import token_grid
 
@@ -126,17 +127,7 @@ class KVCacheSelfAttnProcessor(DispatchedAttention):
 
     def _record(self, key: torch.Tensor, value: torch.Tensor) -> None:
         """Store this call's K/V (Algorithm 1, line 6), in cache rows ``state.rows`` when given."""
-        rows, cache_rows = self.state.rows, self.state.cache_rows
-        shape = (key.shape[0] if rows is None else cache_rows, *key.shape[1:])
-        if (self.key is None or self.key.shape != shape or self.key.dtype != key.dtype
-                or self.key.device != key.device or locked(self.key)):
-            self.key, self.value = key.new_empty(shape), value.new_empty(shape)
-        if rows is None:
-            self.key.copy_(key)
-            self.value.copy_(value)
-        else:
-            self.key.index_copy_(0, rows, key)
-            self.value.index_copy_(0, rows, value)
+        record_kv(self, key, value, self.state.rows, self.state.cache_rows)
 
     def _refresh(self, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write the m fresh K/V rows into the cache; return the cache rows of this call (Algorithm 1, line 10)."""
@@ -146,8 +137,6 @@ class KVCacheSelfAttnProcessor(DispatchedAttention):
             have = "none" if self.key is None else f"{tuple(self.key.shape)} {self.key.dtype}"
             raise RuntimeError(f"the recorded K/V ({have}) does not fit this masked call ({key.dtype}); record "
                                "a full forward with the same batch and latent size first")
-        if locked(self.key):
-            self.key, self.value = self.key.clone(), self.value.clone()
         self.key.view(-1, heads, head_dim).index_copy_(0, state.flat, key.reshape(-1, heads, head_dim))
         self.value.view(-1, heads, head_dim).index_copy_(0, state.flat, value.reshape(-1, heads, head_dim))
         if state.rows is None:
@@ -248,6 +237,7 @@ class WanMaskedTransformer:
         try:
             state.mode = Mode.RECORD if record else Mode.PLAIN
             if record:
+                release_locked(self._processors, clone=False)
                 state.rows, state.cache_rows = rows, cache_rows
             return wan_forward(self.model, inputs)
         finally:
@@ -278,6 +268,7 @@ class WanMaskedTransformer:
             check_rows(rows, batch, cached.shape[0])
         if inputs.timestep.ndim != 1:
             raise NotImplementedError("per-token timesteps (Wan 2.2's expand_timesteps) are not supported")
+        release_locked(self._processors, clone=True)
         state = self._state
         try:
             state.mode, state.indices, state.rows = Mode.MASKED, indices, rows
