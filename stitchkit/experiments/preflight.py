@@ -28,9 +28,10 @@ from stitchkit.errors import ConfigError
 from stitchkit.experiments.metrics.scoring import build_metrics
 
 
-def preflight(config) -> None:
-    """Refuse, before any model is loaded, what would fail later."""
-    check_output(Path(config.output))
+def preflight(config, *, create: bool = True) -> None:
+    """Refuse, before any model is loaded, what would fail later; ``create=False`` (``--dry-run``) checks the
+    output folder without creating it."""
+    check_output(Path(config.output), create=create)
     pair = config.pair
     if pair.name is None:
         for field in ("large", "small"):
@@ -40,12 +41,16 @@ def preflight(config) -> None:
     check_prompts(config)
 
 
-def check_output(folder: Path, path: str = "output") -> None:
+def check_output(folder: Path, path: str = "output", *, create: bool = True) -> None:
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if existing.exists() and not existing.is_dir():
         raise ConfigError(path, f"{existing} is a file, not a folder", "give a folder for the results")
+    if not create:  # the folder (or the first one to create) must be writable, and nothing is written
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ConfigError(path, f"cannot write to {existing}", "give a folder you can write to (--output)")
+        return
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe.")

@@ -10,7 +10,7 @@ import yaml
 
 from stitchkit.cli import main
 from stitchkit.experiments.config import ExperimentConfig
-from stitchkit.experiments.run_folder import first_difference
+from stitchkit.experiments.growth import first_difference
 
 EXPERIMENT = """
     name: tiny
@@ -121,7 +121,7 @@ def test_dry_run_prints_units_and_predicted_speedups_and_runs_nothing(tmp_path, 
     exp.write_text(textwrap.dedent(EXPERIMENT))
     assert main(["run", str(exp), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("tiny: 3 methods × 2 prompts × 1 seed(s) = 6 units (0 already done in ")
+    assert out.startswith("tiny: 3 methods × 2 prompts × 1 seed(s) = 6 units: 6 to generate, 0 already done in ")
     lines = out.splitlines()
     large = next(line for line in lines if line.strip().startswith("large "))
     assert "1.00×" in large and "(fixed schedule)" in large
