@@ -96,6 +96,12 @@ def sampler_label(sampler: dict[str, Any] | None) -> str:
             f"cfg {sampler['guidance_scale']:g}")
 
 
+def markdown_row(cells: list[str]) -> str:
+    """One row of a Markdown table, ``|`` inside a cell escaped: ``mean |image − large|`` unescaped split
+    the header into more cells than the separator row has, and renderers then show no table at all."""
+    return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+
 def _fmt(value: Any, digits: int) -> str:
     return "–" if value is None else (f"{value:.{digits}f}" if isinstance(value, float) else str(value))
 
@@ -122,7 +128,7 @@ def write_results(config: ExperimentConfig, *, records=None, metrics=None):
     humans = [human_header(*COLUMNS[h]) if h in COLUMNS else h for h in fixed[:1] + params + fixed[1:]]
     humans += [human_header(m.label, m.unit, m.higher_is_better) for m in metrics.values()]
     digits = {**DIGITS, **{name: m.digits for name, m in metrics.items()}}
-    lines = ["| " + " | ".join(humans) + " |", "|" + "---|" * len(header)]
+    lines = [markdown_row(humans), "|" + "---|" * len(header)]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(header)
@@ -131,8 +137,8 @@ def write_results(config: ExperimentConfig, *, records=None, metrics=None):
         point = by_name[row.method].params
         values = {**{m: None for m in metrics}, **{k: point.get(k) for k in params}, **attrs.asdict(row),
                   **quality.get(row.method, {})}
-        lines.append("| " + " | ".join(format_value(values[h]) if h in params and values[h] is not None
-                                       else _fmt(values[h], digits.get(h, 0)) for h in header) + " |")
+        lines.append(markdown_row([format_value(values[h]) if h in params and values[h] is not None
+                                   else _fmt(values[h], digits.get(h, 0)) for h in header]))
         writer.writerow(["" if values[h] is None else (json.dumps(values[h]) if isinstance(values[h], (list, dict))
                                                        else values[h]) for h in header])
     atomic_write(out_dir / "results.md", ("\n".join(lines) + "\n").encode())
