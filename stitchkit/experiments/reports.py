@@ -32,6 +32,7 @@ from stitchkit.experiments.store import (
     trace_lines,
 )
 from stitchkit.experiments.sweeps import format_value
+from stitchkit.experiments.trackers.log import log_report
 
 
 def _image(out_dir: Path, method: str, prompt_index: int, seed: int) -> np.ndarray:
@@ -175,4 +176,5 @@ def write_report(config: ExperimentConfig, *, metrics=None) -> list[Path]:
     written += write_pictures(config, done)
 
     written += write_plots(config, records, rows, quality, metrics)
+    log_report(config, rows=rows, quality=quality, pictures=written)  # trackers: TensorBoard, W&B, MLflow
     return written
