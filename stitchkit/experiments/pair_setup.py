@@ -54,9 +54,12 @@ def _default_sides(pipe) -> tuple[int, int]:
 
 def use_threads(pipe, config: ExperimentConfig) -> int:
     """Set torch's threads for this run before any model runs: ``sampler.threads`` (``--threads``), else
-    ``OMP_NUM_THREADS``, else the pair's default (:mod:`stitchkit.cost.threads`). Returns the count (0 on a GPU)."""
-    return apply_threads(config.sampler.threads, pipe.adapter.large_transformer, pipe.small,
-                         device=pipe.adapter.device.type)
+    ``OMP_NUM_THREADS``, else the pair's default (:mod:`stitchkit.cost.threads`). Returns the count (0 on a GPU).
+    The pipeline's calls keep that count (``pipe.threads``, :mod:`stitchkit.pipeline.thread_policy`)."""
+    threads = apply_threads(config.sampler.threads, pipe.adapter.large_transformer, pipe.small,
+                            device=pipe.adapter.device.type)
+    pipe.threads = threads or None
+    return threads
 
 
 def load_average() -> float | None:
