@@ -113,6 +113,8 @@ def ensure_profile(pipe, config: ExperimentConfig, size: RunSize):
                                          "L_s %.1f ms", key.pair, key.height, key.width, key.threads,
                                          costs.large_ms, costs.small_ms)
     if costs is None:
+        logger.info("profile of %s at %dx%d (threads %s): not cached, measuring it now", key.pair, key.height,
+                    key.width, key.threads)
         costs, problems = measure_checked(lambda timings: profile_transformers(
             pipe.adapter.large_transformer, pipe.small, latent_height=latent[-2], latent_width=latent[-1],
             latent_frames=latent[0] if len(latent) == 3 else None, text_tokens=size.text_tokens, batch=key.batch,

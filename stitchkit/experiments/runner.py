@@ -211,6 +211,7 @@ def _run(config: ExperimentConfig, *, world, progress: bool, pipe, force_new: bo
                 except OSError as err:  # disk full, quota, I/O error: like a NaN unit, named and retried
                     failures.append((method.name, pi, seed, err))
             bar.update(len(batch))
+        bar.close()  # its last line before the table, not after it
     barrier(world)  # every rank's units are on disk
     if main:
         write_report(config, metrics=metrics)
