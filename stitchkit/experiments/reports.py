@@ -24,6 +24,7 @@ from stitchkit.experiments.config import BASELINE, ExperimentConfig
 from stitchkit.experiments.metrics.scoring import build_metrics, score_methods
 from stitchkit.experiments.pictures import write_pictures
 from stitchkit.experiments.plots import write_plots
+from stitchkit.experiments.reliability import reliability_notes
 from stitchkit.experiments.store import (
     atomic_write,
     atomic_write_chunks,
@@ -142,6 +143,8 @@ def write_results(config: ExperimentConfig, *, records=None, metrics=None):
                                    else _fmt(values[h], digits.get(h, 0)) for h in header]))
         writer.writerow(["" if values[h] is None else (json.dumps(values[h]) if isinstance(values[h], (list, dict))
                                                        else values[h]) for h in header])
+    notes = reliability_notes(metrics, min((r.images for r in rows), default=0))
+    lines += [""] + [f"*{note}*" for note in notes] if notes else []  # below the table, after a blank line
     atomic_write(out_dir / "results.md", ("\n".join(lines) + "\n").encode())
     atomic_write(out_dir / "results.csv", buffer.getvalue().encode())
     atomic_write_chunks(out_dir / "trace.jsonl", trace_lines(config))  # streamed from the records on disk
