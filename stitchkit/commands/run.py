@@ -10,6 +10,7 @@ import click
 from stitchkit.experiments.config import ExperimentConfig
 from stitchkit.experiments.distributed import world_from_env
 from stitchkit.experiments.runner import run_experiment
+from stitchkit.experiments.summary import summary_table
 
 
 def closing_line(out_dir: Path, written: list[Path]) -> str:
@@ -93,7 +94,8 @@ def command(experiment: str, output: str | None, quiet: bool, dry_run: bool, for
     out_dir = run_experiment(config, progress=not quiet, force_new=force_new)
     if world is not None and not world.is_main:  # a data-parallel rank: rank 0 reports for the job
         return
-    click.echo((out_dir / "results.md").read_text().rstrip())
+    click.echo(summary_table(out_dir))  # narrower than results.md: the full table is in the file
+    click.echo(f"full table (latency, predicted time and its error, sampler): {out_dir / 'results.md'}")
     from stitchkit.experiments.store import compact_records
 
     for line in timing_warnings(compact_records(attrs.evolve(config, output=out_dir))):
