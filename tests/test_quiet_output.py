@@ -10,7 +10,7 @@ import textwrap
 import warnings
 
 from stitchkit.cli import main
-from stitchkit.commands.noise import hoist_verbose, one_line
+from stitchkit.commands.noise import hoist_verbose, one_line, one_line_warnings
 from stitchkit.sampler import PresetSamplerWarning
 
 EXPERIMENT = """
@@ -36,6 +36,23 @@ def test_a_warning_is_one_line_without_its_source():
     line = one_line(PresetSamplerWarning("hybridstitch-30: its thresholds ..."), PresetSamplerWarning,
                     "/some/file.py", 12, "    sampler = resolve_sampler(")
     assert line == "PresetSamplerWarning: hybridstitch-30: its thresholds ...\n"
+
+
+def test_the_same_warning_from_two_call_sites_prints_once_on_one_line():
+    from stitchkit.cost.latency import UnprofitablePlanWarning
+
+    before = warnings.formatwarning
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.resetwarnings()
+            one_line_warnings()
+            warnings.warn("mask_ratios[0]: 0.3 breaks Eq. 6", UnprofitablePlanWarning)  # the run's check
+            warnings.warn("mask_ratios[0]: 0.3 breaks Eq. 6", UnprofitablePlanWarning)  # the first generation
+            (shown,) = caught
+            line = warnings.formatwarning(shown.message, shown.category, shown.filename, shown.lineno)
+    finally:
+        warnings.formatwarning = before
+    assert line == "UnprofitablePlanWarning: mask_ratios[0]: 0.3 breaks Eq. 6\n"
 
 
 def test_run_with_explicit_thresholds_warns_nothing_and_verbose_after_the_command_works(tmp_path, capsys):

@@ -35,11 +35,17 @@ def one_line(message, category, filename, lineno, line=None) -> str:
     return f"{category.__name__}: {message}\n"
 
 
+def one_line_warnings() -> None:
+    """Every warning printed as one line (:func:`one_line`), each distinct message once: the Eq. 7-8 check
+    warns from the run's check and again from the first generation, two call sites of one message."""
+    warnings.formatwarning = one_line
+    warnings.filterwarnings("once", category=UserWarning)
+
+
 def configure_output(verbose: bool) -> None:
     """One line per warning, each distinct message once; third-party notes and bars off unless ``verbose``,
     stitchkit's own log on with it."""
-    warnings.formatwarning = one_line
-    warnings.filterwarnings("once", category=UserWarning)  # the same message from two call sites: once
+    one_line_warnings()
     if verbose:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("stitchkit: %(message)s"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -86,12 +87,9 @@ def command(experiment: str, output: str | None, quiet: bool, dry_run: bool, for
     if dry_run:
         globals()["dry_run"](config, force_new=force_new)
         return
+    announce = functools.partial(click.echo, err=True)  # what the run does, before the bars start
+    out_dir = run_experiment(config, progress=not quiet, force_new=force_new, announce=announce)
     world = world_from_env()
-    if world is None or world.is_main:  # say what this run does before the bars start
-        from stitchkit.experiments.run_work import run_work
-
-        click.echo(run_work(config, force_new=force_new).describe(), err=True)
-    out_dir = run_experiment(config, progress=not quiet, force_new=force_new)
     if world is not None and not world.is_main:  # a data-parallel rank: rank 0 reports for the job
         return
     click.echo(summary_table(out_dir))  # narrower than results.md: the full table is in the file
