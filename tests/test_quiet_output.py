@@ -10,7 +10,7 @@ import textwrap
 import warnings
 
 from stitchkit.cli import main
-from stitchkit.commands.noise import hoist_verbose, one_line, one_line_warnings
+from stitchkit.commands.noise import hoist_verbose, one_line, one_line_warnings, verbose_log
 from stitchkit.sampler import PresetSamplerWarning
 
 EXPERIMENT = """
@@ -57,9 +57,12 @@ def test_the_same_warning_from_two_call_sites_prints_once_on_one_line():
 
 def test_run_with_explicit_thresholds_warns_nothing_and_verbose_after_the_command_works(tmp_path, capsys):
     (tmp_path / "exp.yaml").write_text(textwrap.dedent(EXPERIMENT))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        assert main(["run", str(tmp_path / "exp.yaml"), "-q", "--verbose"]) == 0
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert main(["run", str(tmp_path / "exp.yaml"), "-q", "--verbose"]) == 0
+    finally:
+        verbose_log(False)  # the process-wide log level back for the other tests
     assert not [w for w in caught if issubclass(w.category, PresetSamplerWarning)]
     err = capsys.readouterr().err
     assert "stitchkit: profile of tiny-random" in err  # the verbose log (profile read or measured)

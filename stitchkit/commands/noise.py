@@ -35,6 +35,39 @@ def one_line(message, category, filename, lineno, line=None) -> str:
     return f"{category.__name__}: {message}\n"
 
 
+class StderrHandler(logging.StreamHandler):
+    """stitchkit's ``--verbose`` log on whatever ``sys.stderr`` is when a record is written (not the one at
+    start-up), one handler per process however often the flag is given."""
+
+    NAME = "stitchkit-verbose"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.set_name(self.NAME)
+        self.setFormatter(logging.Formatter("stitchkit: %(message)s"))
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # logging.StreamHandler.__init__ assigns it; sys.stderr is always read
+        pass
+
+
+def verbose_log(on: bool) -> None:
+    """stitchkit's own loggers at INFO on stderr (``on``), or back to their defaults."""
+    logger = logging.getLogger("stitchkit")
+    ours = [h for h in logger.handlers if h.get_name() == StderrHandler.NAME]
+    for handler in ours:
+        logger.removeHandler(handler)
+    if on:
+        logger.addHandler(StderrHandler())
+        logger.setLevel(logging.INFO)
+    elif ours:  # only undo what an earlier --verbose did
+        logger.setLevel(logging.NOTSET)
+
+
 def one_line_warnings() -> None:
     """Every warning printed as one line (:func:`one_line`), each distinct message once: the Eq. 7-8 check
     warns from the run's check and again from the first generation, two call sites of one message."""
@@ -46,12 +79,8 @@ def configure_output(verbose: bool) -> None:
     """One line per warning, each distinct message once; third-party notes and bars off unless ``verbose``,
     stitchkit's own log on with it."""
     one_line_warnings()
+    verbose_log(verbose)
     if verbose:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("stitchkit: %(message)s"))
-        logger = logging.getLogger("stitchkit")
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
         return
     for name, value in QUIET_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
