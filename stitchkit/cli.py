@@ -11,6 +11,7 @@ import sys
 
 import click
 
+from stitchkit.commands.noise import configure_output, hoist_verbose
 from stitchkit.errors import ConfigError, NonFiniteError
 
 #: Subcommand modules; each exposes ``command``, a ``click.Command``.
@@ -28,17 +29,11 @@ COMMANDS = (
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="stitchkit")
 @click.option("--verbose", "-v", is_flag=True,
-              help="Log what happens behind the table: profiles measured or read from the cache, cache hooks.")
+              help="Log what happens behind the table (profiles measured or read from the cache, cache hooks) "
+                   "and keep third-party notes and loading bars; accepted after the subcommand too.")
 def group(verbose: bool) -> None:
     """Stitch a large and a small diffusion transformer inside one denoising loop."""
-    if verbose:  # stitchkit's own loggers only: diffusers' and torch's stay at their levels
-        import logging
-
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("stitchkit: %(message)s"))
-        logger = logging.getLogger("stitchkit")
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+    configure_output(verbose)
 
 
 for _module in COMMANDS:
@@ -58,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from stitchkit.cost.threads import passive_openmp
 
     passive_openmp()  # before torch is imported: OpenMP reads its wait policy once
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = hoist_verbose(list(sys.argv[1:] if argv is None else argv))
     prefix = f"stitchkit {_command_name(args)}".strip()
     try:
         group.main(args=args, prog_name="stitchkit", standalone_mode=False)

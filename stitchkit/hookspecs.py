@@ -100,6 +100,18 @@ def register_metrics(register: Register) -> None:
     """
 
 
+@hookspec
+def register_trackers(register: Register) -> None:
+    """Register trackers for experiments (``trackers:`` in the YAML): where each report's metrics, table and
+    pictures are also logged (TensorBoard, W&B and MLflow are built in).
+
+    Call ``register(kind, factory)``; ``factory(**params)`` returns an object following
+    :class:`stitchkit.experiments.trackers.base.Tracker` (``start``, ``log_metrics``, ``log_image``,
+    ``log_text``, ``close``) and raises :class:`~stitchkit.errors.ConfigError` when its package is missing.
+    Only rank 0 of a data-parallel run logs.
+    """
+
+
 __all__: list[Any] = [
     "ENTRY_POINT_GROUP",
     "PROJECT",
@@ -109,6 +121,7 @@ __all__: list[Any] = [
     "register_context_providers",
     "register_mask_policies",
     "register_metrics",
+    "register_trackers",
     "register_model_families",
     "register_pairs",
     "register_switch_policies",

@@ -61,7 +61,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
 
 #: Built-in plugins of a kind the loop never needs, registered (and imported) only when that kind is first
 #: looked up: the built-in metrics live in ``stitchkit.experiments``, which the loop must not import.
-LAZY_PLUGINS: dict[str, tuple[str, ...]] = {"metric": ("stitchkit.experiments.metrics.builtin",)}
+LAZY_PLUGINS: dict[str, tuple[str, ...]] = {"metric": ("stitchkit.experiments.metrics.builtin",),
+                                             "tracker": ("stitchkit.experiments.trackers.builtin",)}
 
 #: The three kinds of policy, keyed by the section name used in YAML and in ``StitchPipeline(switch=...)``.
 KINDS: dict[str, str] = {
@@ -70,10 +71,11 @@ KINDS: dict[str, str] = {
     "context": "register_context_providers",
     "metric": "register_metrics",
     "cache": "register_caches",  # diffusers' cache hooks (stitchkit.policies.caches)
+    "tracker": "register_trackers",  # where reports are logged (stitchkit.experiments.trackers)
 }
 
 #: What an entry of each kind is called in messages (default: "<kind> policy").
-NOUNS: dict[str, str] = {"metric": "metric"}
+NOUNS: dict[str, str] = {"metric": "metric", "tracker": "tracker"}
 
 #: Keys of a preset that name the other policies it implies (``staticmask-30`` implies ``mask: static``).
 PRESET_POLICY_KEYS = ("mask", "context")

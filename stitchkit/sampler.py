@@ -31,6 +31,18 @@ class PresetSamplerWarning(UserWarning):
     """A run with a preset that carries sampler settings uses other ones."""
 
 
+#: Switch parameters that carry the paper's protocol: a call that sets one chose its own thresholds, so
+#: running at another step count or size than the paper's is no reason to warn (issue 24).
+THRESHOLD_KEYS = ("thresholds", "threshold")
+
+
+class PresetSampler(tuple):
+    """``(preset name, its sampler settings)``; ``own_thresholds``: the call set the preset's thresholds
+    itself (``{kind: hybridstitch-30, thresholds: [...]}``), so the paper's settings are defaults only."""
+
+    own_thresholds: bool = False
+
+
 @attrs.frozen(kw_only=True)
 class SamplerSettings:
     """What one generation runs with."""
@@ -53,7 +65,11 @@ def preset_sampler(registry, switch: Any) -> tuple[str, Mapping[str, int]] | Non
         return None  # a policy object: it carries no protocol
     entry = registry.entries["switch"].get(name)
     sampler = None if entry is None else entry.params.get("sampler")
-    return (name, sampler) if sampler else None
+    if not sampler:
+        return None
+    found = PresetSampler((name, sampler))
+    found.own_thresholds = isinstance(switch, Mapping) and any(k in switch for k in THRESHOLD_KEYS)
+    return found
 
 
 def resolve_sampler(preset: tuple[str, Mapping[str, int]] | None, *, steps: int | None, height: int | None,
@@ -64,7 +80,8 @@ def resolve_sampler(preset: tuple[str, Mapping[str, int]] | None, *, steps: int 
     ``default_size``: the pair's default side, or ``(height, width)`` for a family whose default is not square.
 
     Warns once (one line) when a preset's settings are not what runs: the caller gave others, or the
-    preset's size is beyond ``max_size`` (the largest the pair can take; ``None``: no limit).
+    preset's size is beyond ``max_size`` (the largest the pair can take; ``None``: no limit); never when
+    the caller set the preset's thresholds (:attr:`PresetSampler.own_thresholds`).
     """
     default_height, default_width = default_size if isinstance(default_size, tuple) else (default_size,) * 2
     if preset is None:
@@ -80,7 +97,7 @@ def resolve_sampler(preset: tuple[str, Mapping[str, int]] | None, *, steps: int 
         height=height or (paper.height if size_fits else default_height),
         width=width or (paper.width if size_fits else default_width),
     )
-    if ran != paper:
+    if ran != paper and not getattr(preset, "own_thresholds", False):
         why = "" if size_fits or (height and width) else f" (this pair takes at most {max_size}x{max_size})"
         warnings.warn(
             f"{name}: its thresholds are the paper's for {paper.describe()}; this run uses {ran.describe()}"

@@ -67,12 +67,16 @@ def test_cli_prints_thresholds_and_the_yaml(tmp_path, capsys):
     assert out[1] == "goal: predicted speedup >= 1.3x"
     assert out[2].startswith("found: thresholds[0]=") and "predicted speedup 1." in out[2]
     assert out[3].startswith("calibration: ") and "one full run of the experiment's 2 units is about" in out[3]
-    assert out[-2] == "# paste into methods:"
+    assert out[-2].startswith("# paste into methods")
     import yaml
 
     (item,) = yaml.safe_load(out[-1])
-    assert item["name"] == "hs" and item["switch"]["kind"] == "hybridstitch"
+    # issue 24: a new name carrying the target, so the line can be pasted into the same run (it grows)
+    assert item["name"] == "hs@1.3x" and item["switch"]["kind"] == "hybridstitch"
     assert item["switch"]["thresholds"][0] > item["switch"]["thresholds"][1] > 0
+    grown = tmp_path / "grown.yaml"
+    grown.write_text(exp.read_text().replace("methods:", "methods:\n  " + out[-1], 1))
+    assert "hs@1.3x" in [m.name for m in ExperimentConfig.from_yaml(grown).methods]  # a valid method line
     assert main(["calibrate", str(exp), "--method", "large", "--target-speedup", "1.3"]) == 2
     assert main(["calibrate", str(exp), "--method", "hs"]) == 2
 

@@ -72,7 +72,7 @@ def test_run_writes_images_trace_and_table_and_resumes(tmp_path):
     assert [s for s, _ in record["masks"]["steps"]] == hybrid_steps
     views = min(len(hybrid_steps), pic.MASK_VIEWS)
     row = pic.LINE + 96 + 2 + pic.LINE + 4  # step numbers above, prompt below
-    assert masks.size == (max(640, 160 + (1 + views) * 98 - 2), pic.HEADER + pic.LINE + 2 * row)
+    assert masks.size == (max(640, 160 + (1 + views) * 98 - 2), pic.HEADER + 2 * pic.LINE + 2 * row)  # + "left out"
     table = (out / "results.md").read_text()
     assert "| hybridstitch-30 |" in table and "| large | 2 |" in table
     for name in ("frontier.png", "switch_steps.png", "change.png", "config.resolved.yaml", "environment.json"):

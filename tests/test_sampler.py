@@ -81,3 +81,16 @@ def test_shapes_pair_runs_fifty_steps_at_its_own_size():
     with pytest.warns(PresetSamplerWarning, match="this run uses 50 steps at 32x32"):
         out = pipe("a red circle", switch="hybridstitch-30", guidance_scale=1.0, output_type="latent")
     assert len(out.trace) == 50
+
+
+def test_no_preset_warning_when_the_call_sets_the_thresholds(recwarn):
+    """Issue 24: `{kind: hybridstitch-30, thresholds: [...]}` chose its own thresholds: the paper's 50 steps
+    at 768² stay the defaults, but running other settings is no reason to warn."""
+    registry = get_registry()
+    own = preset_sampler(registry, {"kind": "hybridstitch-30", "thresholds": [0.15, 0.05]})
+    ran = resolve_sampler(own, steps=20, height=None, width=None, default_size=32, max_size=32)
+    assert ran == SamplerSettings(steps=20, height=32, width=32)
+    assert not [w for w in recwarn if issubclass(w.category, PresetSamplerWarning)]
+    with pytest.warns(PresetSamplerWarning):  # the preset's own thresholds still warn
+        resolve_sampler(preset_sampler(registry, "hybridstitch-30"), steps=20, height=None, width=None,
+                        default_size=32, max_size=32)

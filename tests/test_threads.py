@@ -146,3 +146,34 @@ def test_run_sets_sampler_threads_before_models_run_and_records_them(tmp_path, r
     assert record["threads"] == 1 and torch.get_num_threads() == 1
     with pytest.raises(ConfigError, match=r"^sampler\.threads: "):
         ExperimentConfig.from_dict({"prompts": ["a"], "methods": ["large"], "sampler": {"threads": 0}})
+
+
+def test_a_stitch_pipeline_call_runs_with_the_threads_the_cli_would_choose(monkeypatch, restore_threads):
+    """Issue 24: the Python API leaves no call on torch's default threads. The shapes pair's call runs with
+    what `stitchkit run` chooses for it (apply_threads with no --threads: OMP_NUM_THREADS, else the pair's
+    default), torch's setting comes back afterwards, and `pipe.threads` overrides it."""
+    from stitchkit import StitchPipeline
+
+    pipe = StitchPipeline.from_shapes()
+    seen = []
+
+    def record(step):
+        seen.append(torch.get_num_threads())
+
+    def call():
+        seen.clear()
+        pipe("a small red circle at the top left on a blue background", num_inference_steps=2,
+             guidance_scale=3.0, generator=torch.Generator().manual_seed(0), output_type="latent", callback=record)
+        return set(seen)
+
+    for env, expected in (("", 1), ("3", 3)):  # unset: the pair's default (shapes: 3.5 M parameters)
+        monkeypatch.setenv("OMP_NUM_THREADS", env)
+        torch.set_num_threads(2)
+        cli = apply_threads(None, pipe.adapter.large_transformer, pipe.small)  # what the CLI would set
+        torch.set_num_threads(2)
+        assert call() == {cli} == {expected} and torch.get_num_threads() == 2
+    pipe.threads = 2
+    assert call() == {2}
+    pipe.threads = None
+    torch.set_num_threads(3)
+    assert call() == {3}

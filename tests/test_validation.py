@@ -73,6 +73,8 @@ def test_full_large_context_is_priced_at_every_token():
     with pytest.warns(UnprofitablePlanWarning, match="computes every token"):
         problems = check_switch_policy(_Policy(0.3), costs, computes_all_tokens=True, allow_unprofitable=True)
     assert len(problems) == 1
+    # issue 24: allowed already, so the warning does not advise setting allow_unprofitable
+    assert "set allow_unprofitable" not in problems[0] and problems[0].endswith("(allowed: allow_unprofitable)")
 
 
 def test_pipeline_prices_the_full_large_preset_and_an_explicit_context(stitch_pipe):

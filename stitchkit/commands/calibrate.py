@@ -26,7 +26,8 @@ from stitchkit.errors import ConfigError
               help="Tune --method's threshold until its quality (--metric) matches METHOD's.")
 @click.option("--metric", default=None, metavar="NAME", help="The quality metric --match compares.")
 @click.option("--name", "name", default=None, metavar="NAME",
-              help="The method's name in the printed YAML line (default: --method's).")
+              help="The method's name in the printed YAML line (default: --method's with the target, e.g. "
+                   "hybridstitch-30@1.5x).")
 @click.option("--units", type=int, default=8, show_default=True,
               help="Calibration units: the first N prompt x seed pairs of the experiment.")
 @click.option("--costs", "costs_from", type=click.Choice(["profile", "loop"]), default="profile", show_default=True,
@@ -68,6 +69,7 @@ def command(experiment: str, thresholds: str, method: str | None, target_speedup
 
 def _calibrate(config, method, target_speedup, target_large_steps, match, metric, units, name,
                costs_from="profile") -> None:
+    from stitchkit.calibration.naming import calibrated_name
     from stitchkit.calibration.setup import method_yaml, prepare
     from stitchkit.calibration.target import Target, search, shortest
 
@@ -101,7 +103,9 @@ def _calibrate(config, method, target_speedup, target_large_steps, match, metric
     click.echo(f"calibration: {problem.store.runs} recorded runs ({setup.generations} generations) in {elapsed:.1f} s; "
                f"one full run of the experiment's {full_units} units is about {full_units * per_run:.1f} s "
                f"({per_run:.2f} s per generation measured here)")
-    click.echo("# paste into methods:")
+    click.echo("# paste into methods (a new name: the run folder grows by this method's units):")
+    name = name or calibrated_name(setup.method.name, target_speedup=target_speedup,
+                                   target_large_steps=target_large_steps, match=match)
     click.echo(method_yaml(setup, problem, values, name=name))
 
 

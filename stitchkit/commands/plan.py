@@ -133,16 +133,24 @@ def show_plan(plan: Plan, costs: Costs, *, as_json: bool = False,
     return prediction
 
 
-def _show_experiment(path: str, as_json: bool) -> None:
+def _show_experiment(path: str, as_json: bool, threads: str = "") -> None:
+    import attrs
+    import torch
+
+    from stitchkit.cost.threads import parse_threads
     from stitchkit.experiments.config import ExperimentConfig
     from stitchkit.experiments.plan import plan_experiment
     from stitchkit.experiments.preflight import check_pair
 
     config = ExperimentConfig.from_yaml(path)
     check_pair(config)  # folders and device, as `run` checks them before loading the pair
+    n_threads = parse_threads(threads)  # as `run --threads`: the profile is keyed by the thread count
+    if n_threads is not None:
+        config = attrs.evolve(config, sampler=attrs.evolve(config.sampler, threads=n_threads))
     costs, plans = plan_experiment(config)
     unit = "ms" if costs.source != "flops-estimate" else "large steps (FLOPs estimate: no profile cached)"
-    click.echo(f"costs ({costs.source}): Ll = {costs.large_ms:.4g}, Ls = {costs.small_ms:.4g} {unit}")
+    click.echo(f"costs ({costs.source}, {torch.get_num_threads()} thread(s)): Ll = {costs.large_ms:.4g}, "
+               f"Ls = {costs.small_ms:.4g} {unit}")
     click.echo(f"{'method':<22} {'basis':<26} {'switch steps':<14} {'predicted':>10} {'speedup':>8} {'refined':>8}")
     for p in plans:
         pred = p.prediction
@@ -169,15 +177,17 @@ def _show_experiment(path: str, as_json: bool) -> None:
 @click.option("--allow-unprofitable", is_flag=True,
               help="Warn instead of refusing a plan that breaks Eq. 6-8.")
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON object of the numbers.")
+@click.option("--threads", default="", metavar="N",
+              help="With EXPERIMENT: CPU threads, chosen as `run` chooses them (the profile is keyed by them).")
 def plan(experiment: str | None, large_ms: str | None, small_ms: str | None, steps: str | None,
          switch_steps: str | None, mask_ratios: str, masked_ms: str, allow_unprofitable: bool,
-         as_json: bool) -> None:
+         as_json: bool, threads: str) -> None:
     """Predict the latency of a HybridStitch plan with the paper's model (§3.2, Eq. 3-8).
 
     With EXPERIMENT (a YAML file): every method of it, costed from the pair's profile; adaptive methods
     per plausible first switch step, or from the traces of a previous run."""
     if experiment is not None:
-        _show_experiment(experiment, as_json)
+        _show_experiment(experiment, as_json, threads)
         return
     for option, value in (("--large-ms", large_ms), ("--small-ms", small_ms), ("--steps", steps),
                           ("--switch-steps", switch_steps)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -9,8 +10,8 @@ import click
 
 from stitchkit.experiments.config import ExperimentConfig
 from stitchkit.experiments.distributed import world_from_env
-from stitchkit.experiments.preflight import preflight
 from stitchkit.experiments.runner import run_experiment
+from stitchkit.experiments.summary import summary_table
 
 
 def closing_line(out_dir: Path, written: list[Path]) -> str:
@@ -27,21 +28,24 @@ def closing_line(out_dir: Path, written: list[Path]) -> str:
     return f"wrote {shown}/: " + ", ".join(names + extra)
 
 
-def dry_run(config: ExperimentConfig) -> None:
-    """The expanded units and each method's speedup predicted by the latency model; runs nothing."""
+def dry_run(config: ExperimentConfig, *, force_new: bool = False) -> None:
+    """The checks ``run`` makes before loading a model, the units it will generate and each method's
+    speedup predicted by the latency model; generates nothing (:mod:`stitchkit.experiments.run_work`)."""
     from stitchkit.experiments.plan import plan_experiment
-    from stitchkit.experiments.store import record_path
+    from stitchkit.experiments.run_work import run_work
 
-    preflight(config, create_output=False)  # the checks `run` makes first, before any model loads
-    units = config.units
-    done = sum(record_path(config.output, m.name, pi, s).exists() for m, pi, _, s in units)
+    work = run_work(config, force_new=force_new)  # preflight (pair, device, prompts) and resume keys, as run
+    config = work.config
     click.echo(f"{config.name}: {len(config.methods)} methods × {len(config.prompts)} prompts × "
-               f"{len(config.seeds)} seed(s) = {len(units)} units ({done} already done in {os.path.normpath(config.output)})")
+               f"{len(config.seeds)} seed(s) = {work.describe()}")
     costs, plans = plan_experiment(config)
     by_method: dict[str, list] = {}
     for plan in plans:
         by_method.setdefault(plan.method, []).append(plan)
+    import torch
+
     source = "profiled costs" if costs.source != "flops-estimate" else "FLOPs estimate (no profile cached)"
+    source += f", {torch.get_num_threads()} thread(s)"
     click.echo(f"predicted speedup vs large-only (latency model, Eq. 3-6, {source}):")
     width = max(len(m.name) for m in config.methods)
     for method in config.methods:
@@ -50,8 +54,8 @@ def dry_run(config: ExperimentConfig) -> None:
         shown = f"{speedups[0]:.2f}×" if len(speedups) == 1 else f"{min(speedups):.2f}×–{max(speedups):.2f}×"
         params = ", ".join(f"{k}={v}" for k, v in method.params.items())
         click.echo(f"  {method.name:<{width}}  {shown:>13}  ({basis}){'  ' + params if params else ''}")
-    click.echo("units:")
-    for m, pi, prompt, s in units:
+    click.echo("units to generate:" if work.todo else "units to generate: none")
+    for m, pi, prompt, s in work.todo:
         click.echo(f"  {m.name}  p{pi:04d}-s{s}  {prompt}")
 
 
@@ -81,13 +85,15 @@ def command(experiment: str, output: str | None, quiet: bool, dry_run: bool, for
     if n_threads is not None:
         config = attrs.evolve(config, sampler=attrs.evolve(config.sampler, threads=n_threads))
     if dry_run:
-        globals()["dry_run"](config)
+        globals()["dry_run"](config, force_new=force_new)
         return
-    out_dir = run_experiment(config, progress=not quiet, force_new=force_new)
+    announce = functools.partial(click.echo, err=True)  # what the run does, before the bars start
+    out_dir = run_experiment(config, progress=not quiet, force_new=force_new, announce=announce)
     world = world_from_env()
     if world is not None and not world.is_main:  # a data-parallel rank: rank 0 reports for the job
         return
-    click.echo((out_dir / "results.md").read_text().rstrip())
+    click.echo(summary_table(out_dir))  # narrower than results.md: the full table is in the file
+    click.echo(f"full table (latency, predicted time and its error, sampler): {out_dir / 'results.md'}")
     from stitchkit.experiments.store import compact_records
 
     for line in timing_warnings(compact_records(attrs.evolve(config, output=out_dir))):

@@ -61,8 +61,10 @@ def check_switch_policy(policy: Any, costs: Costs, *, allow_unprofitable: bool =
         problem = _full_large_problem(ratios[0], costs, path)
         if not allow_unprofitable:
             raise problem
-        warnings.warn(str(problem), UnprofitablePlanWarning, stacklevel=2)
-        return (str(problem),)
+        # allow_unprofitable is already set: the warning states the breach without advising it (issue 24).
+        note = str(problem).removesuffix("; set allow_unprofitable for ablations") + " (allowed: allow_unprofitable)"
+        warnings.warn(note, UnprofitablePlanWarning, stacklevel=2)
+        return (note,)
     n = len(ratios)
     plan = Plan(steps=n + 1, switch_steps=tuple(range(1, n + 2)), mask_ratios=ratios)
     try:

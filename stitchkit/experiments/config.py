@@ -34,6 +34,7 @@ from stitchkit.experiments.fields import list_of, mapping, only, positive, typed
 from stitchkit.experiments.names import check_name, normalised
 from stitchkit.experiments.prompts import read_prompts
 from stitchkit.experiments.sweeps import MAX_METHODS, expand_grid, point_name, switch_kind_and_params
+from stitchkit.experiments.trackers.spec import TrackerConfig, parse_trackers
 from stitchkit.experiments.yaml_loader import load as load_yaml
 from stitchkit.loop.caches import normalize_cache_spec
 from stitchkit.loop.method_checks import cache_paths, check_method
@@ -115,6 +116,8 @@ class ExperimentConfig:
     output: Path
     allow_unprofitable: bool = False
     metrics: tuple[MetricConfig, ...] = ()
+    #: Where the report is also logged (TensorBoard, W&B, MLflow: :mod:`stitchkit.experiments.trackers`).
+    trackers: tuple[TrackerConfig, ...] = ()
     source: Path | None = None
     #: Each prompt's index in its source: it names the unit (``p0042-s0``). Default: 0, 1, 2, ...
     prompt_indices: tuple[int, ...] = attrs.field()
@@ -171,7 +174,7 @@ class ExperimentConfig:
     def from_dict(cls, data: Any, *, base: Path = Path("."), registry=None, source: Path | None = None):
         data = mapping(data, "", "the experiment file must be a mapping of fields")
         only(data, "", ("name", "pair", "sampler", "prompts", "prompts_file", "seeds", "methods", "output",
-                         "allow_unprofitable", "metrics", "max_methods", "compile"))
+                         "allow_unprofitable", "metrics", "max_methods", "compile", "trackers"))
         registry = registry if registry is not None else get_registry()
         name = typed(data.get("name", source.stem if source else "experiment"), "name", str)
         prompts = read_prompts(data, base)
@@ -192,6 +195,7 @@ class ExperimentConfig:
             prompts=prompts.prompts, prompt_indices=prompts.indices, prompt_source=prompts.source, seeds=seeds, methods=methods, output=output if output.is_absolute() else base / output,
             allow_unprofitable=typed(data.get("allow_unprofitable", False), "allow_unprofitable", bool),
             source=source, registry=registry, compile=_compile(data.get("compile", False)),
+            trackers=parse_trackers(data.get("trackers"), registry),
         )
 
 

@@ -13,9 +13,9 @@ import re
 
 from stitchkit.errors import ConfigError
 
-#: Letters, digits and ``-_.[]=,+``.
-SAFE = re.compile(r"[A-Za-z0-9_.\-\[\]=,+]+")
-WHAT_TO_DO = "use letters, digits and -_.[]=,+ only"
+#: Letters, digits and ``-_.[]=,+@`` (``@``: calibrated copies, ``hybridstitch-30@1.5x``).
+SAFE = re.compile(r"[A-Za-z0-9_.\-\[\]=,+@]+")
+WHAT_TO_DO = "use letters, digits and -_.[]=,+@ only"
 
 
 def check_name(name: str, path: str) -> str:

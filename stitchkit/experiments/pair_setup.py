@@ -65,9 +65,12 @@ def _default_sides(pipe) -> tuple[int, int]:
 
 def use_threads(pipe, config: ExperimentConfig) -> int:
     """Set torch's threads for this run before any model runs: ``sampler.threads`` (``--threads``), else
-    ``OMP_NUM_THREADS``, else the pair's default (:mod:`stitchkit.cost.threads`). Returns the count (0 on a GPU)."""
-    return apply_threads(config.sampler.threads, pipe.adapter.large_transformer, pipe.small,
-                         device=pipe.adapter.device.type)
+    ``OMP_NUM_THREADS``, else the pair's default (:mod:`stitchkit.cost.threads`). Returns the count (0 on a GPU).
+    The pipeline's calls keep that count (``pipe.threads``, :mod:`stitchkit.pipeline.thread_policy`)."""
+    threads = apply_threads(config.sampler.threads, pipe.adapter.large_transformer, pipe.small,
+                            device=pipe.adapter.device.type)
+    pipe.threads = threads or None
+    return threads
 
 
 def load_average() -> float | None:
@@ -122,6 +125,8 @@ def ensure_profile(pipe, config: ExperimentConfig, size: RunSize):
                                          "L_s %.1f ms", key.pair, key.height, key.width, key.threads,
                                          costs.large_ms, costs.small_ms)
     if costs is None:
+        logger.info("profile of %s at %dx%d (threads %s): not cached, measuring it now", key.pair, key.height,
+                    key.width, key.threads)
         costs, problems = measure_checked(lambda timings: profile_transformers(
             pipe.adapter.large_transformer, pipe.small, latent_height=latent[-2], latent_width=latent[-1],
             latent_frames=latent[0] if len(latent) == 3 else None, text_tokens=size.text_tokens, batch=key.batch,

@@ -149,6 +149,10 @@ def write_grid(config, done: set | None = None) -> list[Path]:
         shown = f"prompts {start + 1}-{start + len(page)} of {len(columns)}" if len(columns) > len(page) \
             else f"{len(columns)} prompts"
         title = f"{config.name}: every method on {shown}, seed {seed}"
+        if len(config.seeds) > 1:  # every picture says what it leaves out
+            title += f" (of {len(config.seeds)} seeds)"
+        if n == len(pages) - 1 and len(columns) > MAX_PAGES * PAGE_PROMPTS:
+            title += f"; pages stop at {MAX_PAGES * PAGE_PROMPTS} prompts"
         path = out_dir / ("grid.png" if n == 0 else f"grid-{n + 1}.png")
         atomic_write(path, _png(_grid_page(rows, [m.name for m in config.methods], page, cell, title)))
         written.append(path)
@@ -226,19 +230,24 @@ def write_masks(config, done: set | None = None) -> list[Path]:
     row_h = LINE + cell_h + GAP + LINE  # step numbers above, prompt line below
     width = label_width + (1 + max(len(r["views"]) for r in rows)) * (cell + GAP) - GAP
     width = max(width, 640)
-    canvas = Image.new("RGB", (width, HEADER + LINE + len(rows) * (row_h + 4)), (255, 255, 255))
+    canvas = Image.new("RGB", (width, HEADER + 2 * LINE + len(rows) * (row_h + 4)), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     draw.text((4, 4), f"{config.name}: tokens the large model recomputed at each hybrid step "
                       f"(seed {config.seeds[0]})", fill=(0, 0, 0), font=font)
     draw.text((4, 4 + LINE), "bright: recomputed by the large model at that step; dimmed: the small "
                              "model's prediction kept. First column: the final image.", fill=(90, 90, 90), font=font)
+    views = VIDEO_MASK_VIEWS if len(rows[0]["views"]) and is_video_run(config.output) else MASK_VIEWS
+    seeds = f", seed {config.seeds[0]} of {len(config.seeds)}" if len(config.seeds) > 1 else ""
     draw.text((4, 4 + 2 * LINE), "label: method, prompt index, mask ratio (share of tokens recomputed)",
               fill=(90, 90, 90), font=font)
+    draw.text((4, 4 + 3 * LINE), f"left out: steps past {views} per row (evenly spaced ones shown), prompts past "
+              f"the first {MASK_PROMPTS} with hybrid steps{seeds}", fill=(160, 40, 40), font=font)
     for y, row in enumerate(rows):
-        top = HEADER + LINE + y * (row_h + 4)
+        top = HEADER + 2 * LINE + y * (row_h + 4)
         ratio = next((r for _, r, _ in row["views"] if r is not None), None)
         label = [row["method"], f"p{row['index']:04d}",
-                 f"mask ratio {ratio:.0%}" if ratio is not None else "", f"{row['hybrid_steps']} hybrid steps"]
+                 f"mask ratio {ratio:.0%}" if ratio is not None else "", f"{row['hybrid_steps']} hybrid steps"
+                 + (f", {len(row['views'])} shown" if len(row["views"]) < row["hybrid_steps"] else "")]
         for k, line in enumerate(label):
             draw.text((4, top + LINE + k * LINE), line, fill=(0, 0, 0), font=font)
         draw.text((label_width, top), "final", fill=(0, 0, 160), font=font)

@@ -17,7 +17,7 @@ import attrs
 from stitchkit.cost.latency import Costs, Prediction, predict_from_steps
 from stitchkit.cost.profile import estimate_costs_from_configs
 from stitchkit.experiments.config import ExperimentConfig
-from stitchkit.experiments.pair_setup import load_pair, run_size
+from stitchkit.experiments.pair_setup import load_pair, run_size, use_threads
 from stitchkit.experiments.store import current_records
 from stitchkit.loop.trace import latency_steps
 from stitchkit.protocols import LoopState
@@ -112,8 +112,12 @@ def _records(config: ExperimentConfig, method: str) -> list[dict]:
 
 
 def experiment_costs(config: ExperimentConfig) -> tuple[Costs, int]:
-    """The pair's costs at the experiment's size (profile, else FLOPs estimate) and its image-token count."""
+    """The pair's costs at the experiment's size (profile, else FLOPs estimate) and its image-token count.
+
+    Threads are set first, as ``run`` sets them (:func:`~stitchkit.experiments.pair_setup.use_threads`):
+    a CPU profile is keyed by its thread count, so ``plan`` and ``--dry-run`` read the profile ``run`` reads."""
     pipe = load_pair(config)
+    use_threads(pipe, config)
     size = run_size(pipe, config)
     costs = pipe.costs(height=size.height, width=size.width, text_tokens=size.text_tokens, guided=size.guided,
                        num_frames=size.num_frames)

@@ -4,8 +4,12 @@
   (the paper's Fig. 6);
 * ``switch_steps.png``: per adaptive method, a histogram of the first step where it left its first stage
   (the paper's Fig. 8: where D_t fell below the first threshold);
-* ``change.png``: D_t (Eq. 9) per step, the median and the 10th–90th percentile band over the units, per
-  method.
+* ``change.png``: each method's own change measure per step (D_t of Eq. 9 on x0 for HybridStitch,
+  the rule's measure for SRDiffusion: the same step reads 1.25 on x0 and 0.59 on another), the median and
+  the 10th–90th percentile band over the units, with the thresholds it compares against and its median
+  first switch step.
+
+Steps are integers on every axis; every picture says in its title what it leaves out.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from stitchkit.experiments.columns import COLUMNS, human_header
+from stitchkit.experiments.reliability import unreliable
 from stitchkit.experiments.plan import is_fixed_schedule
 from stitchkit.experiments.store import atomic_write
 
@@ -70,28 +75,33 @@ def write_frontier(config, rows, quality: dict[str, dict], metrics: dict[str, An
         return None
     cols = min(3, len(panels))
     nrows = math.ceil(len(panels) / cols)
-    fig, axes = _figure(nrows, cols, 5.2 * cols, 4.2 * nrows)
-    number = {r.method: i for i, r in enumerate(rows, 1)}
-    key = "\n".join(f"{i}  {m}" for m, i in number.items() if m in speed)
-    fig.text(1.0, 0.5, "methods\n" + key, fontsize=8, va="center", ha="left", family="monospace")
+    fig, axes = _figure(nrows, cols, 5.6 * cols, 4.4 * nrows)
+    images = min((r.images for r in rows), default=0)
     for ax, (name, label, higher) in zip(axes.flat, panels):
         methods = [m for m in speed if values[m].get(name) is not None and math.isfinite(values[m][name])]
         points = [(speed[m], values[m][name]) for m in methods]
-        ax.scatter([p[0] for p in points], [p[1] for p in points], color="tab:blue", zorder=3)
-        for m, (x, y) in zip(methods, points):  # numbers, not names: names of close points overlap
-            ax.annotate(str(number[m]), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=8)
-        front = pareto_front(points, bool(higher))
-        ax.plot([points[i][0] for i in front], [points[i][1] for i in front], color="tab:red", lw=1.2,
-                zorder=2, label="Pareto front")
+        warning = unreliable(metrics.get(name), images)
+        ax.scatter([p[0] for p in points], [p[1] for p in points], color="tab:gray" if warning else "tab:blue",
+                   zorder=3)
+        for i, (m, (x, y)) in enumerate(zip(methods, points)):  # names, alternating sides against overlap
+            ax.annotate(m, (x, y), textcoords="offset points", xytext=(4, 4 if i % 2 == 0 else -10), fontsize=8)
+        if warning is None:
+            front = pareto_front(points, bool(higher))
+            ax.plot([points[i][0] for i in front], [points[i][1] for i in front], color="tab:red", lw=1.2,
+                    zorder=2, label="Pareto front")
+            ax.legend(fontsize=8, loc="best")
         ax.set_xlabel("speedup vs large-only (×) →")
         ax.set_ylabel(label)
-        ax.set_title(label.rstrip(" ↑↓"))
+        ax.set_title(label.rstrip(" ↑↓") + (f"\n{warning}: no front drawn" if warning else ""),
+                     fontsize=10, color="tab:red" if warning else "black")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
+    left_out = [r.method for r in rows if r.method not in speed]
     fig.suptitle(f"{config.name}: speed against quality, one point per method "
-                 f"({len(config.prompts)} prompts × {len(config.seeds)} seeds)")
+                 f"({len(config.prompts)} prompts × {len(config.seeds)} seeds)"
+                 + (f"\nnot drawn (no speedup: no large-only units of the same prompts): {', '.join(left_out)}"
+                    if left_out else ""))
     fig.tight_layout()
     return _save(fig, config.output / "frontier.png")
 
@@ -115,14 +125,15 @@ def write_switch_steps(config, records: dict[str, list[dict]], adaptive: set[str
         ax.set_ylabel("images")
         ax.yaxis.get_major_locator().set_params(integer=True)
         ax.grid(axis="y", alpha=0.3)
-    axes.flat[-1].set_xlabel(f"first switch step (D_t below the first threshold), of {steps} steps")
+    axes.flat[-1].xaxis.get_major_locator().set_params(integer=True)
+    axes.flat[-1].set_xlabel(f"first switch step (the first stage ended), of {steps} steps")
     fig.suptitle(f"{config.name}: where the adaptive methods left their first stage")
     fig.tight_layout()
     return _save(fig, config.output / "switch_steps.png")
 
 
-def write_change(config, records: dict[str, list[dict]]) -> Path | None:
-    """change.png: D_t per step, median and 10th-90th percentile band over the units, per method."""
+def _change_series(records: dict[str, list[dict]]) -> dict[str, np.ndarray]:
+    """Per method, its units' change per step as rows of a ``(units, steps)`` array (NaN: no value)."""
     series = {}
     for method, recs in records.items():
         table = [rec["change"] for rec in recs if len(rec["change"])]
@@ -134,31 +145,69 @@ def write_change(config, records: dict[str, list[dict]]) -> Path | None:
             values[i, :len(t)] = np.frombuffer(t, dtype=np.float64)
         if np.isfinite(values).any():
             series[method] = values
+    return series
+
+
+def _policy_marks(config, method: str) -> tuple[str, tuple[float, ...], str]:
+    """``(measure, thresholds drawn as levels, a note)`` of ``method``'s switch policy: a HybridStitch-like
+    policy compares D_t with ``thresholds`` (levels); SRDiffusion's rules other than ``paper`` compare a
+    drop of tanh(D_t) with ``threshold``, which is no level of the curve (named in the note instead)."""
+    spec = next((m.switch for m in config.methods if m.name == method), None)
+    try:
+        policy, _ = config.registry.create("switch", spec)
+    except Exception:  # noqa: BLE001 - a plot never fails a report; the curve is drawn without marks
+        return "x0", (), ""
+    measure = str(getattr(policy, "change_measure", "x0"))
+    thresholds = tuple(float(t) for t in (getattr(policy, "thresholds", None) or ()))
+    threshold, rule = getattr(policy, "threshold", None), getattr(policy, "rule", None)
+    if threshold is not None and rule in (None, "paper"):
+        thresholds = (float(threshold),)
+    note = "" if threshold is None or rule in (None, "paper") else \
+        f"threshold {threshold:g} on a drop of tanh(change), not a level"
+    return measure, thresholds, note
+
+
+def write_change(config, records: dict[str, list[dict]]) -> Path | None:
+    """change.png: each method's change measure per step (median and 10th-90th percentile band over its
+    units), its thresholds and its median first switch step."""
+    from matplotlib.ticker import MaxNLocator
+
+    series = _change_series(records)
     if not series:
         return None
     cols = min(3, len(series))
     nrows = math.ceil(len(series) / cols)
-    fig, axes = _figure(nrows, cols, 4.4 * cols, 3.0 * nrows, sharex=True, sharey=True)
+    fig, axes = _figure(nrows, cols, 4.6 * cols, 3.3 * nrows, sharex=True)
     for ax, (method, values) in zip(axes.flat, series.items()):
+        measure, thresholds, note = _policy_marks(config, method)
         steps = np.arange(values.shape[1])
         valid = np.isfinite(values).any(axis=0)
         with np.errstate(all="ignore"):
             lo, mid, hi = (np.nanpercentile(values[:, valid], q, axis=0) for q in (10, 50, 90))
         ax.fill_between(steps[valid], lo, hi, color="tab:blue", alpha=0.25, label="10th–90th percentile")
         ax.plot(steps[valid], mid, color="tab:blue", lw=1.5, label="median")
-        ax.set_title(method, fontsize=9)
-        ax.set_yscale("log")  # D_t falls by orders of magnitude; a log axis shows where thresholds bite
+        for i, level in enumerate(thresholds):
+            ax.axhline(level, color="tab:orange", lw=1, ls="--", label="thresholds" if i == 0 else None)
+        firsts = [r["first_switch_step"] for r in records.get(method, []) if r.get("first_switch_step") is not None]
+        if firsts:
+            ax.axvline(float(np.median(firsts)), color="tab:red", lw=1, ls=":", label="median first switch")
+        eq = " (Eq. 9)" if measure == "x0" else ""
+        ax.set_title(f"{method}: {measure}{eq}" + (f"\n{note}" if note else ""), fontsize=9)
+        ax.set_ylabel(f"change, {measure} (log)")
+        ax.set_yscale("log")  # the change falls by orders of magnitude; a log axis shows where thresholds bite
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="upper right")
     for ax in list(axes.flat)[len(series):]:
         ax.axis("off")
     for i, ax in enumerate(list(axes.flat)[:len(series)]):
         if i + cols >= len(series):  # nothing drawn below it: it carries the step axis
             ax.xaxis.set_tick_params(labelbottom=True)
             ax.set_xlabel("step")
-    for ax in axes[:, 0]:
-        ax.set_ylabel("D_t (Eq. 9, log scale)")
-    axes.flat[0].legend(fontsize=7, loc="upper right")
-    fig.suptitle(f"{config.name}: change between consecutive steps, D_t, over {len(config.prompts)} prompts")
+    left_out = [m.name for m in config.methods if m.name not in series]
+    fig.suptitle(f"{config.name}: change between consecutive steps, each method's own measure, over "
+                 f"{len(config.prompts)} prompts" + (f"\nnot drawn (no change recorded): {', '.join(left_out)}"
+                                                    if left_out else ""))
     fig.tight_layout()
     return _save(fig, config.output / "change.png")
 

@@ -29,10 +29,10 @@ from stitchkit.errors import ConfigError
 from stitchkit.experiments.metrics.scoring import build_metrics
 
 
-def preflight(config, *, create_output: bool = True) -> None:
-    """Refuse, before any model is loaded, what would fail later. ``create_output=False`` (``run --dry-run``,
-    which writes nothing) checks the output folder without creating it."""
-    check_output(Path(config.output), create=create_output)
+def preflight(config, *, create: bool = True) -> None:
+    """Refuse, before any model is loaded, what would fail later; ``create=False`` (``run --dry-run``, which
+    writes nothing) checks the output folder without creating it."""
+    check_output(Path(config.output), create=create)
     check_pair(config)
     check_prompts(config)
 
@@ -48,7 +48,7 @@ def check_pair(config) -> None:
     check_device(pair.device)
 
 
-def check_output(folder: Path, path: str = "output", create: bool = True) -> None:
+def check_output(folder: Path, path: str = "output", *, create: bool = True) -> None:
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent

@@ -25,6 +25,7 @@ from stitchkit.experiments.config import BASELINE, ExperimentConfig
 from stitchkit.experiments.metrics.scoring import build_metrics, score_methods
 from stitchkit.experiments.pictures import write_pictures
 from stitchkit.experiments.plots import write_plots
+from stitchkit.experiments.reliability import reliability_notes
 from stitchkit.experiments.store import (
     atomic_write,
     atomic_write_chunks,
@@ -33,6 +34,7 @@ from stitchkit.experiments.store import (
     trace_lines,
 )
 from stitchkit.experiments.sweeps import format_value
+from stitchkit.experiments.trackers.log import log_report
 
 
 def _image(out_dir: Path, method: str, prompt_index: int, seed: int) -> np.ndarray:
@@ -97,6 +99,12 @@ def sampler_label(sampler: dict[str, Any] | None) -> str:
             f"cfg {sampler['guidance_scale']:g}")
 
 
+def markdown_row(cells: list[str]) -> str:
+    """One row of a Markdown table, ``|`` inside a cell escaped: ``mean |image − large|`` unescaped split
+    the header into more cells than the separator row has, and renderers then show no table at all."""
+    return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+
 def _fmt(value: Any, digits: int) -> str:
     return "–" if value is None else (f"{value:.{digits}f}" if isinstance(value, float) else str(value))
 
@@ -123,7 +131,7 @@ def write_results(config: ExperimentConfig, *, records=None, metrics=None):
     humans = [human_header(*COLUMNS[h]) if h in COLUMNS else h for h in fixed[:1] + params + fixed[1:]]
     humans += [human_header(m.label, m.unit, m.higher_is_better) for m in metrics.values()]
     digits = {**DIGITS, **{name: m.digits for name, m in metrics.items()}}
-    lines = ["| " + " | ".join(humans) + " |", "|" + "---|" * len(header)]
+    lines = [markdown_row(humans), "|" + "---|" * len(header)]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(header)
@@ -132,10 +140,12 @@ def write_results(config: ExperimentConfig, *, records=None, metrics=None):
         point = by_name[row.method].params
         values = {**{m: None for m in metrics}, **{k: point.get(k) for k in params}, **attrs.asdict(row),
                   **quality.get(row.method, {})}
-        lines.append("| " + " | ".join(format_value(values[h]) if h in params and values[h] is not None
-                                       else _fmt(values[h], digits.get(h, 0)) for h in header) + " |")
+        lines.append(markdown_row([format_value(values[h]) if h in params and values[h] is not None
+                                   else _fmt(values[h], digits.get(h, 0)) for h in header]))
         writer.writerow(["" if values[h] is None else (json.dumps(values[h]) if isinstance(values[h], (list, dict))
                                                        else values[h]) for h in header])
+    notes = reliability_notes(metrics, min((r.images for r in rows), default=0))
+    lines += [""] + [f"*{note}*" for note in notes] if notes else []  # below the table, after a blank line
     atomic_write(out_dir / "results.md", ("\n".join(lines) + "\n").encode())
     atomic_write(out_dir / "results.csv", buffer.getvalue().encode())
     atomic_write_chunks(out_dir / "trace.jsonl", trace_lines(config))  # streamed from the records on disk
@@ -170,4 +180,5 @@ def write_report(config: ExperimentConfig, *, metrics=None) -> list[Path]:
     written += write_pictures(config, done)
 
     written += write_plots(config, records, rows, quality, metrics)
+    log_report(config, rows=rows, quality=quality, pictures=written)  # trackers: TensorBoard, W&B, MLflow
     return written

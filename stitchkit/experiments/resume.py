@@ -35,10 +35,10 @@ def image_opens(path: Path) -> bool:
     return True
 
 
-def units_to_do(config, keys: UnitKeys | None = None) -> list:
-    """The units without a current record: none, one whose key is not the unit's key now (stale), or one
-    whose image does not open, or in a video run (a folder with ``videos/``) whose MP4 is
-    missing. Stale and orphaned records are deleted."""
+def pending_units(config, keys: UnitKeys | None = None) -> list:
+    """The units without a current record: none, one whose key is not the unit's key now (stale), one whose
+    image does not open, or in a video run (a folder with ``videos/``) one whose MP4 is missing. Changes
+    nothing, so ``--dry-run`` counts exactly what :func:`units_to_do` will hand the run."""
     keys = UnitKeys(config) if keys is None else keys
     todo = []
     videos = is_video_run(config.output)
@@ -50,8 +50,15 @@ def units_to_do(config, keys: UnitKeys | None = None) -> list:
                 and image_opens(image_path(config.output, method.name, pi, seed)) \
                 and (not videos or video_path(config.output, method.name, pi, seed).is_file()):
             continue
-        record.unlink(missing_ok=True)
         todo.append(unit)
+    return todo
+
+
+def units_to_do(config, keys: UnitKeys | None = None) -> list:
+    """:func:`pending_units`, their stale and orphaned records deleted (the run makes them again)."""
+    todo = pending_units(config, keys)
+    for method, pi, _, seed in todo:
+        record_path(config.output, method.name, pi, seed).unlink(missing_ok=True)
     return todo
 
 

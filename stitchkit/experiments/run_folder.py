@@ -3,7 +3,8 @@
 ``config.resolved.yaml`` is the experiment after defaults, presets, prompt sampling and sweep expansion,
 written as an experiment file: ``stitchkit run config.resolved.yaml`` reproduces the run. A rerun into a
 folder whose resolved config differs is refused with one line naming the first differing field — results
-of two configurations must never mix — unless ``--force-new`` sends it to a fresh folder (``NAME-2``, ...).
+of two configurations must never mix — unless ``--force-new`` sends it to a fresh folder (``NAME-2``, ...);
+an experiment that only adds methods, prompts or seeds grows the folder (:mod:`.growth`).
 ``environment.json``: stitchkit, torch, diffusers, transformers versions, device, dtype, threads, the git
 commit of the stitchkit source when there is one.
 """
@@ -21,6 +22,7 @@ import attrs
 import yaml
 
 from stitchkit.errors import ConfigError
+from stitchkit.experiments.growth import growth_refusal
 from stitchkit.experiments.resolved import resolved
 from stitchkit.experiments.store import atomic_write
 
@@ -28,64 +30,43 @@ RESOLVED = "config.resolved.yaml"
 ENVIRONMENT = "environment.json"
 
 
-def first_difference(old: Any, new: Any, path: str = "") -> tuple[str, Any, Any] | None:
-    """The path of the first field where two resolved configs differ, with both values."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in list(old) + [k for k in new if k not in old]:
-            where = f"{path}.{key}" if path else str(key)
-            if key not in old or key not in new:
-                return where, old.get(key, "(absent)"), new.get(key, "(absent)")
-            found = first_difference(old[key], new[key], where)
-            if found:
-                return found
-        return None
-    if isinstance(old, list) and isinstance(new, list):
-        for i, (a, b) in enumerate(zip(old, new)):
-            found = first_difference(a, b, f"{path}[{i}]")
-            if found:
-                return found
-        if len(old) != len(new):
-            return f"{path} (length)", len(old), len(new)
-        return None
-    return None if old == new else (path, old, new)
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+def claimed(config, *, force_new: bool = False):
+    """The config to run, its ``output`` moved to a fresh folder with ``force_new`` when the folder holds a
+    run this config does not grow (:mod:`~stitchkit.experiments.growth`); refused otherwise. Writes nothing:
+    ``--dry-run`` checks exactly what ``run`` will check."""
+    mine = resolved(config)
+    out = Path(config.output)
+    refusal = _refusal(out, mine)
+    if refusal is not None:
+        if not force_new:
+            raise refusal
+        n = 2
+        while _refusal(out.with_name(f"{out.name}-{n}"), mine) is not None:
+            n += 1
+        config = attrs.evolve(config, output=out.with_name(f"{out.name}-{n}"))
+    return config
 
 
 def claim(config, *, force_new: bool = False):
-    """Check the run folder against this config and write config.resolved.yaml; returns the config to run
-    (its ``output`` moved to a fresh folder with ``force_new`` when the folder holds another config)."""
-    mine = resolved(config)
-    out = Path(config.output)
-    found = _differs(out, mine)
-    if found is not None:
-        if not force_new:
-            field, old, new = found
-            raise ConfigError(field or "experiment", f"differs from the run in {out} ({_short(old)} there, "
-                              f"{_short(new)} now)", "rerun with --force-new for a new folder, or give --output")
-        n = 2
-        while _differs(out.with_name(f"{out.name}-{n}"), mine) is not None:
-            n += 1
-        config = attrs.evolve(config, output=out.with_name(f"{out.name}-{n}"))
+    """Check the run folder against this config (:func:`claimed`) and write config.resolved.yaml, rewritten
+    when the experiment grew the run; returns the config to run."""
+    config = claimed(config, force_new=force_new)
     path = Path(config.output) / RESOLVED
-    if not path.exists():
-        header = ("# The experiment as it ran: defaults, presets, prompt sampling and sweeps filled in.\n"
-                  "# `stitchkit run` on this file reproduces the run (into this folder).\n")
-        body = yaml.safe_dump({**mine, "output": "."}, sort_keys=False, allow_unicode=True, width=110)
+    header = ("# The experiment as it ran: defaults, presets, prompt sampling and sweeps filled in.\n"
+              "# `stitchkit run` on this file reproduces the run (into this folder).\n")
+    body = yaml.safe_dump({**resolved(config), "output": "."}, sort_keys=False, allow_unicode=True, width=110)
+    if not path.exists() or path.read_text() != header + body:
         atomic_write(path, (header + body).encode())
     return config
 
 
-def _differs(folder: Path, mine: dict) -> tuple[str, Any, Any] | None:
+def _refusal(folder: Path, mine: dict) -> ConfigError | None:
     path = folder / RESOLVED
     if not path.exists():
         return None
     theirs = yaml.safe_load(path.read_text()) or {}
     theirs.pop("output", None)
-    return first_difference(theirs, mine)
+    return growth_refusal(theirs, mine, folder)
 
 
 def git_commit() -> str | None:

@@ -45,6 +45,7 @@ from stitchkit.experiments.plan import method_weights
 from stitchkit.experiments.reports import write_report
 from stitchkit.experiments.resume import UnitsFailed, units_to_do
 from stitchkit.experiments.run_folder import claim, write_environment
+from stitchkit.experiments.run_work import RunWork
 from stitchkit.experiments.store import (
     atomic_path,
     atomic_write,
@@ -145,7 +146,8 @@ def _record(method: str, prompt_index: int, prompt: str, seed: int, out, total_m
 
 
 @guarded_run  # issue 14: preflight checks, then the run folder's lock, rank 0 (stitchkit.experiments.guard)
-def run_experiment(config: ExperimentConfig, *, progress: bool = True, pipe=None, force_new: bool = False) -> Path:
+def run_experiment(config: ExperimentConfig, *, progress: bool = True, pipe=None, force_new: bool = False,
+                   announce=None) -> Path:
     """Run every unit not yet done, then (re)write the reports. Returns the folder.
 
     The folder's config.resolved.yaml must match this config (else refused, or with ``force_new`` a fresh
@@ -153,16 +155,17 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = True, pipe=None
 
     Started by ``torchrun`` or ``accelerate launch`` (``RANK``/``WORLD_SIZE`` set), every process runs its
     share of the units (:func:`stitchkit.experiments.distributed.shard`) into the same folder and rank 0 alone
-    writes the reports; a plain call never initialises torch.distributed.
+    writes the reports; a plain call never initialises torch.distributed. ``announce(line)`` (rank 0) gets
+    what the run does before it starts: ``N units: K to generate, ...`` or ``nothing to generate: ...``.
     """
 
     world = world_from_env()
     on_cuda = config.pair.device.startswith("cuda") and config.pair.name is None
     with process_group(world, use_cuda=on_cuda) as world:
-        return _run(config, world=world, progress=progress, pipe=pipe, force_new=force_new)
+        return _run(config, world=world, progress=progress, pipe=pipe, force_new=force_new, announce=announce)
 
 
-def _run(config: ExperimentConfig, *, world, progress: bool, pipe, force_new: bool) -> Path:
+def _run(config: ExperimentConfig, *, world, progress: bool, pipe, force_new: bool, announce=None) -> Path:
     from tqdm.auto import tqdm
 
     main = world is None or world.is_main
@@ -173,6 +176,8 @@ def _run(config: ExperimentConfig, *, world, progress: bool, pipe, force_new: bo
     out_dir = config.output
     keys = UnitKeys(config)  # issue 14: a record counts only for the unit it was made for
     remaining = units_to_do(config, keys)  # a stale record, or one whose image does not open, is redone
+    if announce is not None and main:  # the count --dry-run predicts (stitchkit.experiments.run_work)
+        announce(RunWork(config=config, todo=tuple(remaining)).describe())
     failures = []  # issue 14: units stopped on NaN/inf or whose outputs could not be written (resume.py)
     if remaining:
         if main:
@@ -211,6 +216,7 @@ def _run(config: ExperimentConfig, *, world, progress: bool, pipe, force_new: bo
                 except OSError as err:  # disk full, quota, I/O error: like a NaN unit, named and retried
                     failures.append((method.name, pi, seed, err))
             bar.update(len(batch))
+        bar.close()  # its last line before the table, not after it
     barrier(world)  # every rank's units are on disk
     if main:
         write_report(config, metrics=metrics)

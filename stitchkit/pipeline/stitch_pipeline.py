@@ -57,6 +57,7 @@ from stitchkit.pipeline.components import (
 from stitchkit.pipeline.magcache_ratios import load_ratios, magcache_key, save_ratios
 from stitchkit.pipeline.sizes import check_sides
 from stitchkit.pipeline.skip_layer_guidance import skip_layer_guidance
+from stitchkit.pipeline.thread_policy import AUTO, with_thread_policy
 from stitchkit.pipeline.video import frames_for
 from stitchkit.registry import DEFAULT_CONTEXT, DEFAULT_MASK, Registry, get_registry
 from stitchkit.sampler import largest_size, preset_sampler, resolve_sampler
@@ -102,6 +103,8 @@ class StitchPipeline(DiffusionPipeline):
 
     #: The tensors a ``callback_on_step_end`` may ask for, as diffusers keeps them on the pipeline class.
     _callback_tensor_inputs = list(CALLBACK_TENSOR_INPUTS)
+    #: CPU threads of a call: "auto" (the CLI's choice), an int, or None (torch's setting): thread_policy.py.
+    threads: int | str | None = AUTO
 
     def __init__(self, adapter, small_transformer: torch.nn.Module, registry: Registry | None = None,
                  pair_id: str | None = None, family=None) -> None:
@@ -267,6 +270,7 @@ class StitchPipeline(DiffusionPipeline):
         return Policies(switch=switch_policy, mask=mask_policy, context=context_policy)
 
     # -- generation -------------------------------------------------------------------------------------
+    @with_thread_policy
     @torch.no_grad()
     def __call__(
         self,

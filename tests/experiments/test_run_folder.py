@@ -10,7 +10,7 @@ import yaml
 
 from stitchkit.cli import main
 from stitchkit.experiments.config import ExperimentConfig
-from stitchkit.experiments.run_folder import first_difference
+from stitchkit.experiments.growth import first_difference
 
 EXPERIMENT = """
     name: tiny
@@ -121,7 +121,7 @@ def test_dry_run_prints_units_and_predicted_speedups_and_runs_nothing(tmp_path, 
     exp.write_text(textwrap.dedent(EXPERIMENT))
     assert main(["run", str(exp), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("tiny: 3 methods × 2 prompts × 1 seed(s) = 6 units (0 already done in ")
+    assert out.startswith("tiny: 3 methods × 2 prompts × 1 seed(s) = 6 units: 6 to generate, 0 already done in ")
     lines = out.splitlines()
     large = next(line for line in lines if line.strip().startswith("large "))
     assert "1.00×" in large and "(fixed schedule)" in large
@@ -192,3 +192,26 @@ def test_batch_size_generates_units_together_and_records_each_as_alone(tmp_path)
         x = np.asarray(Image.open(one / image), dtype=np.int16)
         y = np.asarray(Image.open(four / image), dtype=np.int16)
         assert np.abs(x - y).max() <= 1
+
+
+def test_results_md_parses_as_a_table_whose_header_matches_its_separator(run):
+    """A Markdown parser (markdown-it-py, GFM tables) reads results.md as one table: as many header cells as
+    the separator row has, every body row as wide, and `mean |image − large|` kept whole in one cell."""
+    from markdown_it import MarkdownIt
+
+    text = (run / "out" / "results.md").read_text()
+    tokens = MarkdownIt("commonmark").enable("table").parse(text)
+    assert [t.type for t in tokens].count("table_open") == 1
+    separator = text.splitlines()[1]
+    columns = separator.count("---")
+    rows, cells = [], None
+    for token in tokens:
+        if token.type == "tr_open":
+            cells = []
+        elif token.type == "inline" and cells is not None:
+            cells.append(token.content)
+        elif token.type == "tr_close":
+            rows.append(cells)
+            cells = None
+    assert len(rows[0]) == columns and all(len(row) == columns for row in rows)
+    assert "mean |image − large| ↓" in rows[0] and len(rows) == 1 + 3  # header + one row per method

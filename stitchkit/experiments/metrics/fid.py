@@ -69,6 +69,9 @@ class FID:
     needs = frozenset({"image", "reference_set"})
     per_image = False
     digits = 2
+    #: Inception's pool features have 2,048 dimensions: fewer images leave the covariance singular, and the
+    #: table marks the number unreliable (:mod:`..reliability`); the paper uses 5,000.
+    min_images = 2048
 
     def check(self, *, pair_name: str | None) -> None:
         if self.reference is None:

@@ -98,6 +98,10 @@ class Frechet(_ShapesMetric):
     needs = frozenset({"image", "reference_set"})
     per_image = False
     digits = 2
+    #: Below this many images per method the number is marked unreliable (:mod:`..reliability`): the
+    #: classifier's embeddings have 128 dimensions, so fewer images leave the covariance singular; 200 is
+    #: what the README's tables use (16 images gave 995.7 for the large model itself).
+    min_images = 200
 
     def score(self, batches: Iterable[MetricBatch]) -> float:
         import torch
