@@ -16,6 +16,12 @@ what SD3 transformers need to run them at all (``/work/shared/NOTES-caches.md``,
   sets ``tensor_format="BCHW"`` and adds ``pooled_projections`` to those inputs, and marks an unguided run
   as guidance-distilled (nothing to split).
 * PAB and FasterCache ask for the current timestep through a callback: the engine's.
+* **The loop's clock.** diffusers' hooks count their own calls (MagCache's ``step_index``, TaylorSeer's
+  ``current_step``, PAB's and FasterCache's ``iteration``): inside a schedule the model does not run every
+  step, and that count drifts from the loop's. Every cache here has ``at_step(model, step, resumed)``,
+  called by :mod:`stitchkit.loop.caches` inside the call's ``cache_context`` just before the call: it sets
+  the hook's counter to the loop's step (so it decides as it would alone) and, when the model did not run
+  at the previous step (``resumed``), resets the state, so the model starts without a previous residual.
 
 The lifecycle (attach for one generation, a ``cache_context`` around every call, masked calls bypassing the
 hooks, removal also on error) is :mod:`stitchkit.loop.caches`.
@@ -30,6 +36,16 @@ import torch
 
 from stitchkit.hookspecs import hookimpl
 from stitchkit.protocols import CacheSetup, cache_context
+
+
+def _hooks(model: torch.nn.Module, *names: str) -> list[Any]:
+    """Every diffusers hook registered under ``model`` by one of ``names``, in module order."""
+    found = []
+    for m in model.modules():
+        registry = getattr(m, "_diffusers_hook", None)
+        if registry is not None:
+            found += [registry.hooks[n] for n in names if n in registry.hooks]
+    return found
 
 
 def _blocks(module: torch.nn.Module) -> list[torch.nn.Module]:
@@ -80,6 +96,15 @@ def _pass_last_attention_text_through(model: torch.nn.Module) -> None:
         _pass_text_through(attn)
 
 
+def _iteration_at_step(model: torch.nn.Module, step: int, resumed: bool, *names: str) -> None:
+    """PAB's and FasterCache's clock: each hook's own ``state.iteration`` (one state per hook, not per cache
+    context), counted per call by diffusers; set to the loop's step, the state reset when resumed."""
+    for hook in _hooks(model, *names):
+        if resumed:
+            hook.state.reset()
+        hook.state.iteration = step
+
+
 @attrs.frozen(kw_only=True)
 class MagCache:
     """diffusers' MagCache (``apply_mag_cache``): skips whole steps while the accumulated magnitude-ratio
@@ -110,6 +135,18 @@ class MagCache:
         apply_mag_cache(model, config)
 
     @staticmethod
+    def at_step(model: torch.nn.Module, step: int, resumed: bool) -> None:
+        """The loop's clock: ``mag_ratios[step]`` and the retention test read ``state.step_index``
+        (diffusers 0.42.1 ``hooks/mag_cache.py:202-210``), which diffusers advances once per call (``:380``)."""
+        from diffusers.hooks.mag_cache import _MAG_CACHE_LEADER_BLOCK_HOOK
+
+        for hook in _hooks(model, _MAG_CACHE_LEADER_BLOCK_HOOK):
+            state = hook.state_manager.get_state()
+            if resumed:
+                state.reset()
+            state.step_index = step
+
+    @staticmethod
     def calibration_ratios(model: torch.nn.Module, context: str) -> list[float]:
         """The ratios diffusers' calibrate mode recorded under ``context`` (read before the hooks go)."""
         from diffusers.hooks.mag_cache import _MAG_CACHE_BLOCK_HOOK
@@ -137,6 +174,15 @@ class FirstBlock:
             _pass_text_through(tail)
         apply_first_block_cache(model, FirstBlockCacheConfig(threshold=self.threshold))
 
+    @staticmethod
+    def at_step(model: torch.nn.Module, step: int, resumed: bool) -> None:
+        """FirstBlockCache counts no steps; a resumed model starts without the residuals of its last call."""
+        from diffusers.hooks.first_block_cache import _FBC_LEADER_BLOCK_HOOK
+
+        if resumed:
+            for hook in _hooks(model, _FBC_LEADER_BLOCK_HOOK):
+                hook.state_manager.get_state().reset()
+
 
 @attrs.frozen(kw_only=True)
 class TaylorSeer:
@@ -163,6 +209,22 @@ class TaylorSeer:
             disable_cache_after_step=self.disable_cache_after_step, max_order=self.max_order,
             cache_identifiers=None if self.cache_identifiers is None else list(self.cache_identifiers),
             taylor_factors_dtype=model.dtype))
+
+    @staticmethod
+    def at_step(model: torch.nn.Module, step: int, resumed: bool) -> None:
+        """The loop's clock: warm-up and interval read ``state.current_step``, which diffusers increments
+        before each call (0.42.1 ``hooks/taylorseer_cache.py:228-235``), so it is set to ``step - 1``."""
+        from diffusers.hooks.taylorseer_cache import _TAYLORSEER_CACHE_HOOK
+
+        for hook in _hooks(model, _TAYLORSEER_CACHE_HOOK):
+            state = hook.state_manager.get_state()
+            if resumed:
+                state.reset()
+            state.current_step = step - 1
+            # A model with nothing to extrapolate from (its first step, or resumed) computes: the warm-up
+            # test (:232) is widened to this step for this call only, and restored at the next.
+            own = hook.__dict__.setdefault("_stitchkit_warmup", hook.disable_cache_before_step)
+            hook.disable_cache_before_step = max(own, step + 1) if state.last_update_step is None else own
 
 
 @attrs.frozen(kw_only=True)
@@ -196,6 +258,14 @@ class Faster:
             _unconditional_conditional_input_kwargs_identifiers=[*_UNCOND_COND_INPUT_KWARGS_IDENTIFIERS,
                                                                  "pooled_projections"]))
 
+    per_sample_state = False  # one state per hook (faster_cache.py:187-215), not per cache context
+
+    @staticmethod
+    def at_step(model: torch.nn.Module, step: int, resumed: bool) -> None:
+        from diffusers.hooks.faster_cache import _FASTER_CACHE_BLOCK_HOOK, _FASTER_CACHE_DENOISER_HOOK
+
+        _iteration_at_step(model, step, resumed, _FASTER_CACHE_DENOISER_HOOK, _FASTER_CACHE_BLOCK_HOOK)
+
 
 @attrs.frozen(kw_only=True)
 class PAB:
@@ -214,6 +284,14 @@ class PAB:
             spatial_attention_block_skip_range=self.spatial_attention_block_skip_range,
             spatial_attention_timestep_skip_range=self.spatial_attention_timestep_skip_range,
             current_timestep_callback=setup.current_timestep))
+
+    per_sample_state = False  # one state per hook (pyramid_attention_broadcast.py:153), not per context
+
+    @staticmethod
+    def at_step(model: torch.nn.Module, step: int, resumed: bool) -> None:
+        from diffusers.hooks.pyramid_attention_broadcast import _PYRAMID_ATTENTION_BROADCAST_HOOK
+
+        _iteration_at_step(model, step, resumed, _PYRAMID_ATTENTION_BROADCAST_HOOK)
 
 
 CACHES: dict[str, Any] = {c.kind: c for c in (MagCache, FirstBlock, TaylorSeer, Faster, PAB)}

@@ -223,9 +223,10 @@ def test_bad_cache_specs_are_one_line_errors(stitch_pipe, cache, path):
     assert str(err.value).startswith(path + ":")
 
 
-def test_a_mixed_batch_keeps_one_hook_state_per_set_of_samples(stitch_pipe, tiny_pair, monkeypatch):
-    """Samples in different stages call a cached model on different subsets of the batch: each subset has
-    its own cache context (a hook's state is shaped like the batch it saw), so nothing breaks."""
+def test_a_mixed_batch_keeps_one_hook_state_per_sample(stitch_pipe, tiny_pair, monkeypatch):
+    """Samples in different stages call a cached model on different subsets of the batch: from the first
+    such call on, each sample runs in its own cache context, also when the two are in one group again (the
+    state follows the sample; tests/test_cache_clock.py checks its decisions against the sample alone)."""
     import stitchkit.loop.caches
     from stitchkit.protocols import Decision
 
@@ -250,5 +251,5 @@ def test_a_mixed_batch_keeps_one_hook_state_per_set_of_samples(stitch_pipe, tiny
 
     monkeypatch.setattr(stitchkit.loop.caches.ModelCache, "call", spy)
     out = stitch_pipe(**ARGS, generator=_gen(8), switch=Mixed(), cache={"small": CASES["first-block"][0]})
-    assert contexts == ["small:0", "small:0"] + ["small"] * (STEPS - 4)
+    assert contexts == ["small:0", "small:0"] + ["small:0", "small:1"] * (STEPS - 4)
     assert torch.isfinite(out.images).all() and hooked_modules(small) == []
