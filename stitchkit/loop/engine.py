@@ -279,6 +279,13 @@ class _Step:
         return out
 
 
+def _sigma_step(scheduler, i: int) -> torch.Tensor | None:
+    """The scheduler's own ``sigmas[i + 1] - sigmas[i]`` (what its Euler step multiplies the output by),
+    ``None`` for a scheduler without a terminal sigma."""
+    sigmas = getattr(scheduler, "sigmas", None)
+    return None if sigmas is None or len(sigmas) <= i + 1 else sigmas[i + 1] - sigmas[i]
+
+
 def _guide(prediction: torch.Tensor | None, scale: float) -> torch.Tensor | None:
     """Classifier-free guidance over the [uncond, cond] halves."""
     if prediction is None:
@@ -455,7 +462,7 @@ def denoise(
 
             # 8. The change D_t (Eq. 9-10) and its per-token map, for the next decision [line 19].
             current = StepTensors.from_step(latents, next_latents, prediction, sigma,  # x0 of Eq. 10
-                                            small_output=small_prediction)
+                                            small_output=small_prediction, sigma_step=_sigma_step(scheduler, i))
             change, change_map = measure(previous, current, p)
             if map_measure is not measure:
                 change_map = map_measure(previous, current, p)[1]
