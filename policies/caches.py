@@ -23,6 +23,11 @@ what SD3 transformers need to run them at all (``/work/shared/NOTES-caches.md``,
   the hook's counter to the loop's step (so it decides as it would alone) and, when the model did not run
   at the previous step (``resumed``), resets the state, so the model starts without a previous residual.
 
+**Settings and their sources** (each default and preset cites where it comes from; diffusers 0.42.1,
+Zehong-Ma/MagCache at df81cb1). The plain kinds are at diffusers' defaults; MagCache's presets per family
+are its authors' settings; a setting tuned for the shapes pair lives in ``examples/peers.yaml`` under a
+name that says so (``*-shapes``).
+
 The lifecycle (attach for one generation, a ``cache_context`` around every call, masked calls bypassing the
 hooks, removal also on error) is :mod:`stitchkit.loop.caches`.
 """
@@ -109,7 +114,8 @@ def _iteration_at_step(model: torch.nn.Module, step: int, resumed: bool, *names:
 class MagCache:
     """diffusers' MagCache (``apply_mag_cache``): skips whole steps while the accumulated magnitude-ratio
     error stays under ``threshold``. Without ``mag_ratios`` they are calibrated for the pair on first use and
-    cached on disk (:mod:`stitchkit.loop.caches`)."""
+    cached on disk (:mod:`stitchkit.loop.caches`). Defaults: diffusers' ``MagCacheConfig``
+    (``hooks/mag_cache.py:110-112``); the authors' per-family settings are the presets in :data:`PRESETS`."""
 
     kind = "magcache"
     threshold: float = 0.06
@@ -160,7 +166,8 @@ class MagCache:
 @attrs.frozen(kw_only=True)
 class FirstBlock:
     """diffusers' FirstBlockCache (``apply_first_block_cache``): skips the other blocks while the first
-    block's residual changes by less than ``threshold`` (relative L1)."""
+    block's residual changes by less than ``threshold`` (relative L1). Default: diffusers'
+    ``FirstBlockCacheConfig`` (``hooks/first_block_cache.py:48``)."""
 
     kind = "first-block"
     threshold: float = 0.05
@@ -189,7 +196,8 @@ class TaylorSeer:
     """diffusers' TaylorSeer (``apply_taylorseer_cache``): between full computations every ``cache_interval``
     steps, the cached modules' outputs are extrapolated by a Taylor series of order ``max_order``.
     ``cache_identifiers``: module-name patterns to cache (diffusers' default: attention only); on SD3,
-    ``["^transformer_blocks\\.\\d+\\.(attn|ff|ff_context)$"]`` caches both feed-forwards too."""
+    ``["^transformer_blocks\\.\\d+\\.(attn|ff|ff_context)$"]`` caches both feed-forwards too. Defaults:
+    diffusers' ``TaylorSeerCacheConfig`` (``hooks/taylorseer_cache.py:82-85``)."""
 
     kind = "taylorseer"
     cache_interval: int = 5
@@ -231,7 +239,8 @@ class TaylorSeer:
 class Faster:
     """diffusers' FasterCache (``apply_faster_cache``): attention outputs reused every
     ``spatial_attention_block_skip_range`` steps inside a timestep window, and the unconditional half
-    approximated from the conditional one every ``unconditional_batch_skip_range`` steps."""
+    approximated from the conditional one every ``unconditional_batch_skip_range`` steps. Defaults:
+    diffusers' ``FasterCacheConfig`` (``hooks/faster_cache.py:135-151``)."""
 
     kind = "faster"
     spatial_attention_block_skip_range: int = 2
@@ -270,7 +279,10 @@ class Faster:
 @attrs.frozen(kw_only=True)
 class PAB:
     """diffusers' Pyramid Attention Broadcast (``apply_pyramid_attention_broadcast``): attention outputs
-    broadcast over ``spatial_attention_block_skip_range`` steps inside the timestep window."""
+    broadcast over ``spatial_attention_block_skip_range`` steps inside the timestep window. Defaults:
+    diffusers' ``PyramidAttentionBroadcastConfig`` window (``hooks/pyramid_attention_broadcast.py:78``) and
+    the range 2 of its docstring example (``:208-209``) and of its fallback (``:227``): the config's own
+    default range is ``None``, which broadcasts nothing on an SD3 block (joint attention only)."""
 
     kind = "pab"
     spatial_attention_block_skip_range: int = 2
@@ -296,8 +308,20 @@ class PAB:
 
 CACHES: dict[str, Any] = {c.kind: c for c in (MagCache, FirstBlock, TaylorSeer, Faster, PAB)}
 
+#: The authors' settings (Zehong-Ma/MagCache df81cb1), by the family they were published for.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "magcache": {
+        # MagCache4FLUX/magcache_flux.py:466-468 (K = 5, magcache_thresh = 0.24, retention_ratio = 0.1).
+        "magcache-flux": {"threshold": 0.24, "max_skip_steps": 5, "retention_ratio": 0.1},
+        # MagCache4Wan2.1/magcache_generate.py:746-758 (--magcache_thresh 0.12, --retention_ratio 0.2,
+        # --magcache_K 2). The original keeps separate accumulators for the conditional and unconditional
+        # calls (:279-291, ``cnt % 2``); here one accumulator runs over the batched CFG call.
+        "magcache-wan2.1": {"threshold": 0.12, "max_skip_steps": 2, "retention_ratio": 0.2},
+    },
+}
+
 
 @hookimpl
 def register_caches(register) -> None:
     for kind, factory in CACHES.items():
-        register(kind, factory)
+        register(kind, factory, presets=PRESETS.get(kind))
