@@ -25,7 +25,7 @@ what SD3 transformers need to run them at all (``/work/shared/NOTES-caches.md``,
 
 **Settings and their sources** (each default and preset cites where it comes from; diffusers 0.42.1,
 Zehong-Ma/MagCache at df81cb1). The plain kinds are at diffusers' defaults; MagCache's presets per family
-are its authors' settings; a setting tuned for the shapes pair lives in ``examples/peers.yaml`` under a
+are its authors' settings, registered by each family (``stitchkit/families/*/magcache.py``); a setting tuned for the shapes pair lives in ``examples/peers.yaml`` under a
 name that says so (``*-shapes``).
 
 The lifecycle (attach for one generation, a ``cache_context`` around every call, masked calls bypassing the
@@ -115,7 +115,8 @@ class MagCache:
     """diffusers' MagCache (``apply_mag_cache``): skips whole steps while the accumulated magnitude-ratio
     error stays under ``threshold``. Without ``mag_ratios`` they are calibrated for the pair on first use and
     cached on disk (:mod:`stitchkit.loop.caches`). Defaults: diffusers' ``MagCacheConfig``
-    (``hooks/mag_cache.py:110-112``); the authors' per-family settings are the presets in :data:`PRESETS`."""
+    (``hooks/mag_cache.py:110-112``); the authors' per-family settings are presets its families register
+    (``magcache-flux``, ``magcache-wan2.1``: ``stitchkit/families/*/magcache.py``)."""
 
     kind = "magcache"
     threshold: float = 0.06
@@ -308,20 +309,7 @@ class PAB:
 
 CACHES: dict[str, Any] = {c.kind: c for c in (MagCache, FirstBlock, TaylorSeer, Faster, PAB)}
 
-#: The authors' settings (Zehong-Ma/MagCache df81cb1), by the family they were published for.
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "magcache": {
-        # MagCache4FLUX/magcache_flux.py:466-468 (K = 5, magcache_thresh = 0.24, retention_ratio = 0.1).
-        "magcache-flux": {"threshold": 0.24, "max_skip_steps": 5, "retention_ratio": 0.1},
-        # MagCache4Wan2.1/magcache_generate.py:746-758 (--magcache_thresh 0.12, --retention_ratio 0.2,
-        # --magcache_K 2). The original keeps separate accumulators for the conditional and unconditional
-        # calls (:279-291, ``cnt % 2``); here one accumulator runs over the batched CFG call.
-        "magcache-wan2.1": {"threshold": 0.12, "max_skip_steps": 2, "retention_ratio": 0.2},
-    },
-}
-
-
 @hookimpl
 def register_caches(register) -> None:
     for kind, factory in CACHES.items():
-        register(kind, factory, presets=PRESETS.get(kind))
+        register(kind, factory)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from stitchkit.families.family import Family
 from stitchkit.hookspecs import hookimpl
+from stitchkit.families.flux.magcache import magcache_flux
 
 
 def _is_pipeline(obj) -> bool:
@@ -134,3 +135,10 @@ def register_pairs(register) -> None:
              description="tiny random FLUX.1 pair (2+2 / 1+1 blocks): tests and smoke runs")
     register("flux-paper-random", _paper_random,
              description="random FLUX.1-dev / Flux.1 Lite 8B at full scale (CUDA, latency only)")
+
+
+@hookimpl
+def register_caches(register) -> None:
+    """MagCache at its authors' settings for this family (``magcache.py``)."""
+
+    register("magcache-flux", magcache_flux)

@@ -10,6 +10,7 @@ transformers' configs, for random-weight benchmarks on a GPU).
 from __future__ import annotations
 
 from stitchkit.hookspecs import hookimpl
+from stitchkit.families.wan.magcache import magcache_wan21
 from stitchkit.families.family import Family
 from stitchkit.families.wan.forward import wan_forward
 
@@ -110,3 +111,10 @@ def register_model_families(register) -> None:
 @hookimpl
 def register_pairs(register) -> None:
     register("wan-tiny-random", _tiny_random, description="tiny random Wan 2.1 T2V pair: tests and smoke runs")
+
+
+@hookimpl
+def register_caches(register) -> None:
+    """MagCache at its authors' settings for this family (``magcache.py``)."""
+
+    register("magcache-wan2.1", magcache_wan21)
