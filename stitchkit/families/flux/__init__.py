@@ -5,7 +5,7 @@ package uses.
 Files: ``latents.py`` (packing, position ids, token layout), ``adapter.py`` (the pipeline adapter, both
 kinds of FLUX guidance), ``masked.py`` (the masked runner for double- and single-stream blocks, with its
 K/V cache), ``flops.py`` (the FLOP model), ``tiny_random.py`` / ``paper_random.py`` (random-weight pairs
-built offline from configs).
+built offline from configs), ``magcache.py`` (MagCache at its authors' FLUX settings, ``magcache-flux``).
 
 Loading real checkpoints (diffusers format; the small one needs only its ``transformer`` folder)::
 

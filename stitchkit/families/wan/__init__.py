@@ -4,7 +4,8 @@ hooks an outside package uses.
 
 Files: ``adapter.py`` (the pipeline adapter), ``masked.py`` (the masked runner with its K/V cache),
 ``forward.py`` (the stock call), ``flops.py`` (the FLOP model), ``tiny_random.py`` (the offline test pair), ``paper_configs.py`` (the real
-transformers' configs, for random-weight benchmarks on a GPU).
+transformers' configs, for random-weight benchmarks on a GPU), ``magcache.py`` (MagCache at its authors'
+Wan 2.1 settings, ``magcache-wan2.1``).
 """
 
 from __future__ import annotations
