@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from stitchkit.calibration.setup import prepare
+from stitchkit.calibration.target import Target, search, shortest
+from stitchkit.cost.latency import Costs
 from stitchkit.errors import ConfigError
 from stitchkit.experiments.config import ExperimentConfig
-from stitchkit.cost.latency import Costs
-from stitchkit.calibration.target import Target, search, shortest
 
 EXPERIMENT = """
     pair: shapes

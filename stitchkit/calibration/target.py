@@ -228,7 +228,11 @@ def reaching(problem: Problem, target: Target, within: Callable[[], float]):
 def search(problem: Problem, target: Target) -> Found:
     """The knob values whose prediction reaches ``target`` by the least (see the module docstring)."""
     best: tuple[float, tuple[float, ...], Summary] | None = None
-    for values, summary in reaching(problem, target, lambda: np.inf if best is None else best[0]):
+
+    def bound() -> float:  # read as the search goes: a prefix that cannot beat the best records nothing
+        return np.inf if best is None else best[0]
+
+    for values, summary in reaching(problem, target, bound):
         excess = target.excess(summary)
         if best is None or excess < best[0]:
             best = (excess, values, summary)

@@ -221,8 +221,8 @@ class _Step:
         on part of the batch, its state is per sample and it runs once per sample (``fn_for([b])``)."""
         cache = self.caches.get(model)
         if cache is not None:
-            where = dict(step_index=self.step, num_inference_steps=self.num_steps, timestep=float(self.timestep),
-                         sigma=self.sigma)
+            where = {"step_index": self.step, "num_inference_steps": self.num_steps,
+                     "timestep": float(self.timestep), "sigma": self.sigma}
             if not masked and (cache.split or samples != self.rows.everyone):
                 cache.per_sample(self.rows.batch, self.rows.halves)
                 fn = self._per_sample(cache, samples, fn, fn_for, where)

@@ -21,8 +21,8 @@ behaviour; ``true_cfg_scale`` with a negative prompt turns on true CFG.
 from __future__ import annotations
 
 from stitchkit.families.family import Family
-from stitchkit.hookspecs import hookimpl
 from stitchkit.families.flux.magcache import magcache_flux
+from stitchkit.hookspecs import hookimpl
 
 
 def _is_pipeline(obj) -> bool:

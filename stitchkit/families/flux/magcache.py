@@ -6,7 +6,7 @@ Zehong-Ma/MagCache df81cb1, ``MagCache4FLUX/magcache_flux.py:466-468``: ``K = 5`
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from stitchkit.policies.caches import MagCache
 

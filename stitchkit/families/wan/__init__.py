@@ -10,10 +10,10 @@ Wan 2.1 settings, ``magcache-wan2.1``).
 
 from __future__ import annotations
 
-from stitchkit.hookspecs import hookimpl
-from stitchkit.families.wan.magcache import magcache_wan21
 from stitchkit.families.family import Family
 from stitchkit.families.wan.forward import wan_forward
+from stitchkit.families.wan.magcache import magcache_wan21
+from stitchkit.hookspecs import hookimpl
 
 
 def _is_pipeline(obj) -> bool:

@@ -10,7 +10,7 @@ its retention test is ``cnt >= int(num_steps * retention_ratio)`` (``:279``), di
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from stitchkit.policies.caches import MagCache
 
