@@ -83,8 +83,9 @@ def main() -> int:
                    generator=torch.Generator().manual_seed(seed), **call)
         return time.thread_time() - start, out
 
-    print(f"{len(everyone)} methods x {len(prompts)} prompts, {steps} steps, guidance {guidance}, one thread",
-          flush=True)
+    print(f"{len(everyone)} methods x {len(prompts)} prompts, {steps} steps, guidance {guidance}, one thread; "
+          f"load average at the start {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (a shared machine when "
+          "above the core count: CPU-time speedups, still noisy)", flush=True)
     for method in everyone:  # warm-up, and MagCache's calibration on first use
         run(method, prompts[0])
     seconds = {m_["name"]: 0.0 for m_ in everyone}
@@ -99,6 +100,7 @@ def main() -> int:
             large_eq[method["name"]] += sum(r.large_tokens / r.num_tokens for r in out.trace)
         print(f"  prompt {j + 1}/{len(prompts)}", flush=True)
 
+    print(f"load average at the end {os.getloadavg()[0]:.1f}", flush=True)
     reference = torch.cat(images["large"])
     rows = []
     for method in everyone:

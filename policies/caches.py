@@ -16,6 +16,17 @@ what SD3 transformers need to run them at all (``/work/shared/NOTES-caches.md``,
   sets ``tensor_format="BCHW"`` and adds ``pooled_projections`` to those inputs, and marks an unguided run
   as guidance-distilled (nothing to split).
 * PAB and FasterCache ask for the current timestep through a callback: the engine's.
+* **The loop's clock.** diffusers' hooks count their own calls (MagCache's ``step_index``, TaylorSeer's
+  ``current_step``, PAB's and FasterCache's ``iteration``): inside a schedule the model does not run every
+  step, and that count drifts from the loop's. Every cache here has ``at_step(model, step, resumed)``,
+  called by :mod:`stitchkit.loop.caches` inside the call's ``cache_context`` just before the call: it sets
+  the hook's counter to the loop's step (so it decides as it would alone) and, when the model did not run
+  at the previous step (``resumed``), resets the state, so the model starts without a previous residual.
+
+**Settings and their sources** (each default and preset cites where it comes from; diffusers 0.42.1,
+Zehong-Ma/MagCache at df81cb1). The plain kinds are at diffusers' defaults; MagCache's presets per family
+are its authors' settings, registered by each family (``stitchkit/families/*/magcache.py``); a setting tuned for the shapes pair lives in ``examples/peers.yaml`` under a
+name that says so (``*-shapes``).
 
 Each parameter is checked against its domain when the cache is built (issue 25): a negative or non-finite
 threshold, a ratio outside [0, 1] or a skip range below 1 used to be accepted and do nothing, or something
@@ -53,6 +64,16 @@ def _fraction(_: Any, attribute: attrs.Attribute, value: Any) -> None:
     """An attrs validator: a number in [0, 1]."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
         raise ValueError(f"{attribute.name} must be in [0, 1], got {value!r}")
+
+
+def _hooks(model: torch.nn.Module, *names: str) -> list[Any]:
+    """Every diffusers hook registered under ``model`` by one of ``names``, in module order."""
+    found = []
+    for m in model.modules():
+        registry = getattr(m, "_diffusers_hook", None)
+        if registry is not None:
+            found += [registry.hooks[n] for n in names if n in registry.hooks]
+    return found
 
 
 def _blocks(module: torch.nn.Module) -> list[torch.nn.Module]:
@@ -103,11 +124,22 @@ def _pass_last_attention_text_through(model: torch.nn.Module) -> None:
         _pass_text_through(attn)
 
 
+def _iteration_at_step(model: torch.nn.Module, step: int, resumed: bool, *names: str) -> None:
+    """PAB's and FasterCache's clock: each hook's own ``state.iteration`` (one state per hook, not per cache
+    context), counted per call by diffusers; set to the loop's step, the state reset when resumed."""
+    for hook in _hooks(model, *names):
+        if resumed:
+            hook.state.reset()
+        hook.state.iteration = step
+
+
 @attrs.frozen(kw_only=True)
 class MagCache:
     """diffusers' MagCache (``apply_mag_cache``): skips whole steps while the accumulated magnitude-ratio
     error stays under ``threshold``. Without ``mag_ratios`` they are calibrated for the pair on first use and
-    cached on disk (:mod:`stitchkit.loop.caches`)."""
+    cached on disk (:mod:`stitchkit.loop.caches`). Defaults: diffusers' ``MagCacheConfig``
+    (``hooks/mag_cache.py:110-112``); the authors' per-family settings are presets its families register
+    (``magcache-flux``, ``magcache-wan2.1``: ``stitchkit/families/*/magcache.py``)."""
 
     kind = "magcache"
     threshold: float = attrs.field(default=0.06, validator=_at_least(0))
@@ -133,6 +165,18 @@ class MagCache:
         apply_mag_cache(model, config)
 
     @staticmethod
+    def at_step(model: torch.nn.Module, step: int, resumed: bool) -> None:
+        """The loop's clock: ``mag_ratios[step]`` and the retention test read ``state.step_index``
+        (diffusers 0.42.1 ``hooks/mag_cache.py:202-210``), which diffusers advances once per call (``:380``)."""
+        from diffusers.hooks.mag_cache import _MAG_CACHE_LEADER_BLOCK_HOOK
+
+        for hook in _hooks(model, _MAG_CACHE_LEADER_BLOCK_HOOK):
+            state = hook.state_manager.get_state()
+            if resumed:
+                state.reset()
+            state.step_index = step
+
+    @staticmethod
     def calibration_ratios(model: torch.nn.Module, context: str) -> list[float]:
         """The ratios diffusers' calibrate mode recorded under ``context`` (read before the hooks go)."""
         from diffusers.hooks.mag_cache import _MAG_CACHE_BLOCK_HOOK
@@ -146,7 +190,8 @@ class MagCache:
 @attrs.frozen(kw_only=True)
 class FirstBlock:
     """diffusers' FirstBlockCache (``apply_first_block_cache``): skips the other blocks while the first
-    block's residual changes by less than ``threshold`` (relative L1)."""
+    block's residual changes by less than ``threshold`` (relative L1). Default: diffusers'
+    ``FirstBlockCacheConfig`` (``hooks/first_block_cache.py:48``)."""
 
     kind = "first-block"
     threshold: float = attrs.field(default=0.05, validator=_at_least(0))
@@ -160,13 +205,23 @@ class FirstBlock:
             _pass_text_through(tail)
         apply_first_block_cache(model, FirstBlockCacheConfig(threshold=self.threshold))
 
+    @staticmethod
+    def at_step(model: torch.nn.Module, step: int, resumed: bool) -> None:
+        """FirstBlockCache counts no steps; a resumed model starts without the residuals of its last call."""
+        from diffusers.hooks.first_block_cache import _FBC_LEADER_BLOCK_HOOK
+
+        if resumed:
+            for hook in _hooks(model, _FBC_LEADER_BLOCK_HOOK):
+                hook.state_manager.get_state().reset()
+
 
 @attrs.frozen(kw_only=True)
 class TaylorSeer:
     """diffusers' TaylorSeer (``apply_taylorseer_cache``): between full computations every ``cache_interval``
     steps, the cached modules' outputs are extrapolated by a Taylor series of order ``max_order``.
     ``cache_identifiers``: module-name patterns to cache (diffusers' default: attention only); on SD3,
-    ``["^transformer_blocks\\.\\d+\\.(attn|ff|ff_context)$"]`` caches both feed-forwards too."""
+    ``["^transformer_blocks\\.\\d+\\.(attn|ff|ff_context)$"]`` caches both feed-forwards too. Defaults:
+    diffusers' ``TaylorSeerCacheConfig`` (``hooks/taylorseer_cache.py:82-85``)."""
 
     kind = "taylorseer"
     cache_interval: int = attrs.field(default=5, validator=_at_least(1))
@@ -187,12 +242,29 @@ class TaylorSeer:
             cache_identifiers=None if self.cache_identifiers is None else list(self.cache_identifiers),
             taylor_factors_dtype=model.dtype))
 
+    @staticmethod
+    def at_step(model: torch.nn.Module, step: int, resumed: bool) -> None:
+        """The loop's clock: warm-up and interval read ``state.current_step``, which diffusers increments
+        before each call (0.42.1 ``hooks/taylorseer_cache.py:228-235``), so it is set to ``step - 1``."""
+        from diffusers.hooks.taylorseer_cache import _TAYLORSEER_CACHE_HOOK
+
+        for hook in _hooks(model, _TAYLORSEER_CACHE_HOOK):
+            state = hook.state_manager.get_state()
+            if resumed:
+                state.reset()
+            state.current_step = step - 1
+            # A model with nothing to extrapolate from (its first step, or resumed) computes: the warm-up
+            # test (:232) is widened to this step for this call only, and restored at the next.
+            own = hook.__dict__.setdefault("_stitchkit_warmup", hook.disable_cache_before_step)
+            hook.disable_cache_before_step = max(own, step + 1) if state.last_update_step is None else own
+
 
 @attrs.frozen(kw_only=True)
 class Faster:
     """diffusers' FasterCache (``apply_faster_cache``): attention outputs reused every
     ``spatial_attention_block_skip_range`` steps inside a timestep window, and the unconditional half
-    approximated from the conditional one every ``unconditional_batch_skip_range`` steps."""
+    approximated from the conditional one every ``unconditional_batch_skip_range`` steps. Defaults:
+    diffusers' ``FasterCacheConfig`` (``hooks/faster_cache.py:135-151``)."""
 
     kind = "faster"
     spatial_attention_block_skip_range: int = attrs.field(default=2, validator=_at_least(1))
@@ -219,11 +291,22 @@ class Faster:
             _unconditional_conditional_input_kwargs_identifiers=[*_UNCOND_COND_INPUT_KWARGS_IDENTIFIERS,
                                                                  "pooled_projections"]))
 
+    per_sample_state = False  # one state per hook (faster_cache.py:187-215), not per cache context
+
+    @staticmethod
+    def at_step(model: torch.nn.Module, step: int, resumed: bool) -> None:
+        from diffusers.hooks.faster_cache import _FASTER_CACHE_BLOCK_HOOK, _FASTER_CACHE_DENOISER_HOOK
+
+        _iteration_at_step(model, step, resumed, _FASTER_CACHE_DENOISER_HOOK, _FASTER_CACHE_BLOCK_HOOK)
+
 
 @attrs.frozen(kw_only=True)
 class PAB:
     """diffusers' Pyramid Attention Broadcast (``apply_pyramid_attention_broadcast``): attention outputs
-    broadcast over ``spatial_attention_block_skip_range`` steps inside the timestep window."""
+    broadcast over ``spatial_attention_block_skip_range`` steps inside the timestep window. Defaults:
+    diffusers' ``PyramidAttentionBroadcastConfig`` window (``hooks/pyramid_attention_broadcast.py:78``) and
+    the range 2 of its docstring example (``:208-209``) and of its fallback (``:227``): the config's own
+    default range is ``None``, which broadcasts nothing on an SD3 block (joint attention only)."""
 
     kind = "pab"
     spatial_attention_block_skip_range: int = attrs.field(default=2, validator=_at_least(1))
@@ -238,9 +321,16 @@ class PAB:
             spatial_attention_timestep_skip_range=self.spatial_attention_timestep_skip_range,
             current_timestep_callback=setup.current_timestep))
 
+    per_sample_state = False  # one state per hook (pyramid_attention_broadcast.py:153), not per context
+
+    @staticmethod
+    def at_step(model: torch.nn.Module, step: int, resumed: bool) -> None:
+        from diffusers.hooks.pyramid_attention_broadcast import _PYRAMID_ATTENTION_BROADCAST_HOOK
+
+        _iteration_at_step(model, step, resumed, _PYRAMID_ATTENTION_BROADCAST_HOOK)
+
 
 CACHES: dict[str, Any] = {c.kind: c for c in (MagCache, FirstBlock, TaylorSeer, Faster, PAB)}
-
 
 @hookimpl
 def register_caches(register) -> None:

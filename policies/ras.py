@@ -13,9 +13,10 @@ What RAS does, from its code (files under ``src/ras/`` of microsoft/RAS; nothing
   their previous output) in a RAS step; the model computes the rest. Here the large model computes
   ``mask_size(sample_ratio, N)`` tokens, and exactly the other ones are dropped (RAS truncates the low and
   high parts separately and may drop one token fewer).
-* **Ranking** (``schedulers/ras_scheduling_flow_match_euler_discrete.py`` lines 102-124): per token the
-  standard deviation over channels of the latent step, averaged over the patch (the ``latent-std`` change
-  measure), times ``exp(starvation_scale * drop_count)``; the count starts at ``-(steps + 1)`` (line 93) and
+* **Ranking** (``schedulers/ras_scheduling_flow_match_euler_discrete.py`` lines 102-124, 201): per token the
+  standard deviation over channels of the scheduler's own step ``(sigma_next - sigma) * model_output`` in
+  the model's dtype (line 201; not the rounded ``next - latents``), averaged over the patch (the
+  ``latent-std`` change measure, given the scheduler's sigma step by the loop), times ``exp(starvation_scale * drop_count)``; the count starts at ``-(steps + 1)`` (line 93) and
   grows by one each time a token is dropped (line 121), so a token dropped often ranks ever higher until it
   is recomputed (the starvation counter). Tokens are sorted ascending; the dropped ones are the lowest
   ``(1 - high_ratio)`` share and the highest ``high_ratio`` share of the drop count (line 119); the middle

@@ -65,6 +65,12 @@ def register_caches(register: Register) -> None:
     (attaching the hooks for one generation, :class:`stitchkit.protocols.CacheSetup`) and
     ``needs_calibration``. :mod:`stitchkit.loop.caches` gives the hooks their ``cache_context``, keeps masked
     calls away from them and removes them after the generation.
+
+    A cache whose hooks count their own calls must also have ``at_step(model, step, resumed)``: called in
+    the call's ``cache_context`` just before each call, it sets the hooks' count to the loop's ``step`` and,
+    when ``resumed`` (the model did not run at the previous step), resets their state. Without it, the cache
+    is refused as soon as its model skips a step of the loop. ``per_sample_state = False`` declares hooks
+    that keep one state per hook rather than per context (refused in a batch whose samples part ways).
     """
 
 

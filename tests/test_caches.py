@@ -3,6 +3,7 @@
 import contextlib
 import json
 
+import attrs
 import pytest
 import torch
 from click.testing import CliRunner
@@ -223,9 +224,10 @@ def test_bad_cache_specs_are_one_line_errors(stitch_pipe, cache, path):
     assert str(err.value).startswith(path + ":")
 
 
-def test_a_mixed_batch_keeps_one_hook_state_per_set_of_samples(stitch_pipe, tiny_pair, monkeypatch):
-    """Samples in different stages call a cached model on different subsets of the batch: each subset has
-    its own cache context (a hook's state is shaped like the batch it saw), so nothing breaks."""
+def test_a_mixed_batch_keeps_one_hook_state_per_sample(stitch_pipe, tiny_pair, monkeypatch):
+    """Samples in different stages call a cached model on different subsets of the batch: from the first
+    such call on, each sample runs in its own cache context, also when the two are in one group again (the
+    state follows the sample; tests/test_cache_clock.py checks its decisions against the sample alone)."""
     import stitchkit.loop.caches
     from stitchkit.protocols import Decision
 
@@ -250,5 +252,36 @@ def test_a_mixed_batch_keeps_one_hook_state_per_set_of_samples(stitch_pipe, tiny
 
     monkeypatch.setattr(stitchkit.loop.caches.ModelCache, "call", spy)
     out = stitch_pipe(**ARGS, generator=_gen(8), switch=Mixed(), cache={"small": CASES["first-block"][0]})
-    assert contexts == ["small:0", "small:0"] + ["small"] * (STEPS - 4)
+    assert contexts == ["small:0", "small:0"] + ["small:0", "small:1"] * (STEPS - 4)
     assert torch.isfinite(out.images).all() and hooked_modules(small) == []
+
+
+def test_cache_defaults_are_diffusers_and_magcache_presets_are_its_authors(stitch_pipe):
+    """Peers at their published settings: every plain kind at diffusers' config defaults (read from
+    diffusers here), MagCache's family presets at Zehong-Ma/MagCache's (FLUX: magcache_flux.py:466-468;
+    Wan 2.1: magcache_generate.py:746-758)."""
+    import dataclasses
+
+    from diffusers.hooks import FasterCacheConfig, PyramidAttentionBroadcastConfig
+
+    def made(spec):
+        return stitch_pipe.registry.create("cache", spec)[0]
+
+    def defaults(config_cls):
+        return {f.name: f.default for f in dataclasses.fields(config_cls) if f.default is not dataclasses.MISSING}
+
+    checks = {"magcache": MagCacheConfig, "first-block": FirstBlockCacheConfig, "taylorseer": TaylorSeerCacheConfig,
+              "faster": FasterCacheConfig, "pab": PyramidAttentionBroadcastConfig}
+    def same(v):
+        return tuple(v) if isinstance(v, (list, tuple)) else v
+
+    for kind, config_cls in checks.items():
+        ours, theirs = attrs.asdict(made(kind)), defaults(config_cls)
+        differing = {k: (ours[k], theirs[k]) for k in ours
+                     if k in theirs and k != "mag_ratios" and same(ours[k]) != same(theirs[k])}
+        # PAB's config leaves the range None (no broadcast at all on SD3's joint attention): ours is 2, its
+        # docstring example's and its own fallback's.
+        assert differing == ({"spatial_attention_block_skip_range": (2, None)} if kind == "pab" else {}), kind
+    flux, wan = made("magcache-flux"), made("magcache-wan2.1")
+    assert (flux.threshold, flux.max_skip_steps, flux.retention_ratio) == (0.24, 5, 0.1)
+    assert (wan.threshold, wan.max_skip_steps, wan.retention_ratio) == (0.12, 2, 0.2)

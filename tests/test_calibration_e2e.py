@@ -3,12 +3,13 @@
 import textwrap
 
 import pytest
+import torch
 
 from stitchkit.calibration.setup import prepare
+from stitchkit.calibration.target import Target, search, shortest
+from stitchkit.cost.latency import Costs
 from stitchkit.errors import ConfigError
 from stitchkit.experiments.config import ExperimentConfig
-from stitchkit.cost.latency import Costs
-from stitchkit.calibration.target import Target, search, shortest
 
 EXPERIMENT = """
     pair: shapes
@@ -141,3 +142,46 @@ def test_calibration_priced_by_the_loop_times_every_stage_of_the_method(config, 
 def test_unknown_cost_source_is_refused_with_its_flag(config, shapes_pipe):
     with pytest.raises(ConfigError, match=r"^--costs: unknown source 'guess'"):
         prepare(config, "hs", units=1, pipe=shapes_pipe, costs_from="guess")
+
+
+def test_best_generates_the_candidates_near_the_target_and_keeps_the_best_by_the_metric(tmp_path, capsys):
+    """``--target-speedup X --best METRIC --json``: at least three candidates, each within the tolerance of
+    X, each scored by the metric on the images a real (adaptive, not forced) run with its thresholds makes,
+    and ``chosen`` the best of them."""
+    import json
+
+    import yaml
+
+    from stitchkit.calibration.match import metric_score
+    from stitchkit.cli import main
+    from stitchkit.pipeline import StitchPipeline
+
+    exp = tmp_path / "e.yaml"
+    data = yaml.safe_load(textwrap.dedent(EXPERIMENT))
+    data["prompts"] = data["prompts"] + ["a small green triangle at the bottom right on a red background"]
+    data["sampler"]["steps"] = 10
+    exp.write_text(yaml.safe_dump(data))
+    assert main(["calibrate", str(exp), "--method", "hs", "--target-speedup", "1.3", "--units", "3",
+                 "--best", "feature_distance", "--candidates", "3", "--tolerance", "0.3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["candidates"]) >= 3 and out["listed"] >= len(out["candidates"])
+    for c in out["candidates"]:
+        assert 1.3 <= c["predicted_speedup"] <= 1.3 * 1.3 + 1e-9
+        assert set(c) >= {"params", "predicted_speedup", "feature_distance"}
+    assert out["chosen"] == min(out["candidates"], key=lambda c: c["feature_distance"])
+    assert len({c["feature_distance"] for c in out["candidates"]}) > 1  # the choice is a real one
+    # Each score is the metric of the run the thresholds make, generated here independently.
+    config = ExperimentConfig.from_yaml(exp)
+    pipe = StitchPipeline.from_shapes()
+    units = [(p, 0) for p in config.prompts]
+    call = dict(num_inference_steps=10, guidance_scale=3.0, output_type="pil", allow_unprofitable=True)
+
+    def images(switch):
+        return [pipe(p, generator=torch.Generator().manual_seed(s), switch=switch, **call).images[0] for p, s in units]
+
+    large = images("large")
+    for c in out["candidates"][:2]:
+        switch = {"kind": "hybridstitch", "mask_ratios": [0.3], **c["params"]}
+        got = metric_score(config, "feature_distance", list(zip(config.prompts, images(switch))), large)
+        assert got == pytest.approx(c["feature_distance"], rel=1e-6, abs=1e-9)
+    assert main(["calibrate", str(exp), "--method", "hs", "--target-speedup", "1.3", "--json"]) == 2  # needs --best

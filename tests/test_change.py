@@ -170,3 +170,26 @@ def test_latent_std_is_ras_ranking_by_hand():
     expected = [sum(float(d[0, :, 2 * r + i, 2 * c + j].std()) for i in (0, 1) for j in (0, 1)) / 4
                 for r in (0, 1) for c in (0, 1)]
     assert cmap[0].tolist() == pytest.approx(expected, rel=1e-5)
+
+
+def test_latent_std_ranks_the_schedulers_own_step_as_ras_does_in_bf16():
+    """microsoft/RAS ranks ``std((sigma_next - sigma) * model_output)`` in the model's dtype, not the rounded
+    ``next - latents``: on bf16 data the two pick different tokens, and stitchkit's map is RAS's."""
+    import torch.nn.functional as F
+
+    from stitchkit.loop.change import MEASURES, StepTensors
+
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(1, 16, 32, 32, generator=g).to(torch.bfloat16)
+    output = torch.randn(1, 16, 32, 32, generator=g).to(torch.bfloat16)
+    sigmas = torch.tensor([0.52, 0.47], dtype=torch.float32)  # the scheduler keeps float32 sigmas
+    diff = (sigmas[1] - sigmas[0]) * output  # RAS's line, in bf16
+    nxt = (latents.float() + diff.float()).to(torch.bfloat16)  # diffusers' Euler step: upcast, add, cast back
+    cur = StepTensors.from_step(latents, nxt, output, 0.52, sigma_step=sigmas[1] - sigmas[0])
+    _, cmap = MEASURES["latent-std"](None, cur, 2)
+    ras = F.avg_pool2d(diff.std(dim=1, keepdim=True).float(), 2).flatten(1)
+    assert torch.equal(cmap, ras)
+    rounded = F.avg_pool2d((nxt.float() - latents.float()).std(dim=1, keepdim=True), 2).flatten(1)
+    top = cmap.shape[1] // 2
+    ours, theirs = set(cmap[0].topk(top).indices.tolist()), set(rounded[0].topk(top).indices.tolist())
+    assert len(ours & theirs) < top  # the rounded step ranks other tokens on top

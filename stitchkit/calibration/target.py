@@ -205,20 +205,21 @@ def _distinct(problem: Problem, chosen: Sequence[float], values: list[float]) ->
     return [g[len(g) // 2] for g in groups.values()]
 
 
-def search(problem: Problem, target: Target) -> Found:
-    """The knob values whose prediction reaches ``target`` by the least (see the module docstring)."""
-    best: tuple[float, tuple[float, ...], Summary] | None = None
-
-    def solve(chosen: list[float]) -> None:
-        nonlocal best
+def reaching(problem: Problem, target: Target, within: Callable[[], float]):
+    """Every ``(values, summary)`` that reaches ``target`` by at most ``within()`` (its excess): per distinct
+    setting of the earlier knobs, the last knob's values from the least that reaches the target (found by
+    bisection: the excess rises with the last knob) upwards while still within. A setting of the earlier
+    knobs that cannot reach the target, or whose slowest last value is already past ``within()``, records
+    nothing (``within`` is read as the search goes, so a caller may tighten it)."""
+    def solve(chosen: list[float]):
         if len(chosen) == len(problem.knobs) - 1 and (bounds := problem.bounds(chosen)) is not None:
             fast, slow = (target.excess(b) for b in bounds)
-            if fast < 0 or (best is not None and slow > best[0]):
-                return  # cannot reach the target, or cannot beat the best: record nothing for it
+            if fast < 0 or slow > within():
+                return  # cannot reach the target, or every setting is past the bound: record nothing for it
         values = candidates(problem, chosen)
         if len(chosen) < len(problem.knobs) - 1:
             for v in _distinct(problem, chosen, values):
-                solve(chosen + [v])
+                yield from solve(chosen + [v])
             return
         lo, hi, hit = 0, len(values) - 1, None  # excess rises with the last knob: bisect for >= 0
         while lo <= hi:
@@ -228,20 +229,43 @@ def search(problem: Problem, target: Target) -> Found:
                 hit, hi = (mid, summary), mid - 1
             else:
                 lo = mid + 1
-        if hit is not None:
-            excess = target.excess(hit[1])
-            if best is None or excess < best[0]:
-                best = (excess, tuple(chosen + [values[hit[0]]]), hit[1])
+        if hit is None:
+            return
+        index, summary = hit
+        while target.excess(summary) <= within():
+            yield tuple(chosen + [values[index]]), summary
+            index += 1
+            if index == len(values) or target.excess(summary) >= within():
+                return  # the next value only goes further past (search(): past the best already)
+            summary = problem.summary(chosen + [values[index]])
 
-    solve([])
+    yield from solve([])
+
+
+def search(problem: Problem, target: Target) -> Found:
+    """The knob values whose prediction reaches ``target`` by the least (see the module docstring)."""
+    best: tuple[float, tuple[float, ...], Summary] | None = None
+
+    def bound() -> float:  # read as the search goes: a prefix that cannot beat the best records nothing
+        return np.inf if best is None else best[0]
+
+    for values, summary in reaching(problem, target, bound):
+        excess = target.excess(summary)
+        if best is None or excess < best[0]:
+            best = (excess, values, summary)
     if best is None:
-        fastest = _fastest(problem)
-        what = (f"{fastest.speedup:.3f}x" if target.kind == "speedup"
-                else f"{fastest.large_step_equivalents:.2f} large-step equivalents")
-        flag = "--target-speedup" if target.kind == "speedup" else "--target-large-steps"
-        raise ConfigError(flag, f"{target.value:g} is out of reach for this method on these runs",
-                          f"the fastest candidate predicts {what}")
+        raise out_of_reach(problem, target)
     return Found(values=best[1], summary=best[2], runs=problem.store.runs)
+
+
+def out_of_reach(problem: Problem, target: Target) -> ConfigError:
+    """The one-line refusal for a target no candidate reaches, naming the fastest prediction."""
+    fastest = _fastest(problem)
+    what = (f"{fastest.speedup:.3f}x" if target.kind == "speedup"
+            else f"{fastest.large_step_equivalents:.2f} large-step equivalents")
+    flag = "--target-speedup" if target.kind == "speedup" else "--target-large-steps"
+    return ConfigError(flag, f"{target.value:g} is out of reach for this method on these runs",
+                       f"the fastest candidate predicts {what}")
 
 
 def _fastest(problem: Problem) -> Summary:

@@ -19,12 +19,24 @@ from stitchkit.errors import ConfigError
 @click.option("--method", "method", default=None, metavar="NAME",
               help="Calibrate this method (a method of the experiment, or a switch policy / preset name).")
 @click.option("--target-speedup", type=float, default=None, metavar="X",
-              help="The smallest predicted speedup over the large model that reaches X.")
+              help="Without --best: the setting whose predicted speedup over the large model reaches X by the "
+                   "least (quality is not looked at). With --best: the best by METRIC among those near X.")
 @click.option("--target-large-steps", type=float, default=None, metavar="E",
               help="The most large-step equivalents within E (machine-independent).")
 @click.option("--match", "match", default=None, metavar="METHOD",
               help="Tune --method's threshold until its quality (--metric) matches METHOD's.")
 @click.option("--metric", default=None, metavar="NAME", help="The quality metric --match compares.")
+@click.option("--best", "best", default=None, metavar="METRIC",
+              help="With a target: among the settings whose prediction reaches it within --tolerance, generate "
+                   "the --candidates most promising (most large-step equivalents) on the calibration units and "
+                   "keep the best by METRIC (any registered metric).")
+@click.option("--candidates", "count", type=int, default=4, show_default=True, metavar="N",
+              help="How many settings --best generates and scores.")
+@click.option("--tolerance", type=float, default=0.1, show_default=True,
+              help="--best considers predicted speedups in [X, X*(1+tolerance)] (large steps in [E*(1-tolerance), E]).")
+@click.option("--json", "as_json", is_flag=True,
+              help="With --best: print one JSON object, {chosen, candidates}, each with params, predicted_speedup "
+                   "and the metric's value.")
 @click.option("--name", "name", default=None, metavar="NAME",
               help="The method's name in the printed YAML line (default: --method's with the target, e.g. "
                    "hybridstitch-30@1.5x).")
@@ -37,7 +49,8 @@ from stitchkit.errors import ConfigError
 @click.option("--threads", default="", metavar="N",
               help="CPU threads (default: sampler.threads, else OMP_NUM_THREADS, else the pair's).")
 def command(experiment: str, thresholds: str, method: str | None, target_speedup: float | None,
-            target_large_steps: float | None, match: str | None, metric: str | None, name: str | None,
+            target_large_steps: float | None, match: str | None, metric: str | None, best: str | None,
+            count: int, tolerance: float, as_json: bool, name: str | None,
             units: int, costs_from: str, quiet: bool, threads: str) -> None:
     """Without --method: run the large model alone over the experiment's prompts and print D_t quantiles
     per step. With --method: search its thresholds on replayed traces and print the YAML to paste."""
@@ -64,11 +77,17 @@ def command(experiment: str, thresholds: str, method: str | None, target_speedup
     check_goal("--target-large-steps", target_large_steps)
     if (match is None) != (metric is None):
         raise ConfigError("--metric" if metric is None else "--match", "missing", "--match and --metric go together")
-    _calibrate(config, method, target_speedup, target_large_steps, match, metric, units, name, costs_from)
+    if (best is not None or as_json) and match is not None:
+        raise ConfigError("--best" if best is not None else "--json", "goes with a target, not --match",
+                          "--target-speedup X --best METRIC")
+    if as_json and best is None:
+        raise ConfigError("--json", "needs --best", "--target-speedup X --best METRIC --json")
+    _calibrate(config, method, target_speedup, target_large_steps, match, metric, units, name, costs_from,
+               best=best, count=count, tolerance=tolerance, as_json=as_json)
 
 
 def _calibrate(config, method, target_speedup, target_large_steps, match, metric, units, name,
-               costs_from="profile") -> None:
+               costs_from="profile", *, best=None, count=4, tolerance=0.1, as_json=False) -> None:
     from stitchkit.calibration.naming import calibrated_name
     from stitchkit.calibration.setup import method_yaml, prepare
     from stitchkit.calibration.target import Target, search, shortest
@@ -76,8 +95,13 @@ def _calibrate(config, method, target_speedup, target_large_steps, match, metric
     start = time.perf_counter()
     problem, setup = prepare(config, method, units=units, costs_from=costs_from)
     steps = setup.sampler["steps"]
-    click.echo(f"{method} on {config.pair.label}: {len(setup.units)} calibration units, {steps} steps, "
-               f"costs from {_SOURCES.get(problem.costs.source, problem.costs.source)}")
+    echo = (lambda *_: None) if as_json else click.echo  # --json: one JSON object, nothing else
+    echo(f"{method} on {config.pair.label}: {len(setup.units)} calibration units, {steps} steps, "
+         f"costs from {_SOURCES.get(problem.costs.source, problem.costs.source)}")
+    if best is not None:
+        _best(problem, setup, Target(kind="speedup", value=target_speedup) if target_speedup is not None
+              else Target(kind="large_steps", value=target_large_steps), best, count, tolerance, as_json, name)
+        return
     if match is not None:
         from stitchkit.calibration.match import match_quality
 
@@ -110,6 +134,33 @@ def _calibrate(config, method, target_speedup, target_large_steps, match, metric
 
 
 _SOURCES = {"profile": "a profile", "loop": "the loop's own step timings"}
+
+
+def _best(problem, setup, target, metric: str, count: int, tolerance: float, as_json: bool, name) -> None:
+    """``--best METRIC``: the candidates generated and scored, the chosen one's YAML (or all of it as JSON)."""
+    import json
+
+    from stitchkit.calibration.best import best_at_target
+    from stitchkit.calibration.naming import calibrated_name
+    from stitchkit.calibration.setup import method_yaml
+
+    found = best_at_target(problem, setup, target, metric, count=count, tolerance=tolerance)
+    if as_json:
+        click.echo(json.dumps({"metric": metric, "target": {target.kind: target.value}, "tolerance": tolerance,
+                               "listed": found.listed, "chosen": found.chosen.as_json(problem, metric),
+                               "candidates": [c.as_json(problem, metric) for c in found.candidates]}))
+        return
+    click.echo(f"{found.listed} settings reach the target within {tolerance:g}; generated the {len(found.candidates)} "
+               f"with the most large-step equivalents and scored {metric}:")
+    for c in found.candidates:
+        mark = "*" if c is found.chosen else " "
+        click.echo(f" {mark} {', '.join(f'{k.label}={v:.4g}' for k, v in zip(problem.knobs, c.values))}: "
+                   f"predicted {c.summary.speedup:.3f}x, {c.summary.large_step_equivalents:.2f} large-step "
+                   f"equivalents, {metric} {c.score:.4g}")
+    click.echo("# paste into methods (a new name: the run folder grows by this method's units):")
+    name = name or calibrated_name(setup.method.name, **{("target_speedup" if target.kind == "speedup"
+                                                           else "target_large_steps"): target.value})
+    click.echo(method_yaml(setup, problem, found.chosen.values, name=name))
 
 
 def _quantiles(config, thresholds: str, quiet: bool) -> None:

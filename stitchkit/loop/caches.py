@@ -15,6 +15,19 @@ sets every hooked module's ``forward`` back to the one beneath the hooks for suc
 see it and their state is untouched. The large model's full steps of a hybrid method (those that record
 K/V) do go through the hooks: a block a cache skips keeps the K/V it recorded last.
 
+**The loop's clock.** diffusers' hooks count their own calls; inside a schedule a model does not run every
+step, so :meth:`ModelCache.call` hands the cache the loop's step just before each call (the plugin's
+``at_step(model, step, resumed)``), with ``resumed`` true when that model (for those samples) did not run
+through the hooks at the previous step: it then starts without a previous residual. A cache without
+``at_step`` is refused as soon as its model skips a step of the loop, naming it.
+
+**State follows the sample.** While a cached model runs on the whole batch its hooks keep one state, as in
+diffusers' pipeline (``context "large"``). The first call on a subset of the batch (samples in different
+stages) splits every context-keyed state into one per sample (``"large:0"``, ``"large:1"``: each tensor's
+rows of that sample, both CFG halves, the scalars copied), and from then on each sample runs in its own
+context (:meth:`ModelCache.per_sample`), whichever group it is in. Caches whose hooks keep one state per
+hook instead of per context (PAB, FasterCache: ``per_sample_state = False``) are refused there.
+
 MagCache needs magnitude ratios per model: without them, the pipeline runs one calibration generation in
 diffusers' calibrate mode and stores the ratios on disk (:mod:`stitchkit.pipeline.magcache_ratios`).
 """
@@ -22,6 +35,7 @@ diffusers' calibrate mode and stores the ratios on disk (:mod:`stitchkit.pipelin
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import Any, Callable, Iterator, Mapping
 
 import attrs
@@ -60,6 +74,9 @@ class ModelCache:
     _ours: list[tuple[torch.nn.Module, str]] = attrs.field(factory=list)
     _had_registry: set[int] = attrs.field(factory=set)  # ids of modules with a hook registry before attach
     _contexts: set[str] = attrs.field(factory=set)
+    _last_step: dict[str, int] = attrs.field(factory=dict)  # context -> the last loop step it ran at
+    _calls: dict[str, int] = attrs.field(factory=dict)  # context -> calls (a cache without at_step)
+    split: bool = False  # True once the batch's state went per sample (see the module docstring)
 
     def attach(self, *, num_steps: int, guided: bool, current_timestep: Callable[[], float]) -> None:
         """Apply the cache's diffusers hooks to the model for a generation of ``num_steps``."""
@@ -84,11 +101,48 @@ class ModelCache:
 
     def call(self, fn: Callable[[], torch.Tensor], samples: tuple[int, ...] | None = None,
              **where: Any) -> torch.Tensor:
-        """``fn()`` inside ``model.cache_context`` (``where``: step_index, timestep, ... for the context)."""
+        """``fn()`` inside ``model.cache_context`` (``where``: step_index, timestep, ... for the context),
+        the cache's clock set to the loop's ``step_index`` first."""
         name = self.context_name(samples)
         self._contexts.add(name)
+        step = where["step_index"]
+        resumed = name in self._last_step and self._last_step[name] != step - 1
         with cache_context(self.model, name, **where):
-            return fn()
+            at_step = getattr(self.cache, "at_step", None)
+            if at_step is not None:
+                at_step(self.model, step, resumed)
+            elif self._calls.get(name, 0) != step:
+                raise ConfigError(f"cache.{self.role}", f"{type(self.cache).__name__} counts its own calls, and the "
+                                  f"{self.role} model first runs through it at step {step} of the loop, not at call "
+                                  f"{self._calls.get(name, 0)}", "give the cache an at_step(model, step, resumed) "
+                                  "that sets its clock to the loop's, or run that model at every step")
+            out = fn()
+        self._last_step[name] = step
+        self._calls[name] = self._calls.get(name, 0) + 1
+        return out
+
+    def per_sample(self, batch: int, halves: int) -> None:
+        """From now on one state per sample: every context-keyed hook state of the whole batch is split
+        into one per sample (each tensor's rows ``b`` and ``batch + b``), under ``"role:b"``."""
+        if self.split:
+            return
+        if not getattr(self.cache, "per_sample_state", True):
+            raise ConfigError(f"cache.{self.role}", f"{type(self.cache).__name__} keeps one state per hook, which "
+                              "samples of a batch in different stages cannot share", "generate one prompt at a "
+                              "time (sampler.batch_size: 1), or use magcache, first-block or taylorseer")
+        self.split = True
+        whole = self.context_name(None)
+        for manager in _state_managers(self.model):
+            state = manager._state_cache.pop(whole, None)
+            if state is None:
+                continue
+            for b in range(batch):
+                rows = torch.tensor([h * batch + b for h in range(halves)])
+                manager._state_cache[self.context_name((b,))] = _rows_of(state, rows, batch * halves)
+        if whole in self._last_step:
+            last, calls = self._last_step.pop(whole), self._calls.pop(whole)
+            for b in range(batch):
+                self._last_step[self.context_name((b,))], self._calls[self.context_name((b,))] = last, calls
 
     @contextlib.contextmanager
     def bypass(self) -> Iterator[None]:
@@ -127,6 +181,37 @@ class ModelCache:
         for m in self.model.modules():
             if hasattr(m, "_diffusers_hook"):
                 m._diffusers_hook._child_registries_cache = None
+
+
+def _state_managers(model: torch.nn.Module) -> list[Any]:
+    """Every diffusers ``StateManager`` of a stateful hook under ``model``, once each."""
+    from diffusers.hooks.hooks import StateManager  # deferred: diffusers is heavy, plugins import this module
+
+    found: dict[int, Any] = {}
+    for m in model.modules():
+        registry = getattr(m, "_diffusers_hook", None)
+        for hook in ([] if registry is None else registry.hooks.values()):
+            for value in vars(hook).values():
+                if isinstance(value, StateManager):
+                    found.setdefault(id(value), value)
+    return list(found.values())
+
+
+def _rows_of(value: Any, rows: torch.Tensor, total: int) -> Any:
+    """A copy of a hook state (or any value in it) holding only ``rows`` of every tensor whose first
+    dimension is the batch's ``total`` rows; everything else (scalars, configs) copied as it is."""
+    if isinstance(value, torch.Tensor):
+        return value.index_select(0, rows.to(value.device)) if value.ndim and value.shape[0] == total else value
+    if isinstance(value, dict):
+        return {k: _rows_of(v, rows, total) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_rows_of(v, rows, total) for v in value)
+    if hasattr(value, "__dict__") and not isinstance(value, (type, torch.nn.Module)):
+        out = copy.copy(value)
+        for k, v in vars(value).items():
+            setattr(out, k, _rows_of(v, rows, total))
+        return out
+    return value
 
 
 def hooked_modules(model: torch.nn.Module) -> list[tuple[str, list[str]]]:

@@ -70,15 +70,18 @@ class StepTensors:
     x0: torch.Tensor
     #: In a hybrid step, the small model's own (guided, unstitched) x0 prediction; ``None`` otherwise.
     small_x0: torch.Tensor | None = None
+    #: The scheduler's own ``sigmas[i + 1] - sigmas[i]`` (a 0-d tensor in the scheduler's dtype), where the
+    #: loop knows it: RAS ranks ``sigma_step * output`` (see :func:`_latent_std`).
+    sigma_step: torch.Tensor | None = None
 
     @classmethod
     def from_step(
         cls, latents: torch.Tensor, next_latents: torch.Tensor, output: torch.Tensor, sigma: float,
-        small_output: torch.Tensor | None = None,
+        small_output: torch.Tensor | None = None, sigma_step: torch.Tensor | None = None,
     ) -> "StepTensors":
         """Build one from a flow-matching step, computing ``x0 = latents - sigma * output`` (Eq. 10)."""
         small_x0 = None if small_output is None else latents - sigma * small_output
-        return cls(latents, next_latents, output, latents - sigma * output, small_x0)
+        return cls(latents, next_latents, output, latents - sigma * output, small_x0, sigma_step)
 
 
 #: ``(prev, cur, patch_size) -> (change (B,), change_map (B, N))``, or ``(None, None)`` without ``prev``.
@@ -176,16 +179,21 @@ def _small_x0(prev: StepTensors | None, cur: StepTensors, patch_size: int):
 
 
 def _latent_std(prev: StepTensors | None, cur: StepTensors, patch_size: int):
-    """RAS's ranking (microsoft/RAS, ``ras_scheduling_flow_match_euler_discrete.py`` lines 103-106): per
-    token, the standard deviation over channels of the latent step ``next - latents`` (their
-    ``(sigma_next - sigma) * model_output``), averaged over the token's patch; ``D_t`` as :func:`_latent`."""
+    """RAS's ranking (microsoft/RAS a9c5ec8, ``src/ras/schedulers/ras_scheduling_flow_match_euler_discrete.py``
+    lines 105-106 and 201): per token, the standard deviation over channels of the scheduler's own step
+    ``diff = (sigma_next - sigma) * model_output``, computed as RAS computes it (the scheduler's 0-d sigma
+    difference times the guided output, in the output's dtype), averaged over the token's patch. Not the
+    rounded ``next - latents``: in bf16 that differs (``prev_sample`` is upcast, summed and cast back, lines 203-205).
+    Without the scheduler's sigmas (``sigma_step`` unset) it falls back to ``next - latents``.
+    ``D_t`` as :func:`_latent`."""
 
-    delta = (cur.next_latents - cur.latents).detach().float()
-    if delta.ndim != 4:
+    moved = (cur.next_latents - cur.latents).detach().float()  # D_t's latent step, as before
+    if moved.ndim != 4:
         raise ValueError("the latent-std measure (RAS) is defined for images (B, C, H, W)")
+    ranked = moved if cur.sigma_step is None else (cur.sigma_step * cur.output).detach()
+    per_pixel = ranked.std(dim=1, keepdim=True, correction=1 if ranked.shape[1] > 1 else 0).float()  # 1 channel: 0
     patch = patch_tuple(patch_size, 2)
-    per_pixel = delta.std(dim=1, keepdim=True, correction=1 if delta.shape[1] > 1 else 0)  # one channel: 0
-    return relative_l1(delta, cur.next_latents), F.avg_pool2d(per_pixel, kernel_size=patch, stride=patch).flatten(1)
+    return relative_l1(moved, cur.next_latents), F.avg_pool2d(per_pixel, kernel_size=patch, stride=patch).flatten(1)
 
 
 #: Every change measure by name. Policies name theirs in ``change_measure``.

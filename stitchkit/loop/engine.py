@@ -215,14 +215,19 @@ class _Step:
         self.prediction.index_copy_(0, self.rows.index(samples), out)
 
     def timed(self, model: str, samples: list[int], tokens: int, fn: Callable[[], torch.Tensor],
-              masked: bool = False) -> torch.Tensor:
+              masked: bool = False, fn_for: Callable[[list[int]], torch.Tensor] | None = None) -> torch.Tensor:
         """``fn()`` (a call of ``model`` on ``samples``), timed and checked finite; in the model's cache
-        context, a masked call kept away from the cache's hooks."""
+        context at the loop's step, a masked call kept away from the cache's hooks. Once a cached model ran
+        on part of the batch, its state is per sample and it runs once per sample (``fn_for([b])``)."""
         cache = self.caches.get(model)
         if cache is not None:
-            fn = _cached(cache, fn, masked, None if samples == self.rows.everyone else tuple(samples),
-                         step_index=self.step, num_inference_steps=self.num_steps, timestep=float(self.timestep),
-                         sigma=self.sigma)
+            where = {"step_index": self.step, "num_inference_steps": self.num_steps,
+                     "timestep": float(self.timestep), "sigma": self.sigma}
+            if not masked and (cache.split or samples != self.rows.everyone):
+                cache.per_sample(self.rows.batch, self.rows.halves)
+                fn = self._per_sample(cache, samples, fn, fn_for, where)
+            else:
+                fn = _cached(cache, fn, masked, None, **where)
         timer = _Timer(self.rows.device)
         with timer:
             out = fn()
@@ -232,13 +237,25 @@ class _Step:
             self.ms[model][b] += timer.ms / len(samples)
         return _check_finite(out, self.step, model)
 
+    def _per_sample(self, cache, samples: list[int], fn: Callable[[], torch.Tensor],
+                    fn_for: Callable[[list[int]], torch.Tensor] | None, where: dict) -> Callable[[], torch.Tensor]:
+        """The call as one call per sample, each in its own cache context, rows put back halves-major."""
+        if len(samples) == 1:
+            return lambda: cache.call(fn, (samples[0],), **where)
+
+        def each() -> torch.Tensor:
+            outs = [cache.call(lambda b=b: fn_for([b]), (b,), **where) for b in samples]
+            return torch.cat([out[h:h + 1] for h in range(self.rows.halves) for out in outs])
+        return each
+
     def run_small(self, samples: list[int], small_forward: Callable[[ModelInputs], torch.Tensor],
                   inputs: ModelInputs) -> None:
         """The small model once, on every sample that runs it (small-only and hybrid alike)."""
         self.small_samples = samples
         if samples:
             small_inputs, _ = self.rows.subset(inputs, samples)
-            self.small_out = self.timed("small", samples, self.num_tokens, lambda: small_forward(small_inputs))
+            self.small_out = self.timed("small", samples, self.num_tokens, lambda: small_forward(small_inputs),
+                                        fn_for=lambda some: small_forward(self.rows.subset(inputs, some)[0]))
             for b in samples:
                 self.small_tokens[b] = self.num_tokens
 
@@ -260,6 +277,13 @@ class _Step:
         for samples in self.hybrid_small:
             out.index_copy_(0, self.rows.index(samples), self.small_rows(samples))
         return out
+
+
+def _sigma_step(scheduler, i: int) -> torch.Tensor | None:
+    """The scheduler's own ``sigmas[i + 1] - sigmas[i]`` (what its Euler step multiplies the output by),
+    ``None`` for a scheduler without a terminal sigma."""
+    sigmas = getattr(scheduler, "sigmas", None)
+    return None if sigmas is None or len(sigmas) <= i + 1 else sigmas[i + 1] - sigmas[i]
 
 
 def _guide(prediction: torch.Tensor | None, scale: float) -> torch.Tensor | None:
@@ -395,15 +419,16 @@ def denoise(
                     continue
                 sub_inputs, sub_rows = rows.subset(inputs, samples)
                 if not small and reuse is None:  # large alone, every token (K/V recorded when masks may follow)
-                    if not may_mask:
-                        fn = lambda: models.forward(models.large, sub_inputs)  # noqa: E731
-                    elif sub_rows is None:
-                        fn = lambda: context.full(models.masked_large, sub_inputs)  # noqa: E731
-                    else:
+                    def full_large(some: list[int]) -> torch.Tensor:
+                        some_inputs, some_rows = rows.subset(inputs, some)
+                        if not may_mask:
+                            return models.forward(models.large, some_inputs)
+                        if some_rows is None:
+                            return context.full(models.masked_large, some_inputs)
                         check_rows_supported()
-                        fn = lambda: context.full(models.masked_large, sub_inputs,  # noqa: E731
-                                                  rows=sub_rows, cache_rows=cache_rows)
-                    step.put(samples, step.timed("large", samples, num_tokens, fn))
+                        return context.full(models.masked_large, some_inputs, rows=some_rows, cache_rows=cache_rows)
+                    step.put(samples, step.timed("large", samples, num_tokens,
+                                                 lambda s=samples: full_large(s), fn_for=full_large))
                     for b in samples:
                         step.large_tokens[b] = num_tokens
                         large_done[b] = True
@@ -443,7 +468,7 @@ def denoise(
 
             # 8. The change D_t (Eq. 9-10) and its per-token map, for the next decision [line 19].
             current = StepTensors.from_step(latents, next_latents, prediction, sigma,  # x0 of Eq. 10
-                                            small_output=small_prediction)
+                                            small_output=small_prediction, sigma_step=_sigma_step(scheduler, i))
             change, change_map = measure(previous, current, p)
             if map_measure is not measure:
                 change_map = map_measure(previous, current, p)[1]

@@ -37,6 +37,7 @@ def test_paper_table1_without_its_metrics_is_the_papers_protocol(tmp_path):
     assert config.pair.large == "stabilityai/stable-diffusion-3.5-large" and config.pair.dtype == "bfloat16"
     names = [m.name for m in config.methods]
     assert names[:4] == ["large", "small", "t-stitch", "srdiffusion"]
+    assert config.methods[3].switch["threshold"] == 0.005  # the paper's §4.1, not the default 0.01
     assert {f"{k}-{r}" for k in ("hybridstitch", "staticmask") for r in (10, 20, 30, 40)} <= set(names)
 
 

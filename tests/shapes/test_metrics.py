@@ -40,10 +40,13 @@ def test_ssim_of_flat_pictures_is_the_luminance_term():
 
 
 def _naive_ssim(x: np.ndarray, y: np.ndarray) -> float:
-    """Direct window-by-window SSIM (Gaussian 11×11, σ 1.5, valid positions), channels averaged."""
+    """Direct window-by-window SSIM (Gaussian 11×11, σ 1.5), channels averaged, at every pixel of the
+    picture reflected by 5 at its borders: the definition torchmetrics' SSIM computes (its ``_ssim_update``
+    pads with ``mode="reflect"`` and averages the full map), which stitchkit's numbers now are."""
     g = np.exp(-((np.arange(11) - 5.0) ** 2) / (2 * 1.5**2))
     w = np.outer(g, g) / np.outer(g, g).sum()
     c1, c2 = 0.01**2, 0.03**2
+    x, y = (np.pad(z, ((0, 0), (5, 5), (5, 5)), mode="reflect") for z in (x, y))
     values = []
     for c in range(x.shape[0]):
         for i in range(x.shape[1] - 10):

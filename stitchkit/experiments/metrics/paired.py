@@ -1,6 +1,6 @@
 """PSNR and SSIM of each image against the large-only image of the same prompt and seed (any pair).
 
-The definitions are :func:`stitchkit.shapes.scores.psnr` / ``ssim`` (tested there against
+The definitions are :func:`stitchkit.shapes.scores.psnr` / ``ssim`` (torchmetrics' own, tested there against
 hand computations); here they are metric plugins.
 """
 

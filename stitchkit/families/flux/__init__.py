@@ -5,7 +5,7 @@ package uses.
 Files: ``latents.py`` (packing, position ids, token layout), ``adapter.py`` (the pipeline adapter, both
 kinds of FLUX guidance), ``masked.py`` (the masked runner for double- and single-stream blocks, with its
 K/V cache), ``flops.py`` (the FLOP model), ``tiny_random.py`` / ``paper_random.py`` (random-weight pairs
-built offline from configs).
+built offline from configs), ``magcache.py`` (MagCache at its authors' FLUX settings, ``magcache-flux``).
 
 Loading real checkpoints (diffusers format; the small one needs only its ``transformer`` folder)::
 
@@ -21,6 +21,7 @@ behaviour; ``true_cfg_scale`` with a negative prompt turns on true CFG.
 from __future__ import annotations
 
 from stitchkit.families.family import Family
+from stitchkit.families.flux.magcache import magcache_flux
 from stitchkit.hookspecs import hookimpl
 
 
@@ -134,3 +135,10 @@ def register_pairs(register) -> None:
              description="tiny random FLUX.1 pair (2+2 / 1+1 blocks): tests and smoke runs")
     register("flux-paper-random", _paper_random,
              description="random FLUX.1-dev / Flux.1 Lite 8B at full scale (CUDA, latency only)")
+
+
+@hookimpl
+def register_caches(register) -> None:
+    """MagCache at its authors' settings for this family (``magcache.py``)."""
+
+    register("magcache-flux", magcache_flux)

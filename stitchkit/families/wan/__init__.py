@@ -4,14 +4,16 @@ hooks an outside package uses.
 
 Files: ``adapter.py`` (the pipeline adapter), ``masked.py`` (the masked runner with its K/V cache),
 ``forward.py`` (the stock call), ``flops.py`` (the FLOP model), ``tiny_random.py`` (the offline test pair), ``paper_configs.py`` (the real
-transformers' configs, for random-weight benchmarks on a GPU).
+transformers' configs, for random-weight benchmarks on a GPU), ``magcache.py`` (MagCache at its authors'
+Wan 2.1 settings, ``magcache-wan2.1``).
 """
 
 from __future__ import annotations
 
-from stitchkit.hookspecs import hookimpl
 from stitchkit.families.family import Family
 from stitchkit.families.wan.forward import wan_forward
+from stitchkit.families.wan.magcache import magcache_wan21
+from stitchkit.hookspecs import hookimpl
 
 
 def _is_pipeline(obj) -> bool:
@@ -110,3 +112,10 @@ def register_model_families(register) -> None:
 @hookimpl
 def register_pairs(register) -> None:
     register("wan-tiny-random", _tiny_random, description="tiny random Wan 2.1 T2V pair: tests and smoke runs")
+
+
+@hookimpl
+def register_caches(register) -> None:
+    """MagCache at its authors' settings for this family (``magcache.py``)."""
+
+    register("magcache-wan2.1", magcache_wan21)
