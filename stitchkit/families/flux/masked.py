@@ -49,15 +49,14 @@ from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_flux import _get_qkv_projections
 
 from stitchkit.families.flux.latents import PACK, flux_call_args, to_stitch_layout, unpack
-from stitchkit.models.attention import DispatchedAttention, attend, inherit_backend
+from stitchkit.models.attention import DispatchedAttention, attend
 from stitchkit.models.cuda_graphs import release_locked
 from stitchkit.models.indices import check_indices, check_rows, flat_rows
 from stitchkit.models.kv_cache import record_kv
+from stitchkit.models.kv_runner import KVCacheRunner
 from stitchkit.models.offload import offload_hooks
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
-
     from stitchkit.protocols import ModelInputs
 
 
@@ -184,7 +183,7 @@ def flux_forward(model: FluxTransformer2DModel, inputs: "ModelInputs") -> torch.
     return unpack(out, *inputs.hidden_states.shape[-2:])
 
 
-class FluxMaskedTransformer:
+class FluxMaskedTransformer(KVCacheRunner):
     """One ``FluxTransformer2DModel`` (FLUX.1-dev / -schnell, Flux.1 Lite) with a masked forward.
 
     :meth:`begin` installs one :class:`FluxKVCacheAttnProcessor` per attention module (double- and
@@ -201,51 +200,16 @@ class FluxMaskedTransformer:
             raise TypeError(f"FluxMaskedTransformer wraps a FluxTransformer2DModel, got {type(model).__name__}")
         if int(model.config.patch_size) != 1:
             raise TypeError("FluxMaskedTransformer supports FLUX's packed layout (patch_size=1 on 2×2 tokens)")
+        super().__init__()
         self.model = model
         self._state = PassState()
-        self._originals: dict[str, object] | None = None
-        self._processors: list[FluxKVCacheAttnProcessor] = []
 
     # -- installing and removing ------------------------------------------------------------------
 
-    def begin(self) -> Self:
-        if self._originals is not None:
-            raise RuntimeError("FluxMaskedTransformer.begin() called twice without end()")
-        originals = self.model.attn_processors
-        installed = {name: inherit_backend(FluxKVCacheAttnProcessor(self._state), proc)
-                     for name, proc in originals.items()}
-        self.model.set_attn_processor(dict(installed))  # set_attn_processor empties the dict it is given
-        self._originals, self._processors = originals, list(installed.values())
-        return self
+    def _kv_processor(self, name: str, original: object) -> FluxKVCacheAttnProcessor:
+        return FluxKVCacheAttnProcessor(self._state)  # double- and single-stream blocks alike
 
-    def end(self) -> None:
-        if self._originals is None:
-            return
-        self.free_cache()
-        self.model.set_attn_processor(dict(self._originals))
-        self._originals, self._processors = None, []
-        self._state.reset()
-
-    def __enter__(self) -> Self:
-        return self.begin()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.end()
-
-    # -- the cache ---------------------------------------------------------------------------------
-
-    def free_cache(self) -> None:
-        for processor in self._processors:
-            processor.key = processor.value = None
-
-    @property
-    def cache_nbytes(self) -> int:
-        """Bytes held by the K/V cache: ``2 · (layers + single_layers) · R · (T + N) · D`` elements."""
-        return sum(p.key.nbytes + p.value.nbytes for p in self._processors if p.key is not None)
-
-    @property
-    def has_cache(self) -> bool:
-        return any(p.key is not None for p in self._processors)
+    # cache_nbytes (KVCacheRunner): ``2 · (layers + single_layers) · R · (T + N) · D`` elements.
 
     # -- shapes ------------------------------------------------------------------------------------
 
@@ -338,8 +302,3 @@ class FluxMaskedTransformer:
                                     image_rotary_emb=rotary)
         return to_stitch_layout(model.proj_out(model.norm_out(hidden, temb)))
 
-    # -- helpers -----------------------------------------------------------------------------------
-
-    def _require_begun(self) -> None:
-        if self._originals is None:
-            raise RuntimeError("call FluxMaskedTransformer.begin() (or use it as a context manager) first")

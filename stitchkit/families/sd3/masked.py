@@ -47,15 +47,15 @@ from typing import TYPE_CHECKING
 import torch
 from diffusers.models.transformers.transformer_sd3 import SD3Transformer2DModel
 
-from stitchkit.models.attention import DispatchedAttention, attend, inherit_backend
+from stitchkit.models.attention import DispatchedAttention, attend
 from stitchkit.models.cuda_graphs import CudaGraphs, cuda_graphs_enabled, release_locked
 from stitchkit.models.indices import check_indices
 from stitchkit.models.kv_cache import cache_buffers
+from stitchkit.models.kv_runner import KVCacheRunner
 from stitchkit.models.offload import has_offload_hooks, offload_hooks
 
 if TYPE_CHECKING:
     from diffusers.models.attention_processor import Attention
-    from typing_extensions import Self
 
     from stitchkit.protocols import ModelInputs
 
@@ -257,7 +257,7 @@ def plain_forward(model: SD3Transformer2DModel, inputs: "ModelInputs") -> torch.
                  pooled_projections=inputs.pooled_projections, return_dict=False)[0]
 
 
-class MaskedTransformer:
+class MaskedTransformer(KVCacheRunner):
     """One ``SD3Transformer2DModel`` (SD3 Medium, SD3.5 Large, SD3.5 Medium) with a masked forward.
 
     :meth:`begin` installs one :class:`KVCacheAttnProcessor` per Attention module and remembers the
@@ -269,10 +269,9 @@ class MaskedTransformer:
     def __init__(self, model: SD3Transformer2DModel) -> None:
         if not isinstance(model, SD3Transformer2DModel):
             raise TypeError(f"MaskedTransformer wraps an SD3Transformer2DModel, got {type(model).__name__}")
+        super().__init__()
         self.model = model
         self._state = PassState()
-        self._originals: dict[str, object] | None = None
-        self._processors: list[KVCacheAttnProcessor] = []
         self._recorded: torch.Tensor | None = None  # (rows,) bool on the CPU: which cache rows hold K/V
         #: On CUDA, replay masked forwards from a CUDA graph (``STITCHKIT_CUDA_GRAPHS=0`` turns it off):
         #: with a few hundred tokens a step is bound by Python and kernel launches, not by the GPU.
@@ -283,33 +282,10 @@ class MaskedTransformer:
                                   key_extra=lambda: tuple(q.key.data_ptr() if q.key is not None else 0
                                                           for q in self._processors))
 
-    # -- installing and removing ------------------------------------------------------------------
+    # -- installing and removing (KVCacheRunner) ----------------------------------------------------
 
-    def begin(self) -> Self:
-        """Install the K/V processors (one per Attention module)."""
-        if self._originals is not None:
-            raise RuntimeError("MaskedTransformer.begin() called twice without end()")
-        originals = self.model.attn_processors
-        processors = {name: inherit_backend(KVCacheAttnProcessor(self._state), proc)
-                      for name, proc in originals.items()}
-        self.model.set_attn_processor(dict(processors))  # set_attn_processor empties the dict it is given
-        self._originals, self._processors = originals, list(processors.values())
-        return self
-
-    def end(self) -> None:
-        """Restore the model's original processor objects and free the cache. Safe to call twice."""
-        if self._originals is None:
-            return
-        self.free_cache()
-        self.model.set_attn_processor(dict(self._originals))
-        self._originals, self._processors = None, []
-        self._state.reset()
-
-    def __enter__(self) -> Self:
-        return self.begin()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.end()
+    def _kv_processor(self, name: str, original: object) -> KVCacheAttnProcessor:
+        return KVCacheAttnProcessor(self._state)  # one per Attention module, dual attention too
 
     # -- the cache ---------------------------------------------------------------------------------
 
@@ -317,17 +293,9 @@ class MaskedTransformer:
         """Drop the recorded K/V (the memory goes back to the allocator), and the graphs that read it."""
         self._graphs.clear()
         self._recorded = None
-        for processor in self._processors:
-            processor.key = processor.value = None
+        super().free_cache()
 
-    @property
-    def cache_nbytes(self) -> int:
-        """Bytes held by the K/V cache: ``2 * B * D * (layers * (N + T) + dual_layers * N)`` elements."""
-        return sum(p.key.nbytes + p.value.nbytes for p in self._processors if p.key is not None)
-
-    @property
-    def has_cache(self) -> bool:
-        return any(p.key is not None for p in self._processors)
+    # cache_nbytes (KVCacheRunner): ``2 * B * D * (layers * (N + T) + dual_layers * N)`` elements.
 
     # -- shapes ------------------------------------------------------------------------------------
 
@@ -421,10 +389,6 @@ class MaskedTransformer:
             return model.proj_out(model.norm_out(hidden, temb))
 
     # -- helpers -----------------------------------------------------------------------------------
-
-    def _require_begun(self) -> None:
-        if self._originals is None:
-            raise RuntimeError("call MaskedTransformer.begin() (or use it as a context manager) before a forward")
 
     @staticmethod
     def _check_rows(rows: torch.Tensor, batch: int, cache_rows: int) -> None:

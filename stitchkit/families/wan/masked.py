@@ -43,16 +43,15 @@ from typing import TYPE_CHECKING
 import torch
 
 from stitchkit.families.wan.forward import wan_forward
-from stitchkit.models.attention import DispatchedAttention, attend, inherit_backend
+from stitchkit.models.attention import DispatchedAttention, attend
 from stitchkit.models.cuda_graphs import release_locked
 from stitchkit.models.indices import check_indices, check_rows, flat_rows
 from stitchkit.models.kv_cache import record_kv
+from stitchkit.models.kv_runner import KVCacheRunner
 from stitchkit.models.offload import offload_hooks
 from stitchkit.tokens import token_grid
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
-
     from stitchkit.protocols import ModelInputs
 
 
@@ -144,7 +143,7 @@ class KVCacheSelfAttnProcessor(DispatchedAttention):
         return self.key.index_select(0, state.rows), self.value.index_select(0, state.rows)
 
 
-class WanMaskedTransformer:
+class WanMaskedTransformer(KVCacheRunner):
     """One ``WanTransformer3DModel`` with a masked forward.
 
     :meth:`begin` installs a :class:`KVCacheSelfAttnProcessor` on every block's self-attention (``attn1``;
@@ -163,53 +162,17 @@ class WanMaskedTransformer:
             raise TypeError(f"WanMaskedTransformer wraps a WanTransformer3DModel, got {type(model).__name__}")
         if model.config.get("image_dim") is not None or model.config.get("added_kv_proj_dim") is not None:
             raise TypeError("WanMaskedTransformer supports the text-to-video transformer (no image conditioning)")
+        super().__init__()
         self.model = model
         self._state = PassState()
-        self._originals: dict[str, object] | None = None
-        self._processors: list[KVCacheSelfAttnProcessor] = []
 
     # -- installing and removing ------------------------------------------------------------------
 
-    def begin(self) -> Self:
-        if self._originals is not None:
-            raise RuntimeError("WanMaskedTransformer.begin() called twice without end()")
-        originals = self.model.attn_processors
-        installed = {name: (inherit_backend(KVCacheSelfAttnProcessor(self._state), proc) if ".attn1." in name
-                            else proc)
-                     for name, proc in originals.items()}
-        self.model.set_attn_processor(dict(installed))
-        self._originals = originals
-        self._processors = [p for p in installed.values() if isinstance(p, KVCacheSelfAttnProcessor)]
-        return self
+    def _kv_processor(self, name: str, original: object) -> KVCacheSelfAttnProcessor | None:
+        """Self-attention (``attn1``) only: cross-attention keeps its own processor."""
+        return KVCacheSelfAttnProcessor(self._state) if ".attn1." in name else None
 
-    def end(self) -> None:
-        if self._originals is None:
-            return
-        self.free_cache()
-        self.model.set_attn_processor(dict(self._originals))
-        self._originals, self._processors = None, []
-        self._state.reset()
-
-    def __enter__(self) -> Self:
-        return self.begin()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.end()
-
-    # -- the cache ---------------------------------------------------------------------------------
-
-    def free_cache(self) -> None:
-        for processor in self._processors:
-            processor.key = processor.value = None
-
-    @property
-    def cache_nbytes(self) -> int:
-        """Bytes held by the K/V cache: ``2 · layers · R · N · D`` elements."""
-        return sum(p.key.nbytes + p.value.nbytes for p in self._processors if p.key is not None)
-
-    @property
-    def has_cache(self) -> bool:
-        return any(p.key is not None for p in self._processors)
+    # cache_nbytes (KVCacheRunner): ``2 · layers · R · N · D`` elements.
 
     # -- shapes ------------------------------------------------------------------------------------
 
@@ -295,8 +258,3 @@ class WanMaskedTransformer:
         hidden = (model.norm_out(hidden.float()) * (1 + scale) + shift).type_as(hidden)
         return model.proj_out(hidden)
 
-    # -- helpers -----------------------------------------------------------------------------------
-
-    def _require_begun(self) -> None:
-        if self._originals is None:
-            raise RuntimeError("call WanMaskedTransformer.begin() (or use it as a context manager) first")
