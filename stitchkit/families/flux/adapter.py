@@ -28,6 +28,7 @@ from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_tim
 from stitchkit.errors import ConfigError
 from stitchkit.families.checks import check_matching_config, check_same_placement
 from stitchkit.families.family import Conditioning
+from stitchkit.families.pipeline_adapter import DiffusersAdapter
 from stitchkit.families.flux.latents import PACK, pack, unpack
 
 #: Transformer config fields the two models of a pair must agree on to share latents, text and a loop.
@@ -43,30 +44,16 @@ def check_pair(large_transformer, small_transformer) -> None:
     check_same_placement(large_transformer, small_transformer)
 
 
-class FluxAdapter:
+class FluxAdapter(DiffusersAdapter):
     """Everything family-specific about running a ``FluxPipeline`` with a second transformer."""
 
+    scheduler_hint = "use FlowMatchEulerDiscreteScheduler, as FLUX.1's checkpoints do"
     family = "flux"
-
-    def __init__(self, pipeline) -> None:
-        self.pipeline = pipeline
-
-    @property
-    def large_transformer(self):
-        return self.pipeline.transformer
 
     @property
     def patch_size(self) -> int:
         """FLUX's tokens are 2×2 latent patches (packed; the transformer's own ``patch_size`` is 1)."""
         return PACK
-
-    @property
-    def device(self) -> torch.device:
-        return self.pipeline._execution_device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.pipeline.transformer.dtype
 
     @property
     def vae_scale_factor(self) -> int:
@@ -79,17 +66,6 @@ class FluxAdapter:
     def num_tokens(self, *, height: int, width: int, num_frames: int | None = None) -> int:
         p = self.vae_scale_factor * PACK
         return (height // p) * (width // p)
-
-    def to(self, device) -> None:
-        self.pipeline.to(device)
-
-    def new_scheduler(self):
-        """A fresh scheduler from the pipeline's config: the caller's scheduler is never stepped."""
-        scheduler = self.pipeline.scheduler
-        if not hasattr(scheduler, "sigmas"):
-            raise ConfigError("scheduler", f"{type(scheduler).__name__} is not a flow-matching scheduler",
-                              "use FlowMatchEulerDiscreteScheduler, as FLUX.1's checkpoints do")
-        return type(scheduler).from_config(scheduler.config)
 
     def check_inputs(self, *, prompt=None, prompt_2=None, height: int, width: int, negative_prompt=None,
                      negative_prompt_2=None, prompt_embeds=None, negative_prompt_embeds=None,

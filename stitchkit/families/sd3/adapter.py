@@ -15,6 +15,7 @@ import torch
 from stitchkit.errors import ConfigError
 from stitchkit.families.checks import check_matching_config, check_same_placement
 from stitchkit.families.family import Conditioning
+from stitchkit.families.pipeline_adapter import DiffusersAdapter
 
 #: Transformer config fields the two models of a pair must agree on to share latents, text and a loop.
 MATCHING_FIELDS = ("in_channels", "out_channels", "patch_size", "joint_attention_dim", "pooled_projection_dim")
@@ -26,29 +27,14 @@ def check_pair(large_transformer, small_transformer) -> None:
     check_same_placement(large_transformer, small_transformer)
 
 
-class SD3Adapter:
+class SD3Adapter(DiffusersAdapter):
     """Everything family-specific about running a ``StableDiffusion3Pipeline`` with a second transformer."""
 
     family = "sd3"
 
-    def __init__(self, pipeline) -> None:
-        self.pipeline = pipeline
-
-    @property
-    def large_transformer(self):
-        return self.pipeline.transformer
-
     @property
     def patch_size(self) -> int:
         return int(self.pipeline.transformer.config.patch_size)
-
-    @property
-    def device(self) -> torch.device:
-        return self.pipeline._execution_device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.pipeline.transformer.dtype
 
     @property
     def vae_scale_factor(self) -> int:
@@ -60,17 +46,6 @@ class SD3Adapter:
     def num_tokens(self, *, height: int, width: int, num_frames: int | None = None) -> int:
         p = self.vae_scale_factor * self.patch_size
         return (height // p) * (width // p)
-
-    def to(self, device) -> None:
-        self.pipeline.to(device)
-
-    def new_scheduler(self):
-        """A fresh scheduler from the pipeline's config: the caller's scheduler is never stepped."""
-        scheduler = self.pipeline.scheduler
-        if not hasattr(scheduler, "sigmas"):
-            raise ConfigError("scheduler", f"{type(scheduler).__name__} is not a flow-matching scheduler",
-                              "stitchkit supports FlowMatchEulerDiscreteScheduler-like schedulers")
-        return type(scheduler).from_config(scheduler.config)
 
     def check_inputs(self, **kwargs: Any) -> None:
         self.pipeline.check_inputs(**kwargs)

@@ -17,6 +17,7 @@ import torch
 from stitchkit.errors import ConfigError
 from stitchkit.families.checks import check_matching_config
 from stitchkit.families.family import Conditioning
+from stitchkit.families.pipeline_adapter import DiffusersAdapter
 
 #: Transformer config fields the two models of a pair must agree on to share latents, text and a loop.
 MATCHING_FIELDS = ("in_channels", "out_channels", "patch_size", "text_dim", "image_dim", "added_kv_proj_dim")
@@ -32,9 +33,10 @@ def check_pair(large_transformer, small_transformer) -> None:
     check_matching_config(large_transformer, small_transformer, MATCHING_FIELDS)
 
 
-class WanAdapter:
+class WanAdapter(DiffusersAdapter):
     """Everything family-specific about running a ``WanPipeline`` with a second transformer."""
 
+    scheduler_hint = "use UniPCMultistepScheduler(use_flow_sigmas=True) or FlowMatchEulerDiscreteScheduler"
     family = "wan"
 
     def __init__(self, pipeline) -> None:
@@ -43,23 +45,11 @@ class WanAdapter:
                               "pass a Wan 2.1 pipeline with one transformer")
         if pipeline.config.get("expand_timesteps"):
             raise ConfigError("large", "uses per-token timesteps (Wan 2.2 TI2V)", "pass a Wan 2.1 pipeline")
-        self.pipeline = pipeline
-
-    @property
-    def large_transformer(self):
-        return self.pipeline.transformer
+        super().__init__(pipeline)
 
     @property
     def patch_size(self) -> tuple[int, int, int]:
         return tuple(int(v) for v in self.pipeline.transformer.config.patch_size)
-
-    @property
-    def device(self) -> torch.device:
-        return self.pipeline._execution_device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.pipeline.transformer.dtype
 
     @property
     def vae_scale_factor(self) -> int:
@@ -91,17 +81,6 @@ class WanAdapter:
         p_t, p_h, p_w = self.patch_size
         s = self.vae_scale_factor
         return (self.latent_frames(num_frames) // p_t) * (height // s // p_h) * (width // s // p_w)
-
-    def to(self, device) -> None:
-        self.pipeline.to(device)
-
-    def new_scheduler(self):
-        """A fresh scheduler from the pipeline's config: the caller's scheduler is never stepped."""
-        scheduler = self.pipeline.scheduler
-        if not hasattr(scheduler, "sigmas"):
-            raise ConfigError("scheduler", f"{type(scheduler).__name__} is not a flow-matching scheduler",
-                              "use UniPCMultistepScheduler(use_flow_sigmas=True) or FlowMatchEulerDiscreteScheduler")
-        return type(scheduler).from_config(scheduler.config)
 
     def check_inputs(self, *, prompt=None, negative_prompt=None, height: int, width: int, prompt_embeds=None,
                      negative_prompt_embeds=None, **others: Any) -> None:
