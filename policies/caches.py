@@ -147,6 +147,20 @@ class MagCache:
     retention_ratio: float = attrs.field(default=0.2, validator=_fraction)
     mag_ratios: tuple[float, ...] | None = attrs.field(default=None, converter=lambda v: None if v is None
                                                         else tuple(float(x) for x in v))
+    separate_cfg: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    uncond_mag_ratios: tuple[float, ...] | None = attrs.field(default=None, converter=lambda v: None if v is None
+                                                              else tuple(float(x) for x in v))
+
+    def __attrs_post_init__(self) -> None:
+        # separate_cfg: in a guided generation, one accumulator (and residual) per CFG half, each half run as
+        # its own call in its own cache context (stitchkit.loop.caches), as Zehong-Ma/MagCache's Wan 2.1
+        # original keeps them (MagCache4Wan2.1/magcache_generate.py:279-291, indexed by cnt % 2).
+        if self.separate_cfg and self.mag_ratios is None:
+            raise ValueError("separate_cfg needs explicit mag_ratios (calibration records one joint accumulator, "
+                             "not one per CFG half): give mag_ratios (and uncond_mag_ratios), or separate_cfg=False")
+        if self.uncond_mag_ratios is not None and not self.separate_cfg:
+            raise ValueError("uncond_mag_ratios is the unconditional half's, used only with separate_cfg=True: "
+                             "set separate_cfg=True, or drop uncond_mag_ratios")
 
     @property
     def needs_calibration(self) -> bool:
@@ -154,6 +168,7 @@ class MagCache:
 
     def apply(self, model: torch.nn.Module, setup: CacheSetup) -> None:
         from diffusers.hooks import MagCacheConfig, apply_mag_cache
+        from diffusers.hooks.mag_cache import _MAG_CACHE_LEADER_BLOCK_HOOK
 
         if setup.calibrate:  # one step more than the run, so diffusers never resets the ratios mid-run
             config = MagCacheConfig(calibrate=True, num_inference_steps=setup.num_steps + 1)
@@ -163,11 +178,17 @@ class MagCache:
                                     retention_ratio=self.retention_ratio, num_inference_steps=setup.num_steps,
                                     mag_ratios=torch.tensor(ratios))
         apply_mag_cache(model, config)
+        if self.separate_cfg and not setup.calibrate:  # each half's ratios, interpolated as diffusers does
+            uncond = config if self.uncond_mag_ratios is None else MagCacheConfig(
+                num_inference_steps=setup.num_steps, mag_ratios=torch.tensor(self.uncond_mag_ratios))
+            for hook in _hooks(model, _MAG_CACHE_LEADER_BLOCK_HOOK):
+                hook.stitchkit_half_ratios = {"cond": config.mag_ratios, "uncond": uncond.mag_ratios}
 
     @staticmethod
-    def at_step(model: torch.nn.Module, step: int, resumed: bool) -> None:
+    def at_step(model: torch.nn.Module, step: int, resumed: bool, half: str | None = None) -> None:
         """The loop's clock: ``mag_ratios[step]`` and the retention test read ``state.step_index``
-        (diffusers 0.42.1 ``hooks/mag_cache.py:202-210``), which diffusers advances once per call (``:380``)."""
+        (diffusers 0.42.1 ``hooks/mag_cache.py:202-210``), which diffusers advances once per call (``:380``).
+        ``half`` (``"uncond"``/``"cond"``, with ``separate_cfg``): that half's ratios for this call."""
         from diffusers.hooks.mag_cache import _MAG_CACHE_LEADER_BLOCK_HOOK
 
         for hook in _hooks(model, _MAG_CACHE_LEADER_BLOCK_HOOK):
@@ -175,6 +196,8 @@ class MagCache:
             if resumed:
                 state.reset()
             state.step_index = step
+            if half is not None and hasattr(hook, "stitchkit_half_ratios"):
+                hook.config.mag_ratios = hook.stitchkit_half_ratios[half]
 
     @staticmethod
     def calibration_ratios(model: torch.nn.Module, context: str) -> list[float]:

@@ -71,6 +71,8 @@ def register_caches(register: Register) -> None:
     when ``resumed`` (the model did not run at the previous step), resets their state. Without it, the cache
     is refused as soon as its model skips a step of the loop. ``per_sample_state = False`` declares hooks
     that keep one state per hook rather than per context (refused in a batch whose samples part ways).
+    ``separate_cfg = True`` asks for one call (and context) per CFG half in a guided generation; its
+    ``at_step`` then also gets ``half="uncond"`` or ``half="cond"``.
     """
 
 

@@ -28,6 +28,11 @@ rows of that sample, both CFG halves, the scalars copied), and from then on each
 context (:meth:`ModelCache.per_sample`), whichever group it is in. Caches whose hooks keep one state per
 hook instead of per context (PAB, FasterCache: ``per_sample_state = False``) are refused there.
 
+**CFG halves apart.** A cache with ``separate_cfg`` (MagCache's option) in a guided generation keeps one
+state per CFG half, as two separate CFG calls would (Zehong-Ma/MagCache's Wan 2.1 original): the engine runs
+each cached call as two, the unconditional rows then the conditional ones, in contexts ``"large:uncond"`` and
+``"large:cond"`` (``"large:0:uncond"``, ... once per sample). Unguided, there is one half and nothing changes.
+
 MagCache needs magnitude ratios per model: without them, the pipeline runs one calibration generation in
 diffusers' calibrate mode and stores the ratios on disk (:mod:`stitchkit.pipeline.magcache_ratios`).
 """
@@ -45,6 +50,7 @@ from stitchkit.errors import ConfigError
 from stitchkit.protocols import CacheSetup, cache_context
 
 ROLES = ("large", "small")
+HALVES = ("uncond", "cond")  # the CFG halves in the model batch's row order (rows [0, B) then [B, 2B))
 
 
 def normalize_cache_spec(cache: Any, path: str = "cache") -> dict[str, Any]:
@@ -77,11 +83,18 @@ class ModelCache:
     _last_step: dict[str, int] = attrs.field(factory=dict)  # context -> the last loop step it ran at
     _calls: dict[str, int] = attrs.field(factory=dict)  # context -> calls (a cache without at_step)
     split: bool = False  # True once the batch's state went per sample (see the module docstring)
+    guided: bool = False  # set by attach: the generation runs two CFG halves
+
+    @property
+    def halves_apart(self) -> bool:
+        """One state per CFG half (the cache's ``separate_cfg``, in a guided generation)."""
+        return self.guided and bool(getattr(self.cache, "separate_cfg", False))
 
     def attach(self, *, num_steps: int, guided: bool, current_timestep: Callable[[], float]) -> None:
         """Apply the cache's diffusers hooks to the model for a generation of ``num_steps``."""
         setup = CacheSetup(num_steps=num_steps, guided=guided, current_timestep=current_timestep,
                            mag_ratios=self.mag_ratios, calibrate=self.calibrating)
+        self.guided = guided
         before = {id(m): list(m._diffusers_hook._hook_order) for m in self.model.modules()
                   if hasattr(m, "_diffusers_hook")}
         self._had_registry = set(before)
@@ -96,21 +109,23 @@ class ModelCache:
                 self._ours += [(m, name) for name in registry._hook_order if name not in known]
             self._invalidate()
 
-    def context_name(self, samples: tuple[int, ...] | None) -> str:
-        return self.role if samples is None else f"{self.role}:{','.join(map(str, samples))}"
+    def context_name(self, samples: tuple[int, ...] | None, half: int | None = None) -> str:
+        name = self.role if samples is None else f"{self.role}:{','.join(map(str, samples))}"
+        return name if half is None else f"{name}:{HALVES[half]}"
 
     def call(self, fn: Callable[[], torch.Tensor], samples: tuple[int, ...] | None = None,
-             **where: Any) -> torch.Tensor:
+             half: int | None = None, **where: Any) -> torch.Tensor:
         """``fn()`` inside ``model.cache_context`` (``where``: step_index, timestep, ... for the context),
-        the cache's clock set to the loop's ``step_index`` first."""
-        name = self.context_name(samples)
+        the cache's clock set to the loop's ``step_index`` first; ``half`` (0 uncond, 1 cond): a call on
+        that CFG half's rows only, in its own context, the cache told which half (``at_step(..., half=)``)."""
+        name = self.context_name(samples, half)
         self._contexts.add(name)
         step = where["step_index"]
         resumed = name in self._last_step and self._last_step[name] != step - 1
         with cache_context(self.model, name, **where):
             at_step = getattr(self.cache, "at_step", None)
             if at_step is not None:
-                at_step(self.model, step, resumed)
+                at_step(self.model, step, resumed, **({} if half is None else {"half": HALVES[half]}))
             elif self._calls.get(name, 0) != step:
                 raise ConfigError(f"cache.{self.role}", f"{type(self.cache).__name__} counts its own calls, and the "
                                   f"{self.role} model first runs through it at step {step} of the loop, not at call "
@@ -123,7 +138,8 @@ class ModelCache:
 
     def per_sample(self, batch: int, halves: int) -> None:
         """From now on one state per sample: every context-keyed hook state of the whole batch is split
-        into one per sample (each tensor's rows ``b`` and ``batch + b``), under ``"role:b"``."""
+        into one per sample (each tensor's rows ``b`` and ``batch + b``), under ``"role:b"``; with the CFG
+        halves apart, each half's state (row ``b`` of its ``batch`` rows) under ``"role:b:uncond"``, ...."""
         if self.split:
             return
         if not getattr(self.cache, "per_sample_state", True):
@@ -131,18 +147,22 @@ class ModelCache:
                               "samples of a batch in different stages cannot share", "generate one prompt at a "
                               "time (sampler.batch_size: 1), or use magcache, first-block or taylorseer")
         self.split = True
-        whole = self.context_name(None)
-        for manager in _state_managers(self.model):
-            state = manager._state_cache.pop(whole, None)
-            if state is None:
-                continue
-            for b in range(batch):
-                rows = torch.tensor([h * batch + b for h in range(halves)])
-                manager._state_cache[self.context_name((b,))] = _rows_of(state, rows, batch * halves)
-        if whole in self._last_step:
-            last, calls = self._last_step.pop(whole), self._calls.pop(whole)
-            for b in range(batch):
-                self._last_step[self.context_name((b,))], self._calls[self.context_name((b,))] = last, calls
+        apart = self.halves_apart
+        for half in (range(halves) if apart else [None]):
+            whole = self.context_name(None, half)
+            for manager in _state_managers(self.model):
+                state = manager._state_cache.pop(whole, None)
+                if state is None:
+                    continue
+                for b in range(batch):
+                    rows = torch.tensor([b] if apart else [h * batch + b for h in range(halves)])
+                    manager._state_cache[self.context_name((b,), half)] = _rows_of(
+                        state, rows, batch if apart else batch * halves)
+            if whole in self._last_step:
+                last, calls = self._last_step.pop(whole), self._calls.pop(whole)
+                for b in range(batch):
+                    name = self.context_name((b,), half)
+                    self._last_step[name], self._calls[name] = last, calls
 
     @contextlib.contextmanager
     def bypass(self) -> Iterator[None]:

@@ -167,17 +167,19 @@ class _Rows:
         self.batch, self.halves, self.device = batch, halves, device
         self.everyone = list(range(batch))
 
-    def of(self, samples: list[int]) -> list[int]:
-        return [h * self.batch + b for h in range(self.halves) for b in samples]
+    def of(self, samples: list[int], half: int | None = None) -> list[int]:
+        return [h * self.batch + b for h in (range(self.halves) if half is None else [half]) for b in samples]
 
-    def index(self, samples: list[int]) -> torch.Tensor:
-        return torch.tensor(self.of(samples), dtype=torch.int64, device=self.device)
+    def index(self, samples: list[int], half: int | None = None) -> torch.Tensor:
+        return torch.tensor(self.of(samples, half), dtype=torch.int64, device=self.device)
 
-    def subset(self, inputs: ModelInputs, samples: list[int]) -> tuple[ModelInputs, torch.Tensor | None]:
-        """The inputs of ``samples`` (both CFG halves), and their cache rows (``None``: the whole batch)."""
-        if samples == self.everyone:
+    def subset(self, inputs: ModelInputs, samples: list[int],
+               half: int | None = None) -> tuple[ModelInputs, torch.Tensor | None]:
+        """The inputs of ``samples`` (both CFG halves, or only ``half``'s rows), and their cache rows
+        (``None``: the whole batch)."""
+        if samples == self.everyone and half is None:
             return inputs, None
-        rows = self.index(samples)
+        rows = self.index(samples, half)
         return ModelInputs(hidden_states=inputs.hidden_states.index_select(0, rows),
                            timestep=inputs.timestep.index_select(0, rows),
                            encoder_hidden_states=inputs.encoder_hidden_states.index_select(0, rows),
@@ -215,10 +217,11 @@ class _Step:
         self.prediction.index_copy_(0, self.rows.index(samples), out)
 
     def timed(self, model: str, samples: list[int], tokens: int, fn: Callable[[], torch.Tensor],
-              masked: bool = False, fn_for: Callable[[list[int]], torch.Tensor] | None = None) -> torch.Tensor:
+              masked: bool = False, fn_for: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
         """``fn()`` (a call of ``model`` on ``samples``), timed and checked finite; in the model's cache
         context at the loop's step, a masked call kept away from the cache's hooks. Once a cached model ran
-        on part of the batch, its state is per sample and it runs once per sample (``fn_for([b])``)."""
+        on part of the batch, its state is per sample and it runs once per sample (``fn_for([b])``); a cache
+        that keeps the CFG halves apart runs once per half (``fn_for(samples, half)``)."""
         cache = self.caches.get(model)
         if cache is not None:
             where = {"step_index": self.step, "num_inference_steps": self.num_steps,
@@ -226,6 +229,8 @@ class _Step:
             if not masked and (cache.split or samples != self.rows.everyone):
                 cache.per_sample(self.rows.batch, self.rows.halves)
                 fn = self._per_sample(cache, samples, fn, fn_for, where)
+            elif not masked and cache.halves_apart:
+                fn = self._per_half(cache, [None], samples, fn_for, where)
             else:
                 fn = _cached(cache, fn, masked, None, **where)
         timer = _Timer(self.rows.device)
@@ -238,14 +243,27 @@ class _Step:
         return _check_finite(out, self.step, model)
 
     def _per_sample(self, cache, samples: list[int], fn: Callable[[], torch.Tensor],
-                    fn_for: Callable[[list[int]], torch.Tensor] | None, where: dict) -> Callable[[], torch.Tensor]:
+                    fn_for: Callable[..., torch.Tensor] | None, where: dict) -> Callable[[], torch.Tensor]:
         """The call as one call per sample, each in its own cache context, rows put back halves-major."""
+        if cache.halves_apart:
+            return self._per_half(cache, [(b,) for b in samples], samples, fn_for, where)
         if len(samples) == 1:
             return lambda: cache.call(fn, (samples[0],), **where)
 
         def each() -> torch.Tensor:
             outs = [cache.call(lambda b=b: fn_for([b]), (b,), **where) for b in samples]
             return torch.cat([out[h:h + 1] for h in range(self.rows.halves) for out in outs])
+        return each
+
+    def _per_half(self, cache, keys: list[tuple[int, ...] | None], samples: list[int],
+                  fn_for: Callable[..., torch.Tensor], where: dict) -> Callable[[], torch.Tensor]:
+        """The call as one call per CFG half (unconditional rows, then conditional) of each key (``None``:
+        ``samples`` together; ``(b,)``: sample ``b``), each in its own cache context, rows put back in order."""
+        def each() -> torch.Tensor:
+            outs = {(key, h): cache.call(lambda some=(samples if key is None else list(key)), h=h: fn_for(some, h),
+                                         key, half=h, **where)
+                    for key in keys for h in range(self.rows.halves)}
+            return torch.cat([outs[key, h] for h in range(self.rows.halves) for key in keys])
         return each
 
     def run_small(self, samples: list[int], small_forward: Callable[[ModelInputs], torch.Tensor],
@@ -255,7 +273,7 @@ class _Step:
         if samples:
             small_inputs, _ = self.rows.subset(inputs, samples)
             self.small_out = self.timed("small", samples, self.num_tokens, lambda: small_forward(small_inputs),
-                                        fn_for=lambda some: small_forward(self.rows.subset(inputs, some)[0]))
+                                        fn_for=lambda some, half=None: small_forward(self.rows.subset(inputs, some, half)[0]))
             for b in samples:
                 self.small_tokens[b] = self.num_tokens
 
@@ -419,8 +437,8 @@ def denoise(
                     continue
                 sub_inputs, sub_rows = rows.subset(inputs, samples)
                 if not small and reuse is None:  # large alone, every token (K/V recorded when masks may follow)
-                    def full_large(some: list[int]) -> torch.Tensor:
-                        some_inputs, some_rows = rows.subset(inputs, some)
+                    def full_large(some: list[int], half: int | None = None) -> torch.Tensor:
+                        some_inputs, some_rows = rows.subset(inputs, some, half)
                         if not may_mask:
                             return models.forward(models.large, some_inputs)
                         if some_rows is None:
