@@ -69,6 +69,13 @@ class Decision:
     * ``large`` with ``mask_ratio`` and ``reuse``: the large model on the masked tokens (with the context
       provider's K/V, as in a hybrid step), the previous prediction everywhere else (RAS);
     * neither model, ``reuse``: no model call at all this step (step-level caching).
+
+    ``reuse="corrected"`` makes the small model the cache's corrector (issue 21) and needs ``small``:
+
+    * ``large`` and ``small``: an *anchor* step: the large model on every token (its output is the step's
+      prediction) and the small model on every token, both outputs kept as the sample's anchor;
+    * ``small`` alone: the anchor's large prediction plus the small model's change since the anchor,
+      ``L_k + (S_t - S_k)``: the large model is skipped, the small one carries what changed.
     """
 
     stage: int
@@ -82,25 +89,34 @@ class Decision:
             raise ValueError(f"a Decision's reuse must be one of {REUSE}, got {self.reuse!r}")
         if not (self.large or self.small or self.reuse):
             raise ValueError("a Decision must run at least one model or reuse the previous prediction")
-        if self.small and self.reuse:
-            raise ValueError("the small model runs on every token: a Decision cannot both run it and reuse")
+        if self.reuse == "corrected" and not self.small:
+            raise ValueError("reuse='corrected' corrects with the small model: a Decision with it needs small=True")
+        if self.small and self.reuse and self.reuse != "corrected":
+            raise ValueError("the small model runs on every token: a Decision cannot both run it and reuse "
+                             "(but reuse='corrected', where the small model corrects the large one's last output)")
         if self.masked and not (self.mask_ratio is not None and 0.0 < self.mask_ratio <= 1.0):
             kind = "hybrid" if self.small else "reuse"
             raise ValueError(f"a {kind} Decision with the large model needs mask_ratio in (0, 1], "
                              f"got {self.mask_ratio!r}")
 
     @property
+    def corrected(self) -> bool:
+        """A step of the small model as the cache's corrector: an anchor (``large``) or a corrected skip."""
+        return self.reuse == "corrected"
+
+    @property
     def hybrid(self) -> bool:
-        return self.large and self.small
+        return self.large and self.small and not self.corrected
 
     @property
     def masked(self) -> bool:
         """The large model runs on the masked tokens only (a hybrid step, or large-with-reuse)."""
-        return self.large and (self.small or self.reuse is not None)
+        return self.large and not self.corrected and (self.small or self.reuse is not None)
 
 
-#: What a Decision's ``reuse`` may be: nothing reused, the previous prediction as it is, or extrapolated.
-REUSE = (None, "as-is", "extrapolate")
+#: What a Decision's ``reuse`` may be: nothing reused, the previous prediction as it is, extrapolated, or
+#: the last anchor's large prediction corrected by the small model's change since (``"corrected"``).
+REUSE = (None, "as-is", "extrapolate", "corrected")
 
 
 @attrs.frozen(kw_only=True)
@@ -191,7 +207,7 @@ class ContextProvider(Protocol):
 
 #: Every change measure the loop computes (:data:`stitchkit.loop.change.MEASURES` implements them; a test
 #: holds the two equal). A policy names one of these; the loop hands it ``D_t`` and the change map of it.
-CHANGE_MEASURES: tuple[str, ...] = ("latent", "latent-std", "output", "small-x0", "x0", "x0-prev")
+CHANGE_MEASURES: tuple[str, ...] = ("latent", "latent-std", "output", "small-output", "small-x0", "x0", "x0-prev")
 
 
 def check_measure_name(name: object, path: str = "change") -> str:

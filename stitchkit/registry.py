@@ -57,6 +57,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "stitchkit.policies.caches",
     "stitchkit.policies.ras",
     "stitchkit.policies.reuse_every",
+    "stitchkit.policies.corrector",
 ) + _builtin_families()
 
 #: Built-in plugins of a kind the loop never needs, registered (and imported) only when that kind is first

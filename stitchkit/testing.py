@@ -62,7 +62,7 @@ __all__ = [
 
 #: What a stage may run: the large model alone, the small model alone, both (a hybrid step), the large model
 #: on masked tokens with the previous prediction elsewhere (``"ras"``), or no model (``"reuse"``).
-STAGE_KINDS = ("large", "small", "hybrid", "ras", "reuse")
+STAGE_KINDS = ("large", "small", "hybrid", "ras", "reuse", "corrector")
 
 #: Per-sample ``D_t`` values: the paper's thresholds and their neighbourhoods, exact ties, zero, and any
 #: float in [0, 2].
@@ -83,7 +83,10 @@ def _fail(message: str) -> None:
 
 
 def decision_kind(decision: Decision) -> str:
-    """``"hybrid"``, ``"ras"``, ``"reuse"``, ``"large"`` or ``"small"``: what a decision runs."""
+    """``"hybrid"``, ``"ras"``, ``"reuse"``, ``"corrector"`` (an anchor or a corrected step), ``"large"`` or
+    ``"small"``: what a decision runs."""
+    if decision.corrected:
+        return "corrector"
     if decision.hybrid:
         return "hybrid"
     if decision.masked:
@@ -260,7 +263,7 @@ def switch_policy_machine(
             self.model = reference() if reference is not None else None
             self.generation += 1
             self.num_steps, self.batch, self.step = num_steps, batch, 0
-            self.seen, self.has_changed, self.large_seen = [], False, False
+            self.seen, self.has_changed, self.large_seen, self.anchored = [], False, False, False
             note(f"generation {self.generation}: reset({num_steps}), batch {batch}")
 
         def _step(self, change: torch.Tensor | None) -> None:
@@ -278,6 +281,10 @@ def switch_policy_machine(
             if decision.hybrid and not self.large_seen:
                 _fail(f"step {self.step}: a hybrid step before any large step ({decision!r}): the masked large "
                       "model attends to K/V a full large step records, and the engine refuses it")
+            if decision.corrected and not decision.large and not self.anchored:
+                _fail(f"step {self.step}: a corrected step before any anchor ({decision!r}): it corrects the large "
+                      "output of an anchor step (large and small with reuse='corrected'), and the engine refuses it")
+            self.anchored = self.anchored or (decision.corrected and decision.large)
             self.large_seen = self.large_seen or (decision.large and not decision.small)
             check_stage_step(self.seen[-1] if self.seen else None, decision.stage)
             if self.twin is not None:

@@ -143,7 +143,8 @@ def _step_cost(decision: Decision, num_tokens: int, computes_all_tokens: bool) -
     if decision.hybrid:
         share = 1.0 if computes_all_tokens else mask_size(decision.mask_ratio, num_tokens) / num_tokens
         return share, True
-    return (1.0, False) if decision.large else (0.0, True)
+    # A corrector's anchor runs both models; a step that reuses runs neither.
+    return (1.0, decision.small) if decision.large else (0.0, decision.small)
 
 
 @attrs.frozen(kw_only=True)

@@ -73,6 +73,8 @@ class StepTensors:
     #: The scheduler's own ``sigmas[i + 1] - sigmas[i]`` (a 0-d tensor in the scheduler's dtype), where the
     #: loop knows it: RAS ranks ``sigma_step * output`` (see :func:`_latent_std`).
     sigma_step: torch.Tensor | None = None
+    #: The small model's own (guided) output where it ran beside the large one or as its corrector.
+    small_output: torch.Tensor | None = None
 
     @classmethod
     def from_step(
@@ -81,7 +83,7 @@ class StepTensors:
     ) -> "StepTensors":
         """Build one from a flow-matching step, computing ``x0 = latents - sigma * output`` (Eq. 10)."""
         small_x0 = None if small_output is None else latents - sigma * small_output
-        return cls(latents, next_latents, output, latents - sigma * output, small_x0, sigma_step)
+        return cls(latents, next_latents, output, latents - sigma * output, small_x0, sigma_step, small_output)
 
 
 #: ``(prev, cur, patch_size) -> (change (B,), change_map (B, N))``, or ``(None, None)`` without ``prev``.
@@ -197,8 +199,22 @@ def _latent_std(prev: StepTensors | None, cur: StepTensors, patch_size: int):
 
 
 #: Every change measure by name. Policies name theirs in ``change_measure``.
+def _small_output(prev: StepTensors | None, cur: StepTensors, patch_size: int):
+    """Consecutive outputs of the *small* model over the older one, ``|S_t - S_{t-1}| / |S_{t-1}|``, where
+    both steps ran it beside the large one or as its corrector; elsewhere the step's own output (in a
+    small-only step that is the small model's). What the small-corrector policy accumulates (issue 21): the
+    small model runs every step there, so its own change since the last large step stands for the large
+    model's, as MagCache's calibrated magnitude ratios do for a cache that has no second model."""
+    if prev is None:
+        return None, None
+    old = prev.small_output if prev.small_output is not None else prev.output
+    new = cur.small_output if cur.small_output is not None else cur.output
+    delta = new - old
+    return relative_l1(delta, old), change_map(delta, patch_size)
+
+
 MEASURES: dict[str, Measure] = {"x0": _x0, "x0-prev": _x0_prev, "latent": _latent, "output": _output,
-                                "small-x0": _small_x0, "latent-std": _latent_std}
+                                "small-x0": _small_x0, "latent-std": _latent_std, "small-output": _small_output}
 assert set(MEASURES) == set(CHANGE_MEASURES), "stitchkit.protocols.CHANGE_MEASURES names every measure"
 
 

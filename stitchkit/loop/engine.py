@@ -147,6 +147,37 @@ class _History:
             self.prev[b], self.last[b] = self.last[b], (step, own)
 
 
+class _Anchors:
+    """Each sample's anchor for the small model as the cache's corrector (``Decision(reuse="corrected")``):
+    both models' outputs (before guidance, both CFG halves) at the sample's last anchor step. A corrected
+    step predicts ``L_k + (S_t - S_k)``: the large model's last output moved by what the small model says
+    changed since, so a skipped large step follows the trajectory instead of standing still (issue 21)."""
+
+    def __init__(self, batch: int, halves: int) -> None:
+        self.batch, self.halves = batch, halves
+        self.large: list[torch.Tensor | None] = [None] * batch
+        self.small: list[torch.Tensor | None] = [None] * batch
+
+    def _own(self, rows: torch.Tensor, j: int, n: int) -> torch.Tensor:
+        return rows[[h * n + j for h in range(self.halves)]].clone()
+
+    def record(self, samples: list[int], large: torch.Tensor, small: torch.Tensor) -> None:
+        """``large``/``small``: ``samples``' rows (halves-major) of each model's output at an anchor step."""
+        for j, b in enumerate(samples):
+            self.large[b], self.small[b] = self._own(large, j, len(samples)), self._own(small, j, len(samples))
+
+    def correct(self, samples: list[int], small: torch.Tensor, step: int) -> torch.Tensor:
+        """``samples``' rows of ``L_k + (S_t - S_k)``, ``small`` their rows of this step's small output."""
+        n = len(samples)
+        rows = []
+        for j, b in enumerate(samples):
+            if self.large[b] is None:
+                raise ConfigError("switch", f"step {step}: sample {b} took a corrected step before any anchor step",
+                                  "decide Decision(large=True, small=True, reuse='corrected') first")
+            rows.append(self.large[b] + (self._own(small, j, n) - self.small[b]))
+        return torch.stack([rows[j][h] for h in range(self.halves) for j in range(n)])
+
+
 def _cached(cache, fn: Callable[[], torch.Tensor], masked: bool, samples: tuple[int, ...] | None,
             **where: Any) -> Callable[[], torch.Tensor]:
     """``fn`` in ``cache``'s context (one per model and set of samples), or, for a masked call, with the
@@ -202,7 +233,8 @@ class _Step:
         self.ms = {"large": [0.0] * batch, "small": [0.0] * batch}
         self.large_tokens, self.small_tokens, self.reused_tokens = [0] * batch, [0] * batch, [0] * batch
         self.sample_indices: list[torch.Tensor | None] = [None] * batch
-        self.hybrid_small: list[list[int]] = []  # hybrid groups, whose unstitched small rows "small-x0" reads
+        # Hybrid and corrector groups: the small model's own rows, which "small-x0" and "small-output" read.
+        self.hybrid_small: list[list[int]] = []
         self.prediction: torch.Tensor | None = None  # (2B, C, H, W) once every group has written its rows
         self.small_samples: list[int] = []
         self.small_out: torch.Tensor | None = None
@@ -379,6 +411,7 @@ def denoise(
     change = change_map = previous = None
     large_done = [False] * batch  # a sample's hybrid step needs the K/V its full large step records
     history = _History(batch, rows.halves)
+    anchors = _Anchors(batch, rows.halves)
     def check_rows_supported() -> None:
         lacking = [f"{type(context).__name__}.{name}()" for name in ("full", "masked")
                    if not _takes_rows(getattr(context, name))]
@@ -432,24 +465,35 @@ def denoise(
                     for b in samples:
                         step.reused_tokens[b] = num_tokens
                     continue
+                if not large and reuse == "corrected":  # the anchor's large output, corrected by the small model
+                    step.put(samples, anchors.correct(samples, step.small_rows(samples), i))
+                    step.hybrid_small.append(samples)
+                    for b in samples:
+                        step.reused_tokens[b] = num_tokens
+                    continue
                 if not large:  # small alone: its rows of the small model's output
                     step.put(samples, step.small_rows(samples))
                     continue
                 sub_inputs, sub_rows = rows.subset(inputs, samples)
-                if not small and reuse is None:  # large alone, every token (K/V recorded when masks may follow)
-                    def full_large(some: list[int], half: int | None = None) -> torch.Tensor:
-                        some_inputs, some_rows = rows.subset(inputs, some, half)
-                        if not may_mask:
-                            return models.forward(models.large, some_inputs)
-                        if some_rows is None:
-                            return context.full(models.masked_large, some_inputs)
-                        check_rows_supported()
-                        return context.full(models.masked_large, some_inputs, rows=some_rows, cache_rows=cache_rows)
-                    step.put(samples, step.timed("large", samples, num_tokens,
-                                                 lambda s=samples: full_large(s), fn_for=full_large))
+
+                def full_large(some: list[int], half: int | None = None) -> torch.Tensor:
+                    """The large model on every token of ``some`` (K/V recorded when masks may follow)."""
+                    some_inputs, some_rows = rows.subset(inputs, some, half)
+                    if not may_mask:
+                        return models.forward(models.large, some_inputs)
+                    if some_rows is None:
+                        return context.full(models.masked_large, some_inputs)
+                    check_rows_supported()
+                    return context.full(models.masked_large, some_inputs, rows=some_rows, cache_rows=cache_rows)
+                if (not small and reuse is None) or reuse == "corrected":  # large alone, or a corrector's anchor
+                    out = step.timed("large", samples, num_tokens, lambda s=samples: full_large(s), fn_for=full_large)
+                    step.put(samples, out)
                     for b in samples:
                         step.large_tokens[b] = num_tokens
                         large_done[b] = True
+                    if reuse == "corrected":
+                        anchors.record(samples, out, step.small_rows(samples))
+                        step.hybrid_small.append(samples)
                     continue
                 # Masked at this ratio (hybrid, or large-with-reuse): each sample's own mask, one size m.
                 indices = masks.select(state, states, decisions, samples, ratio, rows.device)

@@ -27,6 +27,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+import attrs
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
@@ -85,7 +86,10 @@ def _cast(pipeline, small_transformer, dtype: torch.dtype) -> None:
     """Every ``nn.Module`` component of ``pipeline``, and ``small_transformer``, in ``dtype``: diffusers'
     ``torch_dtype`` leaves a component whose weights are stored in another dtype as stored (the transformers
     of a float32 checkpoint stayed float32 under ``torch_dtype=torch.bfloat16`` and the first conv failed)."""
-    for module in [*pipeline.components.values(), small_transformer]:
+    components = getattr(pipeline, "components", None)
+    if components is None:  # not a DiffusionPipeline (the shapes pair): its attributes are its components
+        components = {f.name: getattr(pipeline, f.name) for f in attrs.fields(type(pipeline))}
+    for module in [*components.values(), small_transformer]:
         if isinstance(module, torch.nn.Module) and any(p.dtype != dtype for p in module.parameters()):
             module.to(dtype=dtype)
 

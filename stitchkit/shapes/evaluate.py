@@ -73,3 +73,64 @@ def evaluate_pair(pair: ShapesPair, classifier, *, count: int = 200, seed: int =
     report["real_frechet_floor"] = metrics.frechet_feature_distance(classifier, render_arrays(drawn), real)
     report["images"] = images
     return report
+
+
+def write_pair_evaluation(path, classifier, *, count: int = 200, seed: int = 0,
+                          note: str | None = None) -> dict[str, Any]:
+    """Evaluate the pair saved at ``path`` (:func:`evaluate_pair`, both models on ``count`` prompts) and
+    write the report into its ``pair.json`` under ``evaluation``, as the shipped pair's is (atomically:
+    a temporary file renamed over it). Returns the report without its pictures."""
+    import json
+    import os
+    from pathlib import Path
+
+    from stitchkit.shapes.pair import load_shapes_pair
+
+    path = Path(path)
+    pair = load_shapes_pair(path)
+    report = evaluate_pair(pair, classifier, count=count, seed=seed)
+    report.pop("images")
+    report = {"note": note or (f"stitchkit.shapes.evaluate.write_pair_evaluation: {count} prompts of "
+                               f"ShapesWorld(seed={EVAL_SEED}), noise seed {seed}, {report['steps']} Euler steps, "
+                               f"guidance {report['guidance']:g}; judged by the shipped classifier/ (offline "
+                               "stand-ins, see stitchkit.shapes.scores). Measured in float32 on a CPU."),
+              **{k: _rounded(v) for k, v in report.items() if k != "seed"}}
+    info = json.loads((path / "pair.json").read_text()) if (path / "pair.json").is_file() else {}
+    info["evaluation"] = report
+    tmp = path / ".pair.json.tmp"
+    tmp.write_text(json.dumps(info, indent=2) + "\n")
+    os.replace(tmp, path / "pair.json")
+    return report
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m stitchkit.shapes.evaluate PAIR_FOLDER [--count 200]``: measure a saved shapes pair and
+    write the figures into its ``pair.json`` (how ``stitchkit/pairs/*/pair.json`` got their ``evaluation``)."""
+    import argparse
+
+    from stitchkit.shapes.classifier import load_classifier
+
+    parser = argparse.ArgumentParser(description=main.__doc__.split("\n")[0])
+    parser.add_argument("path")
+    parser.add_argument("--count", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    report = write_pair_evaluation(args.path, load_classifier(), count=args.count, seed=args.seed)
+    for name in ("large", "small"):
+        print(f"{name}: caption accuracy {report[name]['accuracy']['all']:.3f}, "
+              f"Frechet {report[name]['frechet']:.2f}"
+              + (f", feature distance to large {report[name]['vs_large']['feature_distance']:.4f}"
+                 if "vs_large" in report[name] else ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -34,6 +34,11 @@ from stitchkit.shapes.world import vocabulary
 
 #: Where the trained pair ships inside the package.
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "pairs" / "shapes"
+#: The ladder's second rung (issue 21): the shipped large model with the stronger small trained alongside it.
+PATH_1X160 = DEFAULT_PATH.parent / "shapes-1x160"
+#: The shipped pairs of the shapes world by registered name: the ladder of pairs, every rung judged by the
+#: same classifier (``shapes/classifier``) against the same large model.
+SHIPPED_PAIRS = {"shapes": DEFAULT_PATH, "shapes-1x160": PATH_1X160}
 
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>")
 COMPONENTS = ("tokenizer", "text_encoder", "transformer_large", "transformer_small", "scheduler")
@@ -272,6 +277,38 @@ def build_pair(config: PairConfig = PairConfig(), seed: int = 0) -> ShapesPair:
                       patch_size=config.patch_size)
 
 
+def component_folders(path: Path, info: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Each component's folder: in ``path`` itself, else in the pair its ``pair.json`` names as ``shares``
+    (a relative folder). A rung of the ladder of pairs (``shapes-1x160``) ships only its own small model and
+    shares the large model, text encoder, tokenizer, scheduler and judge with ``shapes``, so the two rungs
+    run the very same large model."""
+    if info is None:
+        info = json.loads((path / "pair.json").read_text()) if (path / "pair.json").is_file() else {}
+    shared = (path / info["shares"]).resolve() if info.get("shares") else None
+    folders = {}
+    for name in COMPONENTS:
+        own = path / name
+        folders[name] = own if own.is_dir() or shared is None else shared / name
+        if not folders[name].is_dir():
+            raise ConfigError("pair.path", f"no shapes pair at {path}: {name}/ is missing"
+                              + (f" (also from {shared})" if shared is not None else ""),
+                              "expected tokenizer/, text_encoder/, transformer_large/, transformer_small/, "
+                              "scheduler/ (or a pair.json whose \"shares\" names the folder holding the rest)")
+    return folders
+
+
+def is_pair_folder(path: str | os.PathLike) -> bool:
+    """``path`` holds a shapes pair: both transformers, or a ``pair.json`` sharing the rest from another."""
+    path = Path(path)
+    if (path / "transformer_large").is_dir():
+        return True
+    try:
+        component_folders(path)
+    except (ConfigError, OSError, ValueError, KeyError):
+        return False
+    return (path / "pair.json").is_file()
+
+
 def load_shapes_pair(path: str | os.PathLike | None = None, dtype: torch.dtype = torch.float32,
                      device: torch.device | str = "cpu") -> ShapesPair:
     """Load a saved pair (by default the shipped one) offline, in ``dtype``, in eval mode."""
@@ -279,19 +316,17 @@ def load_shapes_pair(path: str | os.PathLike | None = None, dtype: torch.dtype =
     from transformers import CLIPTextModelWithProjection, PreTrainedTokenizerFast
 
     path = Path(path) if path is not None else DEFAULT_PATH
-    if not (path / "transformer_large").is_dir():
-        raise ConfigError("pair.path", f"no shapes pair at {path}",
-                          "expected tokenizer/, text_encoder/, transformer_large/, transformer_small/, scheduler/")
     info = json.loads((path / "pair.json").read_text()) if (path / "pair.json").is_file() else {}
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(path / "tokenizer", local_files_only=True)
-    text_encoder = CLIPTextModelWithProjection.from_pretrained(path / "text_encoder", local_files_only=True,
+    folders = component_folders(path, info)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(folders["tokenizer"], local_files_only=True)
+    text_encoder = CLIPTextModelWithProjection.from_pretrained(folders["text_encoder"], local_files_only=True,
                                                                dtype=dtype)
     # low_cpu_mem_usage=False: the models are tiny, and it spares a warning where accelerate is missing.
-    large = SD3Transformer2DModel.from_pretrained(path / "transformer_large", local_files_only=True,
+    large = SD3Transformer2DModel.from_pretrained(folders["transformer_large"], local_files_only=True,
                                                   torch_dtype=dtype, low_cpu_mem_usage=False)
-    small = SD3Transformer2DModel.from_pretrained(path / "transformer_small", local_files_only=True,
+    small = SD3Transformer2DModel.from_pretrained(folders["transformer_small"], local_files_only=True,
                                                   torch_dtype=dtype, low_cpu_mem_usage=False)
-    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(path / "scheduler", local_files_only=True)
+    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(folders["scheduler"], local_files_only=True)
     patch_size = int(large.config.patch_size)
     pair = ShapesPair(tokenizer=tokenizer, text_encoder=text_encoder.eval(), large=large.eval(),
                       small=small.eval(), scheduler=scheduler,

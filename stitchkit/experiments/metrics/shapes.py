@@ -31,9 +31,12 @@ class _ShapesMetric:
     """A metric read through the shapes pair's attribute classifier."""
 
     def check(self, *, pair_name: str | None) -> None:
-        if pair_name != "shapes":
+        from stitchkit.shapes.pair import SHIPPED_PAIRS
+
+        if pair_name not in SHIPPED_PAIRS:
             raise ConfigError("", f"{self.kind} needs the shapes pair's attribute classifier",
-                              "use pair: shapes, or another metric (psnr, ssim, fid, clip_score, lpips)")
+                              f"use pair: {' or '.join(SHIPPED_PAIRS)}, or another metric (psnr, ssim, fid, "
+                              "clip_score, lpips)")
 
     @cached_property
     def classifier(self):

@@ -27,8 +27,11 @@ def _adapter(pair):
 
 
 def _claims_folder(path: str) -> bool:
-    """A shapes-pair folder holds both transformers (``transformer_large/``, ``transformer_small/``)."""
-    return (Path(path) / "transformer_large").is_dir()
+    """A shapes-pair folder holds both transformers (``transformer_large/``, ``transformer_small/``), or its
+    ``pair.json`` shares the ones it lacks from another such folder (a rung of the ladder of pairs)."""
+    from stitchkit.shapes.pair import is_pair_folder
+
+    return is_pair_folder(path)
 
 
 def _load(large: str, small: str, *, torch_dtype=None, device=None, **kwargs):
@@ -62,13 +65,19 @@ FAMILY = Family(
 )
 
 
-def _shipped_pair():
+def _shipped_pair(path=None):
     import torch
 
     from stitchkit.shapes.pair import load_shapes_pair
 
-    pair = load_shapes_pair(None, dtype=torch.float32, device="cpu")
+    pair = load_shapes_pair(path, dtype=torch.float32, device="cpu")
     return pair, pair.small
+
+
+def _pair_1x160():
+    from stitchkit.shapes.pair import SHIPPED_PAIRS
+
+    return _shipped_pair(SHIPPED_PAIRS["shapes-1x160"])
 
 
 @hookimpl
@@ -79,3 +88,5 @@ def register_model_families(register) -> None:
 @hookimpl
 def register_pairs(register) -> None:
     register("shapes", _shipped_pair, description="the trained CPU pair, for quality")
+    register("shapes-1x160", _pair_1x160,
+             description="the shipped large with the stronger 1x160 small (the ladder's second rung)")
