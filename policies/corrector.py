@@ -22,9 +22,11 @@ with the small model in place of the calibrated ratios). A step is skipped while
 ``threshold`` and fewer than ``max_skip`` steps were skipped in a row (MagCache's ``K``).
 
 Stages: ``small`` for the first ``small_head`` of the steps (T-Stitch's head, where the small model alone
-draws the layout), ``large`` for the next ``large_head`` (MagCache's retention steps), then ``corrector``.
-The costs: every corrector step runs the small model (``L_s``) and an anchor the large one too, so a run
-costs ``N_small-head · L_s + N_large-head · L_l + N_corrector · L_s + N_anchor · L_l``.
+draws the layout), then ``corrector``, whose first ``large_head`` of the steps are all anchors (MagCache's
+retention steps: the large model computes them all; the small one runs beside it, so the first skip
+already has a measured small-model change instead of one across the two models). The costs: every
+corrector step runs the small model (``L_s``) and an anchor the large one too, so a run costs
+``N_small-head · L_s + N_corrector · L_s + N_anchor · L_l``.
 """
 
 from __future__ import annotations
@@ -59,13 +61,13 @@ def _skips(instance: object, attribute: attrs.Attribute, value: object) -> None:
 @attrs.define(kw_only=True)
 class SmallCorrector:
     """Stage 0: the small model alone while ``(step + 1) / steps <= small_head`` (T-Stitch's rule); stage 1:
-    the large model alone for the next ``large_head · steps`` steps (rounded down); stage 2: anchors
-    (both models) and corrected steps (the small model alone, ``L_k + (S_t - S_k)``)."""
+    anchors (both models) and corrected steps (the small model alone, ``L_k + (S_t - S_k)``), every step an
+    anchor for the first ``large_head · steps`` (rounded down) of it."""
 
     change_measure: ClassVar[str] = "small-output"
     #: Never a hybrid step: the large model's stock forward, recording no K/V.
     may_mask: ClassVar[bool] = False
-    stages: ClassVar[tuple[str, ...]] = ("small", "large", "corrector")
+    stages: ClassVar[tuple[str, ...]] = ("small", "corrector")
 
     threshold: float = attrs.field(default=0.1, validator=_non_negative)
     max_skip: int = attrs.field(default=4, validator=_skips)
@@ -86,18 +88,18 @@ class SmallCorrector:
         small_end, large_end = self._heads(state.num_steps)
         if state.step < small_end:
             return Decision(stage=0, large=False, small=True)
-        if state.step < large_end:
-            return Decision(stage=1, large=True, small=False)
         last = None if state.change is None else float(state.change[0])
+        if state.step < large_end:
+            last = None  # an anchor every step of the head
         if self._anchor is not None and last is not None and state.step - 1 > self._anchor:
             self._error += last  # the measured change of the step before, since the anchor
         estimate = self._error + (last or 0.0)  # ... and the step about to run, estimated by the last one
         if (self._anchor is not None and last is not None and self._skipped < self.max_skip
                 and estimate <= self.threshold):
             self._skipped += 1
-            return Decision(stage=2, large=False, small=True, reuse="corrected")
+            return Decision(stage=1, large=False, small=True, reuse="corrected")
         self._anchor, self._error, self._skipped = state.step, 0.0, 0
-        return Decision(stage=2, large=True, small=True, reuse="corrected")
+        return Decision(stage=1, large=True, small=True, reuse="corrected")
 
 
 @hookimpl
