@@ -73,8 +73,14 @@ def compositions(steps: int) -> list[dict]:
          "switch": {"kind": "small-corrector", "threshold": 0.3, "max_skip": k(6)}},
         {"name": "small-corrector-0.6", "group": "composition",
          "switch": {"kind": "small-corrector", "threshold": 0.6, "max_skip": k(8), "large_head": 0.1}},
+        {"name": "small-head+small-corrector-0.15", "group": "composition",
+         "switch": {"kind": "small-corrector", "threshold": 0.15, "max_skip": k(6), "small_head": 0.3,
+                    "large_head": 0.0}},
         {"name": "small-head+small-corrector-0.3", "group": "composition",
          "switch": {"kind": "small-corrector", "threshold": 0.3, "max_skip": k(6), "small_head": 0.3,
+                    "large_head": 0.0}},
+        {"name": "small-head+small-corrector-0.5", "group": "composition",
+         "switch": {"kind": "small-corrector", "threshold": 0.5, "max_skip": k(8), "small_head": 0.3,
                     "large_head": 0.0}},
     ]
 
