@@ -19,7 +19,9 @@ a published setting is run as published. Timing, scoring and the round-robin ord
 over the method's; caption accuracy and feature distance against the large model's image (the shapes
 pair's offline stand-ins for CLIP score and LPIPS).
 
-Per cell it prints every row, then per group the best speedup at caption accuracy >= ``--min-accuracy``
+Per cell it prints every row (with the latency model's speedup of the very steps each row took, priced
+at SD3.5 Large / SD3 Medium's measured 768² costs: what the same decisions would save at paper scale;
+not for cache rows, whose skips are inside the model's hooks), then per group the best speedup at caption accuracy >= ``--min-accuracy``
 and at feature distance <= ``--max-feature``. Results accumulate in ``--results`` (JSON; a rerun skips the
 cells it holds, so an interrupted study resumes), the table in ``benchmarks/results-crossover.txt`` when
 run with ``--write``, the picture in ``--plot``. Exits 1 when on no rung and step count a stitchkit method
@@ -121,6 +123,38 @@ def calibrated(pipe, pair: str, steps: int, prompts: list[str], target: float, u
     return out
 
 
+def sd35_costs():
+    """SD3.5 Large / SD3 Medium at 768² (2,304 image tokens) as measured on an H100, bf16, batch 2
+    (``benchmarks/results-h100-paper-scale.txt``, read from the file): L_l, L_s and the masked L_l(M)."""
+    from stitchkit.cost.latency import Costs
+
+    text = (ROOT / "benchmarks" / "results-h100-paper-scale.txt").read_text()
+    block = text.split("768²", 1)[1].split("\n\n", 1)[0]
+    rows = {}
+    for line in block.splitlines():
+        words = line.split()
+        if line.startswith("full large (stock)"):
+            rows["large"] = float(words[3])
+        elif line.startswith("full small (stock)"):
+            rows["small"] = float(words[3])
+        elif line.startswith("masked large"):
+            rows[float(words[2].rstrip("%")) / 100] = float(words[4])
+    masked = tuple((r, ms) for r, ms in rows.items() if isinstance(r, float))
+    return Costs(large_ms=rows["large"], small_ms=rows["small"], masked_ms=masked, source="given")
+
+
+def projected(histogram: dict, costs) -> float:
+    """The latency model's speedup (Eq. 3-6 step by step, with L_l(M)) of the steps a row's traces took,
+    priced with ``costs``: ``histogram`` maps ``"large fraction|small ran"`` to a count of steps."""
+    from stitchkit.cost.latency import predict_from_steps
+
+    steps = []
+    for key, count in histogram.items():
+        fraction, ran = key.split("|")
+        steps += [(float(fraction), ran == "1")] * count
+    return predict_from_steps(steps, costs).speedup
+
+
 def to_unit8(images: torch.Tensor) -> torch.Tensor:
     """[0, 1] images as a PNG stores them, in [-1, 1] (what the shapes stand-ins score)."""
     return (images.clamp(0, 1) * 255).round() / 127.5 - 1.0
@@ -151,12 +185,16 @@ def run_cell(pair: str, steps: int, prompts: list[str], args) -> dict:
     seconds = {x["name"]: 0.0 for x in methods}
     images = {x["name"]: [] for x in methods}
     large_eq = {x["name"]: 0.0 for x in methods}
+    histogram: dict[str, dict[str, int]] = {x["name"]: {} for x in methods}
     for j, prompt in enumerate(prompts):
         for method in methods[j % len(methods):] + methods[:j % len(methods)]:  # round-robin start
             s, out = run(method, prompt)
             seconds[method["name"]] += s
             images[method["name"]].append(to_unit8(out.images))
             large_eq[method["name"]] += sum(r.large_tokens / r.num_tokens for r in out.trace)
+            for r in out.trace:
+                key = f"{r.large_tokens / r.num_tokens:.6g}|{int(r.small_tokens > 0)}"
+                histogram[method["name"]][key] = histogram[method["name"]].get(key, 0) + 1
         print(f"  prompt {j + 1}/{len(prompts)}", flush=True)
     reference = torch.cat(images["large"])
     rows = []
@@ -165,7 +203,7 @@ def run_cell(pair: str, steps: int, prompts: list[str], args) -> dict:
         rows.append({"name": name, "group": method["group"], "speedup": seconds["large"] / seconds[name],
                      "accuracy": m.caption_accuracy(classifier, pics, prompts)["all"],
                      "feature": float(m.feature_distance(classifier, pics, reference).mean()),
-                     "large_eq": large_eq[name] / len(prompts),
+                     "large_eq": large_eq[name] / len(prompts), "steps": histogram[name],
                      "spec": {k: method[k] for k in ("switch", "cache") if k in method}})
     return {"pair": pair, "steps": steps, "prompts": len(prompts), "rows": rows,
             "load": os.getloadavg()[0]}
@@ -191,11 +229,15 @@ def summarize(cells: dict, args) -> tuple[list[str], bool]:
         q = rung_quality(cell["pair"])
         lines.append(f"\n## {cell['pair']} (small alone: caption accuracy {q['accuracy']:.3f}, feature distance to "
                      f"the large {q['feature']:.3f}), {cell['steps']} steps, {cell['prompts']} prompts")
-        lines.append("| method | group | speedup | caption acc. | feature dist. | large-step eq. (trace) |")
-        lines.append("|---|---|---|---|---|---|")
+        lines.append("| method | group | speedup | caption acc. | feature dist. | large-step eq. (trace) | "
+                     "same steps at SD3.5 costs |")
+        lines.append("|---|---|---|---|---|---|---|")
+        costs = sd35_costs()
         for r in sorted(rows, key=lambda r: -r["speedup"]):
+            # A cache's skips happen inside the model's hooks, out of the trace's sight: no projection.
+            scale = "–" if "cache" in r["spec"] or r["group"] == "cache" else f"{projected(r['steps'], costs):.2f}x"
             lines.append(f"| {r['name']} | {r['group']} | {r['speedup']:.2f}x | {r['accuracy']:.3f} | "
-                         f"{r['feature']:.4f} | {r['large_eq']:.2f} |")
+                         f"{r['feature']:.4f} | {r['large_eq']:.2f} | {scale} |")
         at_bar = lambda r: r["accuracy"] >= args.min_accuracy  # noqa: E731
         at_feature = lambda r: r["feature"] <= args.max_feature  # noqa: E731
         for label, ok in ((f"caption accuracy >= {args.min_accuracy}", at_bar),

@@ -52,7 +52,7 @@ def _simulate(policy: Any, steps: int, num_tokens: int) -> tuple[list[tuple[floa
     for i in range(steps):
         d = policy.decide(LoopState(step=i, num_steps=steps, timestep=0.0, sigma=1.0 - i / steps,
                                     num_tokens=num_tokens, grid=(1, num_tokens), batch_size=1))
-        out.append((1.0 if d.large and not d.small else (d.mask_ratio if d.hybrid else 0.0), d.small))
+        out.append((1.0 if d.large and not d.hybrid else (d.mask_ratio if d.hybrid else 0.0), d.small))
         stages.append(d.stage)
     return out, stages
 
