@@ -128,12 +128,27 @@ def test_change_map_refuses_latents_not_divisible_by_the_patch():
 
 
 def test_measure_names_and_unknown_measure():
-    assert measure_names() == ("latent", "latent-std", "output", "small-x0", "x0", "x0-prev")
+    assert measure_names() == ("latent", "latent-std", "output", "small-output", "small-x0", "x0", "x0-prev")
     with pytest.raises(ConfigError) as err:
         measure("noise")
-    assert str(err.value) == "change: unknown change measure 'noise'; known: latent, latent-std, output, small-x0, x0, x0-prev"
+    assert str(err.value) == "change: unknown change measure 'noise'; known: latent, latent-std, output, small-output, small-x0, x0, x0-prev"
     with pytest.raises(ConfigError, match=r"^switch\.change: unknown change measure \[1\]"):
         measure([1], "switch.change")
+
+
+def test_small_output_measure_compares_the_small_models_own_outputs_else_the_steps():
+    """|S_t - S_{t-1}| / |S_{t-1}| by hand where both steps carry the small model's output; a step without
+    one (small alone: its output is the small model's) falls back to the step's output."""
+    x = torch.zeros(1, 1, 2, 2)
+    old, new = torch.full_like(x, 2.0), torch.tensor([[[[2.0, 3.0], [1.0, 2.0]]]])
+    prev = StepTensors.from_step(x, x, torch.full_like(x, 9.0), sigma=1.0, small_output=old)
+    cur = StepTensors.from_step(x, x, torch.full_like(x, -9.0), sigma=1.0, small_output=new)
+    change, change_map = measure("small-output")(prev, cur, 1)
+    assert change.tolist() == [pytest.approx((0 + 1 + 1 + 0) / 4 / 2.0)]
+    assert change_map.tolist() == [[0.0, 1.0, 1.0, 0.0]]
+    plain = StepTensors.from_step(x, x, old, sigma=1.0)  # no small_output: the step's own output
+    assert measure("small-output")(plain, cur, 1)[0].tolist() == change.tolist()
+    assert measure("small-output")(None, cur, 1) == (None, None)
 
 
 def test_small_x0_measure_maps_the_small_models_own_change_and_keeps_x0s_d_t():

@@ -50,7 +50,7 @@ class UnknownMeasure(HybridFirst):
     ("switch", NoDecide(), "switch: NoDecide has no decide; a switch policy needs change_measure, "
                            "reset(num_steps), decide(state) -> Decision (see stitchkit.protocols)"),
     ("switch", UnknownMeasure(), "switch.change_measure: UnknownMeasure names an unknown measure 'pixels'; "
-                                 "known: latent, latent-std, output, small-x0, x0, x0-prev"),
+                                 "known: latent, latent-std, output, small-output, small-x0, x0, x0-prev"),
     ("mask", object(), "mask: object has no reset; a mask policy needs reset(), "
                        "select(state, ratio) -> LongTensor (B, k) (see stitchkit.protocols)"),
     ("context", ListMask(), "context: ListMask has no full; a context policy needs reset(), "

@@ -508,7 +508,7 @@ def test_hybridstitch_defaults():
         (
             HybridStitch,
             {"change": "noise"},
-            "change: unknown change measure 'noise'; known: latent, latent-std, output, small-x0, x0, x0-prev",
+            "change: unknown change measure 'noise'; known: latent, latent-std, output, small-output, small-x0, x0, x0-prev",
         ),
         (
             TStitch,
@@ -530,7 +530,7 @@ def test_hybridstitch_defaults():
         (
             SRDiffusion,
             {"change": "eps"},
-            "change: unknown change measure 'eps'; known: latent, latent-std, output, small-x0, x0, x0-prev",
+            "change: unknown change measure 'eps'; known: latent, latent-std, output, small-output, small-x0, x0, x0-prev",
         ),
         (
             SRDiffusion,
