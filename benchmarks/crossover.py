@@ -11,7 +11,7 @@ count, on the same prompts and seed, one thread:
   predicted speedup ``--target``;
 * **compositions**: MagCache on the large model after a small-model head (T-Stitch's first 30 %), and the
   small model as the cache's corrector (``policies/corrector.py``: a skipped large step predicted as
-  ``L_k + (S_t - S_k)``), alone and after a small-model head.
+  ``L_k + g (S_t - S_k)``), alone and after a small-model head, with its gain ablated (0, 0.5, 1).
 
 A tuned setting's ``max_skip`` scales with the step count (``K · steps / 20``: the same share of the run);
 a published setting is run as published. Timing, scoring and the round-robin order are those of
@@ -66,24 +66,25 @@ def caches(steps: int) -> list[dict]:
 
 
 def compositions(steps: int) -> list[dict]:
+    """MagCache after a small head, and the small-model corrector: after the same head at three error
+    budgets (gain 0.5, its default), at gain 0 (the small model only decides when to anchor: the anchor's
+    large output is reused as it is) and 1 (the whole small-model change), and with no head at all."""
     k = lambda base: max(1, round(base * steps / 20))  # noqa: E731
+    corrector = lambda threshold, skips, **more: {  # noqa: E731
+        "kind": "small-corrector", "threshold": threshold, "max_skip": k(skips), **more}
+    head = {"small_head": 0.3, "large_head": 0.0}
     return [
         {"name": "magcache-0.24+small-head", "group": "composition",
          "switch": {"kind": "t-stitch", "small_fraction": 0.3},
          "cache": {"large": {"kind": "magcache", "threshold": 0.24, "max_skip_steps": k(3)}}},
-        {"name": "small-corrector-0.3", "group": "composition",
-         "switch": {"kind": "small-corrector", "threshold": 0.3, "max_skip": k(6)}},
-        {"name": "small-corrector-0.6", "group": "composition",
-         "switch": {"kind": "small-corrector", "threshold": 0.6, "max_skip": k(8), "large_head": 0.1}},
-        {"name": "small-head+small-corrector-0.15", "group": "composition",
-         "switch": {"kind": "small-corrector", "threshold": 0.15, "max_skip": k(6), "small_head": 0.3,
-                    "large_head": 0.0}},
-        {"name": "small-head+small-corrector-0.3", "group": "composition",
-         "switch": {"kind": "small-corrector", "threshold": 0.3, "max_skip": k(6), "small_head": 0.3,
-                    "large_head": 0.0}},
-        {"name": "small-head+small-corrector-0.5", "group": "composition",
-         "switch": {"kind": "small-corrector", "threshold": 0.5, "max_skip": k(8), "small_head": 0.3,
-                    "large_head": 0.0}},
+        {"name": "small-corrector-0.3", "group": "composition", "switch": corrector(0.3, 6)},
+        {"name": "small-head+small-corrector-0.15", "group": "composition", "switch": corrector(0.15, 6, **head)},
+        {"name": "small-head+small-corrector-0.3", "group": "composition", "switch": corrector(0.3, 6, **head)},
+        {"name": "small-head+small-corrector-0.5", "group": "composition", "switch": corrector(0.5, 8, **head)},
+        {"name": "small-head+small-corrector-0.3-gain0", "group": "composition",
+         "switch": corrector(0.3, 6, gain=0.0, **head)},
+        {"name": "small-head+small-corrector-0.3-gain1", "group": "composition",
+         "switch": corrector(0.3, 6, gain=1.0, **head)},
     ]
 
 

@@ -75,7 +75,8 @@ class Decision:
     * ``large`` and ``small``: an *anchor* step: the large model on every token (its output is the step's
       prediction) and the small model on every token, both outputs kept as the sample's anchor;
     * ``small`` alone: the anchor's large prediction plus the small model's change since the anchor,
-      ``L_k + (S_t - S_k)``: the large model is skipped, the small one carries what changed.
+      ``L_k + g · (S_t - S_k)``: the large model is skipped, the small one carries what changed. ``g`` is the
+      switch policy's optional class or instance attribute ``correction_gain`` (1 where absent).
     """
 
     stage: int

@@ -150,8 +150,9 @@ class _History:
 class _Anchors:
     """Each sample's anchor for the small model as the cache's corrector (``Decision(reuse="corrected")``):
     both models' outputs (before guidance, both CFG halves) at the sample's last anchor step. A corrected
-    step predicts ``L_k + (S_t - S_k)``: the large model's last output moved by what the small model says
-    changed since, so a skipped large step follows the trajectory instead of standing still (issue 21)."""
+    step predicts ``L_k + g · (S_t - S_k)``: the large model's last output moved by (a share ``g`` of) what the
+    small model says changed since, so a skipped large step follows the trajectory instead of standing
+    still (issue 21). ``g`` is the switch policy's ``correction_gain`` (1 where it declares none)."""
 
     def __init__(self, batch: int, halves: int) -> None:
         self.batch, self.halves = batch, halves
@@ -166,15 +167,15 @@ class _Anchors:
         for j, b in enumerate(samples):
             self.large[b], self.small[b] = self._own(large, j, len(samples)), self._own(small, j, len(samples))
 
-    def correct(self, samples: list[int], small: torch.Tensor, step: int) -> torch.Tensor:
-        """``samples``' rows of ``L_k + (S_t - S_k)``, ``small`` their rows of this step's small output."""
+    def correct(self, samples: list[int], small: torch.Tensor, step: int, gain: float = 1.0) -> torch.Tensor:
+        """``samples``' rows of ``L_k + gain · (S_t - S_k)``, ``small`` their rows of this step's small output."""
         n = len(samples)
         rows = []
         for j, b in enumerate(samples):
             if self.large[b] is None:
                 raise ConfigError("switch", f"step {step}: sample {b} took a corrected step before any anchor step",
                                   "decide Decision(large=True, small=True, reuse='corrected') first")
-            rows.append(self.large[b] + (self._own(small, j, n) - self.small[b]))
+            rows.append(self.large[b] + gain * (self._own(small, j, n) - self.small[b]))
         return torch.stack([rows[j][h] for h in range(self.halves) for j in range(n)])
 
 
@@ -396,6 +397,8 @@ def denoise(
     # A policy that never masks needs no K/V recording: its large steps are the stock forward.
     may_mask = getattr(switch, "may_mask", True)
     all_tokens = getattr(context, "computes_all_tokens", False)
+    # reuse="corrected": the share of the small model's change since the anchor that is added.
+    correction_gain = float(getattr(switch, "correction_gain", 1.0))
     caches = dict(caches or {})
     # A hooked model's Python control flow cannot be replayed from a CUDA graph.
     small_forward = small_forward_fn(models.small, rows.device if "small" not in caches else torch.device("cpu"),
@@ -466,7 +469,7 @@ def denoise(
                         step.reused_tokens[b] = num_tokens
                     continue
                 if not large and reuse == "corrected":  # the anchor's large output, corrected by the small model
-                    step.put(samples, anchors.correct(samples, step.small_rows(samples), i))
+                    step.put(samples, anchors.correct(samples, step.small_rows(samples), i, correction_gain))
                     step.hybrid_small.append(samples)
                     for b in samples:
                         step.reused_tokens[b] = num_tokens

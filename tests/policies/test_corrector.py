@@ -32,8 +32,10 @@ class Schedule:
     may_mask = False
     batched = True
 
-    def __init__(self, decisions):
+    def __init__(self, decisions, correction_gain=None):
         self.decisions = decisions
+        if correction_gain is not None:
+            self.correction_gain = correction_gain
 
     def reset(self, num_steps):
         pass
@@ -64,14 +66,16 @@ def test_decision_corrected_needs_the_small_model_and_is_neither_hybrid_nor_mask
         Decision(stage=0, large=False, small=True, reuse="as-is")
 
 
-def test_a_corrected_step_is_the_anchors_large_output_plus_the_small_models_change(tiny_pair, stitch_pipe):
+@pytest.mark.parametrize("gain", [None, 0.5])
+def test_a_corrected_step_is_the_anchors_large_output_plus_the_small_models_change(tiny_pair, stitch_pipe, gain):
     """Against the two transformers called directly on diffusers' own ``encode_prompt``: an anchor step's
-    prediction is the large model's, a corrected step's ``L_k + (S_t - S_k)`` (guidance is linear)."""
+    prediction is the large model's, a corrected step's ``L_k + g (S_t - S_k)`` (guidance is linear), ``g``
+    the policy's ``correction_gain`` (1 where it has none)."""
     large_pipe, small = tiny_pair
     schedule = [LARGE, ANCHOR, CORRECTED, CORRECTED, ANCHOR, CORRECTED]
     seen = []
     latents = torch.randn(2, 16, 16, 16, generator=_gen(3))
-    out = stitch_pipe(**ARGS, latents=latents, switch=Schedule(schedule), callback=seen.append)
+    out = stitch_pipe(**ARGS, latents=latents, switch=Schedule(schedule, gain), callback=seen.append)
     embeds, neg, pooled, neg_pooled = large_pipe.encode_prompt(
         prompt=ARGS["prompt"], prompt_2=None, prompt_3=None, do_classifier_free_guidance=True,
         negative_prompt="", max_sequence_length=8)
@@ -86,7 +90,7 @@ def test_a_corrected_step_is_the_anchors_large_output_plus_the_small_models_chan
             anchor_large, anchor_small = large_now, small_now
             expected = large_now
         elif decision is CORRECTED:
-            expected = anchor_large + (small_now - anchor_small)
+            expected = anchor_large + (1.0 if gain is None else gain) * (small_now - anchor_small)
             assert (info["prediction"] - large_now).abs().max() > 1e-4  # it is not the large model's own
         else:
             expected = large_now
@@ -165,6 +169,12 @@ def test_small_corrector_follows_its_rule(params):
     run_state_machine_as_test(machine, settings=settings(max_examples=60, deadline=None))
 
 
+def test_small_corrector_hands_its_gain_to_the_loop():
+    policy = get_registry().create("switch", {"kind": "small-corrector", "gain": 0.25})[0]
+    assert policy.correction_gain == 0.25
+    assert get_registry().create("switch", "small-corrector")[0].correction_gain == 0.5
+
+
 def test_small_corrector_skips_within_its_budget_by_hand():
     policy = get_registry().create("switch", {"kind": "small-corrector", "threshold": 0.25, "max_skip": 3,
                                                "large_head": 0.2})[0]
@@ -181,6 +191,7 @@ def test_small_corrector_skips_within_its_budget_by_hand():
 
 
 @pytest.mark.parametrize("params, field", [({"threshold": -1}, "threshold"), ({"max_skip": 0}, "max_skip"),
+                                           ({"gain": float("nan")}, "gain"),
                                            ({"small_head": 1.5}, "small_head"), ({"large_head": "x"}, "large_head")])
 def test_small_corrector_refuses_bad_settings_in_one_line(params, field):
     with pytest.raises(ConfigError) as err:
