@@ -24,9 +24,11 @@ at SD3.5 Large / SD3 Medium's measured 768² costs: what the same decisions woul
 not for cache rows, whose skips are inside the model's hooks), then per group the best speedup at caption accuracy >= ``--min-accuracy``
 and at feature distance <= ``--max-feature``. Results accumulate in ``--results`` (JSON; a rerun skips the
 cells it holds, so an interrupted study resumes), the table in ``benchmarks/results-crossover.txt`` when
-run with ``--write``, the picture in ``--plot``. Exits 1 when on no rung and step count a stitchkit method
-or composition is faster than the fastest cache at caption accuracy >= the bar and an equal or better
-feature distance (an honest loss is a valid outcome; the table says by how much).
+run with ``--write``, the picture in ``--plot``. Two verdicts per cell: is a stitchkit method or composition
+faster than the fastest cache at caption accuracy >= the bar, at an equal or better feature distance than
+that cache's; and is the fastest stitchkit entry within a fixed quality budget (the bar and feature distance
+<= ``--max-feature``) faster than the fastest cache within it. Exits 1 when neither holds on any rung and
+step count (an honest loss is a valid outcome; the table says by how much).
 
     OMP_NUM_THREADS=1 python benchmarks/crossover.py [--pairs shapes,shapes-1x160] [--steps 20,50]
         [--prompts 20] [--target 2.0] [--write]
@@ -268,6 +270,21 @@ def summarize(cells: dict, args) -> tuple[list[str], bool]:
             else:
                 verdict = f"LOSS: no stitchkit entry reaches {peer['name']}'s quality ({peer['feature']:.4f})"
         lines.append(verdict)
+        # The same at a fixed quality budget: the fastest of each side among the rows within it.
+        within = lambda r: at_bar(r) and at_feature(r)  # noqa: E731
+        peer, ours = best(rows, "cache", within), max(
+            (r for r in rows if r["group"] in ("stitching", "composition") and within(r)),
+            key=lambda r: r["speedup"], default=None)
+        budget = f"caption accuracy >= {args.min_accuracy} and feature distance <= {args.max_feature}"
+        if ours is not None and (peer is None or ours["speedup"] > peer["speedup"]):
+            won = True
+            lines.append(f"WIN at {budget}: {ours['name']} {ours['speedup']:.2f}x (feature {ours['feature']:.4f}) "
+                         + ("where no cache gets within it" if peer is None else
+                            f"against {peer['name']} {peer['speedup']:.2f}x ({peer['feature']:.4f})"))
+        else:
+            lines.append(f"LOSS at {budget}: " + ("no stitchkit entry gets within it" if ours is None else
+                         f"{ours['name']} {ours['speedup']:.2f}x against {peer['name']} {peer['speedup']:.2f}x, "
+                         f"{ours['speedup'] / peer['speedup']:.0%} of its speed"))
     return lines, won
 
 
