@@ -296,7 +296,8 @@ def plot(cells: dict, args, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     conditions = ((f"caption accuracy >= {args.min_accuracy}", lambda r: r["accuracy"] >= args.min_accuracy),
-                  (f"feature distance <= {args.max_feature}", lambda r: r["feature"] <= args.max_feature))
+                  (f"that and feature distance <= {args.max_feature}",
+                   lambda r: r["accuracy"] >= args.min_accuracy and r["feature"] <= args.max_feature))
     colours = {"cache": "tab:blue", "stitching": "tab:orange", "composition": "tab:green"}
     steps_seen = sorted({c["steps"] for c in cells.values()})
     for ax, (title, ok) in zip(axes, conditions):
@@ -311,12 +312,13 @@ def plot(cells: dict, args, path: Path) -> None:
                 points.sort()
                 if points:
                     ax.plot(*zip(*points), style, color=colours[group], label=f"{group}, {steps} steps")
-        for cell in cells.values():
-            q = rung_quality(cell["pair"])
-            ax.annotate(f"{cell['pair']}\nfeature {q['feature']:.2f}", (q["accuracy"], 0), fontsize=7,
-                        ha="center", va="bottom")
-        ax.set_title(f"best speedup at {title}")
-        ax.set_xlabel("the small model alone: caption accuracy (its feature distance to the large below)")
+        for pair in sorted({c["pair"] for c in cells.values()}):
+            q = rung_quality(pair)
+            ax.annotate(f"{pair}\n(small: feature dist. {q['feature']:.2f})", (q["accuracy"], 1.0),
+                        xycoords=("data", "axes fraction"), fontsize=7, ha="center", va="top")
+        ax.set_title(f"best speedup at {title}", fontsize=10)
+        ax.set_xlabel("the small model alone: caption accuracy")
+        ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("speedup over the large model (CPU time, one thread)")
     axes[1].legend(fontsize=7)
