@@ -104,13 +104,13 @@ def calibrated(pipe, pair: str, steps: int, prompts: list[str], target: float, u
 
     out = []
     with tempfile.TemporaryDirectory() as tmp:
-        config = ExperimentConfig.from_dict({
-            "name": "crossover", "pair": pair, "sampler": {"steps": steps, "guidance_scale": 3.0, "threads": 1},
-            "prompts": prompts[:units], "seeds": [0], "metrics": ["feature_distance"], "allow_unprofitable": True,
-            "output": tmp, "methods": [{"name": m, "switch": m} for m in STITCHING]})
         for method in STITCHING:
             start = time.perf_counter()
             try:
+                config = ExperimentConfig.from_dict({
+                    "name": "crossover", "pair": pair, "sampler": {"steps": steps, "guidance_scale": 3.0, "threads": 1},
+                    "prompts": prompts[:units], "seeds": [0], "metrics": ["feature_distance"],
+                    "allow_unprofitable": True, "output": tmp, "methods": [{"name": method, "switch": method}]})
                 problem, setup = prepare(config, method, units=units, pipe=pipe)
                 found = best_at_target(problem, setup, Target(kind="speedup", value=target), "feature_distance",
                                        count=candidates, tolerance=0.15)
@@ -155,7 +155,8 @@ def projected(histogram: dict, costs) -> float:
     for key, count in histogram.items():
         fraction, ran = key.split("|")
         steps += [(float(fraction), ran == "1")] * count
-    return predict_from_steps(steps, costs).speedup
+    prediction = predict_from_steps(steps, costs)
+    return prediction.refined_speedup if prediction.refined_speedup is not None else prediction.speedup
 
 
 def to_unit8(images: torch.Tensor) -> torch.Tensor:
