@@ -245,7 +245,7 @@ def summarize(cells: dict, args) -> tuple[list[str], bool]:
         at_bar = lambda r: r["accuracy"] >= args.min_accuracy  # noqa: E731
         at_feature = lambda r: r["feature"] <= args.max_feature  # noqa: E731
         for label, ok in ((f"caption accuracy >= {args.min_accuracy}", at_bar),
-                          (f"feature distance <= {args.max_feature}", at_feature)):
+                          (f"that and feature distance <= {args.max_feature}", lambda r: at_bar(r) and at_feature(r))):
             found = {g: best(rows, g, ok) for g in GROUPS}
             lines.append(f"best at {label}: " + "; ".join(
                 f"{g} " + ("none" if r is None else f"{r['name']} {r['speedup']:.2f}x (feature {r['feature']:.4f})")
