@@ -48,7 +48,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUPS = ("cache", "stitching", "composition")
@@ -56,7 +56,7 @@ GROUPS = ("cache", "stitching", "composition")
 
 def caches(steps: int) -> list[dict]:
     """The peers: published settings as published, tuned ones with ``max_skip`` scaled to the step count."""
-    k = lambda base: max(1, round(base * steps / 20))  # noqa: E731
+    k = lambda base: max(1, round(base * steps / 20))
     return [
         {"name": "magcache-flux", "group": "cache", "cache": "magcache-flux"},
         {"name": "magcache-0.24-shapes", "group": "cache",
@@ -71,8 +71,8 @@ def compositions(steps: int) -> list[dict]:
     """MagCache after a small head, and the small-model corrector: after the same head at three error
     budgets (gain 0.5, its default), at gain 0 (the small model only decides when to anchor: the anchor's
     large output is reused as it is) and 1 (the whole small-model change), and with no head at all."""
-    k = lambda base: max(1, round(base * steps / 20))  # noqa: E731
-    corrector = lambda threshold, skips, **more: {  # noqa: E731
+    k = lambda base: max(1, round(base * steps / 20))
+    corrector = lambda threshold, skips, **more: {
         "kind": "small-corrector", "threshold": threshold, "max_skip": k(skips), **more}
     head = {"small_head": 0.3, "large_head": 0.0}
     return [
@@ -242,8 +242,8 @@ def summarize(cells: dict, args) -> tuple[list[str], bool]:
             scale = "–" if "cache" in r["spec"] or r["group"] == "cache" else f"{projected(r['steps'], costs):.2f}x"
             lines.append(f"| {r['name']} | {r['group']} | {r['speedup']:.2f}x | {r['accuracy']:.3f} | "
                          f"{r['feature']:.4f} | {r['large_eq']:.2f} | {scale} |")
-        at_bar = lambda r: r["accuracy"] >= args.min_accuracy  # noqa: E731
-        at_feature = lambda r: r["feature"] <= args.max_feature  # noqa: E731
+        at_bar = lambda r: r["accuracy"] >= args.min_accuracy
+        at_feature = lambda r: r["feature"] <= args.max_feature
         for label, ok in ((f"caption accuracy >= {args.min_accuracy}", at_bar),
                           (f"that and feature distance <= {args.max_feature}", lambda r: at_bar(r) and at_feature(r))):
             found = {g: best(rows, g, ok) for g in GROUPS}
@@ -272,7 +272,7 @@ def summarize(cells: dict, args) -> tuple[list[str], bool]:
                 verdict = f"LOSS: no stitchkit entry reaches {peer['name']}'s quality ({peer['feature']:.4f})"
         lines.append(verdict)
         # The same at a fixed quality budget: the fastest of each side among the rows within it.
-        within = lambda r: at_bar(r) and at_feature(r)  # noqa: E731
+        within = lambda r: at_bar(r) and at_feature(r)
         peer, ours = best(rows, "cache", within), max(
             (r for r in rows if r["group"] in ("stitching", "composition") and within(r)),
             key=lambda r: r["speedup"], default=None)
@@ -368,7 +368,7 @@ def main() -> int:
     if args.write:
         header = [f"# OMP_NUM_THREADS=1 python benchmarks/crossover.py --pairs {args.pairs} --steps {args.steps} "
                   f"--prompts {args.prompts} --target {args.target:g} --units {args.units} --candidates "
-                  f"{args.candidates}", f"# speedups: one thread's CPU time; load average per cell: "
+                  f"{args.candidates}", "# speedups: one thread's CPU time; load average per cell: "
                   + ", ".join(f"{k} {c['load']:.1f}" for k, c in cells.items())]
         (ROOT / "benchmarks" / "results-crossover.txt").write_text("\n".join(header + lines) + "\n")
     print("\n" + ("a stitchkit method or composition beats the fastest cache at equal quality on at least one cell"

@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import crossover  # noqa: E402
+import crossover
 
 
 def test_sd35_costs_are_the_measured_768_block():
@@ -61,7 +61,7 @@ def test_corrector_error_prints_its_table():
                          capture_output=True, text=True, timeout=600, env={"OMP_NUM_THREADS": "1",
                                                                            "PATH": "/usr/bin:/bin"})
     assert run.returncode in (0, 1) and "Traceback" not in run.stderr, run.stderr[-2000:]
-    rows = [line for line in run.stdout.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]
+    rows = [line for line in run.stdout.splitlines() if line.startswith(("| 1 |", "| 2 |"))]
     assert len(rows) == 2
     for line in rows:
         reuse, corrected, half, last, oracle, ratio = (float(x) for x in line.strip("|").split("|")[1:])

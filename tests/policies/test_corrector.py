@@ -15,8 +15,8 @@ from stitchkit.testing import switch_policy_machine
 
 STEPS = 6
 GUIDANCE = 4.0
-ARGS = dict(prompt=["a red circle", "a blue square"], height=128, width=128, num_inference_steps=STEPS,
-            guidance_scale=GUIDANCE, max_sequence_length=8, output_type="latent")
+ARGS = {"prompt": ["a red circle", "a blue square"], "height": 128, "width": 128, "num_inference_steps": STEPS,
+        "guidance_scale": GUIDANCE, "max_sequence_length": 8, "output_type": "latent"}
 N = (128 // 8 // 2) ** 2
 
 LARGE = Decision(stage=1, large=True, small=False)
@@ -157,12 +157,14 @@ def corrector_reference(threshold, max_skip, small_head, large_head):
     return make
 
 
-@pytest.mark.parametrize("params", [dict(threshold=0.3, max_skip=2, small_head=0.0, large_head=0.2),
-                                    dict(threshold=1.0, max_skip=6, small_head=0.4, large_head=0.0),
-                                    dict(threshold=0.0, max_skip=1, small_head=0.2, large_head=0.3)])
+@pytest.mark.parametrize("params", [{"threshold": 0.3, "max_skip": 2, "small_head": 0.0, "large_head": 0.2},
+                                    {"threshold": 1.0, "max_skip": 6, "small_head": 0.4, "large_head": 0.0},
+                                    {"threshold": 0.0, "max_skip": 1, "small_head": 0.2, "large_head": 0.3}])
 def test_small_corrector_follows_its_rule(params):
     registry = get_registry()
-    build = lambda: registry.create("switch", {"kind": "small-corrector", **params})[0]  # noqa: E731
+    def build():
+        return registry.create("switch", {"kind": "small-corrector", **params})[0]
+
     machine = switch_policy_machine(build, reference=corrector_reference(**params), name=f"small-corrector{params}")
     from hypothesis import settings
 
