@@ -35,6 +35,17 @@ def test_adaptive_policies_are_priced_per_plausible_first_switch():
     assert full.prediction.predicted_ms == pytest.approx(10 + 4 * 12 + 5 * 2)
 
 
+def test_a_small_corrector_is_planned_at_both_ends_of_its_anchors():
+    policy = _policy({"kind": "small-corrector", "max_skip": 3, "large_head": 0.2})
+    slow, fast = plan_method(policy, "corrector", 20, 64, COSTS)
+    # Every step an anchor: both models on all 20 steps.
+    assert slow.basis == "an anchor every step" and slow.prediction.predicted_ms == pytest.approx(20 * 12)
+    # No change: anchors at steps 0-3 (the 20 % head), then three skipped in a row (max_skip) and an anchor,
+    # four times (anchors at 7, 11, 15, 19): 8 large steps, the small model on all 20.
+    assert fast.basis == "fewest anchors (no change)" and fast.prediction.predicted_ms == pytest.approx(8 * 10 + 20 * 2)
+    assert fast.prediction.speedup == pytest.approx(200 / 120)
+
+
 def test_recorded_traces_are_priced_as_they_ran():
     trace = [{"mask_ratio": 1.0, "small_tokens": 0}, {"mask_ratio": 0.25, "small_tokens": 64},
              {"mask_ratio": 0.0, "small_tokens": 64}]

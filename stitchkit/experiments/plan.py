@@ -45,13 +45,18 @@ def _all_tokens(steps: list[tuple[float, bool]]) -> list[tuple[float, bool]]:
     return [(1.0, ran) if 0.0 < f < 1.0 else (f, ran) for f, ran in steps]
 
 
-def _simulate(policy: Any, steps: int, num_tokens: int) -> tuple[list[tuple[float, bool]], list[int]]:
-    """Drive ``policy`` with no D_t at all: the schedule of a policy that does not read it."""
+def _simulate(policy: Any, steps: int, num_tokens: int,
+              change: float | None = None) -> tuple[list[tuple[float, bool]], list[int]]:
+    """Drive ``policy`` with no D_t at all (the schedule of a policy that does not read it), or with the
+    same ``change`` handed at every step from the second on."""
+    import torch  # deferred: planning a fixed schedule needs no tensors
+
     policy.reset(steps)
     out, stages = [], []
     for i in range(steps):
+        handed = None if change is None or i == 0 else torch.tensor([change])
         d = policy.decide(LoopState(step=i, num_steps=steps, timestep=0.0, sigma=1.0 - i / steps,
-                                    num_tokens=num_tokens, grid=(1, num_tokens), batch_size=1))
+                                    num_tokens=num_tokens, grid=(1, num_tokens), batch_size=1, change=handed))
         out.append((1.0 if d.large and not d.hybrid else (d.mask_ratio if d.hybrid else 0.0), d.small))
         stages.append(d.stage)
     return out, stages
@@ -71,8 +76,15 @@ def plan_method(policy: Any, name: str, steps: int, num_tokens: int, costs: Cost
                 full_large: bool = False) -> list[MethodPlan]:
     """Predictions for one switch policy; ``full_large``: its hybrid steps run the large model on every
     token (the FullLarge context), so they are priced as full large steps."""
-    simulated, stages = _simulate(policy, steps, num_tokens)
     kinds = tuple(getattr(policy, "stages", ()) or ())
+    if "corrector" in kinds:  # its anchors follow D_t: the two ends of what it may do
+        plans = []
+        for basis, change in (("an anchor every step", None), ("fewest anchors (no change)", 0.0)):
+            simulated, stages = _simulate(policy, steps, num_tokens, change)
+            plans.append(MethodPlan(method=name, basis=basis, switch_steps=_switch_steps(stages),
+                                    prediction=predict_from_steps(simulated, costs)))
+        return plans
+    simulated, stages = _simulate(policy, steps, num_tokens)
     if len(set(stages)) >= max(1, len(kinds)):  # visited every stage without D_t: a fixed schedule
         simulated = _all_tokens(simulated) if full_large else simulated
         return [MethodPlan(method=name, basis="fixed schedule", switch_steps=_switch_steps(stages),
